@@ -1,0 +1,90 @@
+//! The one place where errors become gRPC statuses. The kubelet acts on the codes (NOT_FOUND
+//! means "gone", UNAVAILABLE means "try again"), so each domain error kind maps to exactly one.
+
+use tonic::{Code, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CriError {
+    #[error(transparent)]
+    Runtime(#[from] berth_runtime::Error),
+    #[error(transparent)]
+    Images(#[from] berth_images::Error),
+    /// A request that is malformed before it reaches the domain crates.
+    #[error("{0}")]
+    InvalidRequest(String),
+}
+
+pub type CriResult<T> = Result<T, CriError>;
+
+impl CriError {
+    fn code(&self) -> Code {
+        use berth_images::ErrorKind as I;
+        use berth_runtime::ErrorKind as R;
+        match self {
+            CriError::InvalidRequest(_) => Code::InvalidArgument,
+            CriError::Runtime(err) => match err.kind() {
+                R::NotFound => Code::NotFound,
+                R::AlreadyExists => Code::AlreadyExists,
+                R::InvalidArgument => Code::InvalidArgument,
+                R::FailedPrecondition => Code::FailedPrecondition,
+                R::Unavailable => Code::Unavailable,
+                R::DeadlineExceeded => Code::DeadlineExceeded,
+                R::Internal => Code::Internal,
+            },
+            CriError::Images(err) => match err.kind() {
+                I::NotFound => Code::NotFound,
+                I::InvalidArgument => Code::InvalidArgument,
+                I::Unavailable => Code::Unavailable,
+                I::Internal => Code::Internal,
+            },
+        }
+    }
+}
+
+impl From<CriError> for Status {
+    fn from(err: CriError) -> Status {
+        // The whole source chain: "reading /x: permission denied" helps, "I/O error" does not.
+        let mut message = err.to_string();
+        let mut source = std::error::Error::source(&err);
+        while let Some(cause) = source {
+            let text = cause.to_string();
+            if !message.contains(&text) {
+                message.push_str(": ");
+                message.push_str(&text);
+            }
+            source = cause.source();
+        }
+        Status::new(err.code(), message)
+    }
+}
+
+/// The answer of every RPC that berth does not implement yet: a client learns that, instead
+/// of a fake success.
+pub fn unimplemented(service: &str, rpc: &str) -> Status {
+    Status::unimplemented(format!("berth does not implement runtime.v1.{service}/{rpc} yet"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    #[test]
+    fn codes_follow_kinds_and_messages_keep_the_cause() {
+        let err = berth_runtime::Error::Io {
+            what: "reading",
+            path: PathBuf::from("/x/y"),
+            source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        };
+        let status = Status::from(CriError::from(err));
+        assert_eq!(status.code(), Code::Internal);
+        assert!(status.message().contains("/x/y"), "{}", status.message());
+        assert!(status.message().contains("permission denied"), "{}", status.message());
+
+        let err = berth_runtime::Error::InvalidArgument("bad".into());
+        assert_eq!(Status::from(CriError::from(err)).code(), Code::InvalidArgument);
+        let status = Status::from(CriError::InvalidRequest("pod id is empty".into()));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(status.message(), "pod id is empty");
+    }
+}

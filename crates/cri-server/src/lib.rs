@@ -1,0 +1,15 @@
+//! The CRI v1 gRPC services of berth and the daemon that serves them.
+//!
+//! Architecture invariant: this is the only crate that knows tonic and protobuf. Handlers are
+//! thin: they translate a request into calls on `berth_runtime` / `berth_images` and the answer
+//! back; every error becomes a status code in one place, [`error`].
+
+pub mod config;
+pub mod daemon;
+pub mod error;
+pub mod proto;
+pub mod rpc_layer;
+mod runtime_info;
+pub mod service;
+
+pub use runtime_info::{RUNTIME_API_VERSION, RUNTIME_NAME};

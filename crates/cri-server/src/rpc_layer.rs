@@ -1,0 +1,200 @@
+//! One tower layer around every RPC: its tracing span (with the ids handlers record into it),
+//! its latency and outcome in the log, and a panic turned into INTERNAL for that call alone.
+//! Handlers stay free of logging boilerplate.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use futures::FutureExt;
+use tonic::Code;
+use tower::{Layer, Service};
+use tracing::{field, Instrument, Span};
+
+/// RPCs that change state: logged at INFO. The rest are queries the kubelet repeats every few
+/// seconds, logged at DEBUG so that a node's log is not all polling.
+const MUTATING: &[&str] = &[
+    "RunPodSandbox",
+    "StopPodSandbox",
+    "RemovePodSandbox",
+    "CreateContainer",
+    "StartContainer",
+    "StopContainer",
+    "RemoveContainer",
+    "UpdateContainerResources",
+    "ReopenContainerLog",
+    "ExecSync",
+    "Exec",
+    "Attach",
+    "PortForward",
+    "UpdateRuntimeConfig",
+    "CheckpointContainer",
+    "UpdatePodSandboxResources",
+    "PullImage",
+    "RemoveImage",
+];
+
+#[derive(Debug, Clone, Default)]
+pub struct RpcLayer;
+
+impl<S> Layer<S> for RpcLayer {
+    type Service = RpcService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RpcService { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RpcService<S> {
+    inner: S,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+impl<S, B> Service<http::Request<B>> for RpcService<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let rpc = rpc_name(request.uri().path()).to_string();
+        // Handlers fill the ids in with `Span::current().record(..)`.
+        let span = tracing::info_span!(
+            "rpc",
+            rpc = %rpc,
+            pod_id = field::Empty,
+            container_id = field::Empty,
+            image = field::Empty,
+        );
+        // The service that was polled ready is the one to call; keep a fresh clone for next time.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let started = Instant::now();
+        Box::pin(
+            async move {
+                let call = AssertUnwindSafe(async move { inner.call(request).await });
+                let response = match call.catch_unwind().await {
+                    Ok(response) => response?,
+                    Err(panic) => {
+                        let reason = panic_message(panic.as_ref());
+                        tracing::error!(panic = %reason, "rpc handler panicked");
+                        tonic::Status::internal(format!(
+                            "berthd: {rpc} failed: internal error: {reason}"
+                        ))
+                        .into_http()
+                    }
+                };
+                log_outcome(&rpc, &response, started);
+                Ok(response)
+            }
+            .instrument(span),
+        )
+    }
+}
+
+/// "/runtime.v1.RuntimeService/Version" → "Version".
+fn rpc_name(path: &str) -> &str {
+    path.rsplit('/').next().filter(|name| !name.is_empty()).unwrap_or(path)
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(text) = panic.downcast_ref::<&str>() {
+        (*text).to_string()
+    } else if let Some(text) = panic.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "panic".to_string()
+    }
+}
+
+fn log_outcome(rpc: &str, response: &http::Response<tonic::body::Body>, started: Instant) {
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    // An error is sent "trailers-only": its status is in the headers. A success carries its
+    // status in trailers that are not written yet, so no grpc-status header means OK.
+    let Some(status) = tonic::Status::from_header_map(response.headers()) else {
+        if MUTATING.contains(&rpc) {
+            tracing::info!(latency_ms, "rpc ok");
+        } else {
+            tracing::debug!(latency_ms, "rpc ok");
+        }
+        return;
+    };
+    let code = status.code();
+    let message = status.message();
+    match code {
+        Code::Ok if MUTATING.contains(&rpc) => tracing::info!(latency_ms, "rpc ok"),
+        Code::Ok => tracing::debug!(latency_ms, "rpc ok"),
+        // Asking after something that is gone is routine for the kubelet.
+        Code::NotFound | Code::Unimplemented => {
+            tracing::debug!(latency_ms, ?code, message, "rpc failed")
+        }
+        Code::Internal | Code::Unknown | Code::DataLoss => {
+            tracing::error!(latency_ms, ?code, message, "rpc failed")
+        }
+        _ => tracing::warn!(latency_ms, ?code, message, "rpc failed"),
+    }
+}
+
+/// Records the ids of a request on the current RPC span, so every log line of the call has them.
+pub fn record_pod(id: &str) {
+    Span::current().record("pod_id", id);
+}
+
+pub fn record_container(id: &str) {
+    Span::current().record("container_id", id);
+}
+
+pub fn record_image(reference: &str) {
+    Span::current().record("image", reference);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::convert::Infallible;
+
+    #[tokio::test]
+    async fn a_panicking_handler_becomes_internal_and_the_service_lives_on() {
+        let handler = tower::service_fn(|request: http::Request<()>| async move {
+            if request.uri().path().ends_with("/Boom") {
+                panic!("handler exploded");
+            }
+            Ok::<_, Infallible>(http::Response::new(tonic::body::Body::empty()))
+        });
+        let mut service = RpcLayer.layer(handler);
+
+        let request =
+            http::Request::builder().uri("/runtime.v1.RuntimeService/Boom").body(()).unwrap();
+        let response = service.call(request).await.unwrap();
+        let status = tonic::Status::from_header_map(response.headers()).expect("a grpc status");
+        assert_eq!(status.code(), Code::Internal);
+        assert!(status.message().contains("Boom"), "{}", status.message());
+        assert!(status.message().contains("handler exploded"), "{}", status.message());
+
+        let request =
+            http::Request::builder().uri("/runtime.v1.RuntimeService/Version").body(()).unwrap();
+        let response = service.call(request).await.unwrap();
+        assert!(tonic::Status::from_header_map(response.headers()).is_none());
+    }
+
+    #[test]
+    fn rpc_names() {
+        assert_eq!(rpc_name("/runtime.v1.RuntimeService/Version"), "Version");
+        assert_eq!(rpc_name("/"), "/");
+    }
+}

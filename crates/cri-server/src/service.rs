@@ -1,0 +1,335 @@
+//! The tonic service traits, implemented by delegation: each RPC translates nothing itself and
+//! calls the module of its group (runtime_info, and in later work sandbox, container, exec,
+//! image, stats, events). An RPC that berth does not implement answers UNIMPLEMENTED.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::config::Config;
+use crate::error::unimplemented;
+use crate::proto::image_service_server::ImageService;
+use crate::proto::runtime_service_server::RuntimeService;
+use crate::proto::*;
+use crate::runtime_info;
+
+type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// The state the CRI services share; cheap to clone into each tonic service.
+#[derive(Clone)]
+pub struct Cri {
+    pub(crate) config: Arc<Config>,
+    pub(crate) runtime: Arc<berth_runtime::Runtime>,
+}
+
+impl Cri {
+    pub fn new(config: Arc<Config>, runtime: Arc<berth_runtime::Runtime>) -> Self {
+        Cri { config, runtime }
+    }
+}
+
+#[tonic::async_trait]
+impl RuntimeService for Cri {
+    async fn version(
+        &self,
+        request: Request<VersionRequest>,
+    ) -> Result<Response<VersionResponse>, Status> {
+        Ok(Response::new(runtime_info::version(self, request.into_inner()).await?))
+    }
+
+    async fn run_pod_sandbox(
+        &self,
+        _request: Request<RunPodSandboxRequest>,
+    ) -> Result<Response<RunPodSandboxResponse>, Status> {
+        Err(unimplemented("RuntimeService", "RunPodSandbox"))
+    }
+
+    async fn stop_pod_sandbox(
+        &self,
+        _request: Request<StopPodSandboxRequest>,
+    ) -> Result<Response<StopPodSandboxResponse>, Status> {
+        Err(unimplemented("RuntimeService", "StopPodSandbox"))
+    }
+
+    async fn remove_pod_sandbox(
+        &self,
+        _request: Request<RemovePodSandboxRequest>,
+    ) -> Result<Response<RemovePodSandboxResponse>, Status> {
+        Err(unimplemented("RuntimeService", "RemovePodSandbox"))
+    }
+
+    async fn pod_sandbox_status(
+        &self,
+        _request: Request<PodSandboxStatusRequest>,
+    ) -> Result<Response<PodSandboxStatusResponse>, Status> {
+        Err(unimplemented("RuntimeService", "PodSandboxStatus"))
+    }
+
+    async fn list_pod_sandbox(
+        &self,
+        _request: Request<ListPodSandboxRequest>,
+    ) -> Result<Response<ListPodSandboxResponse>, Status> {
+        Err(unimplemented("RuntimeService", "ListPodSandbox"))
+    }
+
+    type StreamPodSandboxesStream = ResponseStream<StreamPodSandboxesResponse>;
+
+    async fn stream_pod_sandboxes(
+        &self,
+        _request: Request<StreamPodSandboxesRequest>,
+    ) -> Result<Response<Self::StreamPodSandboxesStream>, Status> {
+        Err(unimplemented("RuntimeService", "StreamPodSandboxes"))
+    }
+
+    async fn create_container(
+        &self,
+        _request: Request<CreateContainerRequest>,
+    ) -> Result<Response<CreateContainerResponse>, Status> {
+        Err(unimplemented("RuntimeService", "CreateContainer"))
+    }
+
+    async fn start_container(
+        &self,
+        _request: Request<StartContainerRequest>,
+    ) -> Result<Response<StartContainerResponse>, Status> {
+        Err(unimplemented("RuntimeService", "StartContainer"))
+    }
+
+    async fn stop_container(
+        &self,
+        _request: Request<StopContainerRequest>,
+    ) -> Result<Response<StopContainerResponse>, Status> {
+        Err(unimplemented("RuntimeService", "StopContainer"))
+    }
+
+    async fn remove_container(
+        &self,
+        _request: Request<RemoveContainerRequest>,
+    ) -> Result<Response<RemoveContainerResponse>, Status> {
+        Err(unimplemented("RuntimeService", "RemoveContainer"))
+    }
+
+    async fn list_containers(
+        &self,
+        _request: Request<ListContainersRequest>,
+    ) -> Result<Response<ListContainersResponse>, Status> {
+        Err(unimplemented("RuntimeService", "ListContainers"))
+    }
+
+    type StreamContainersStream = ResponseStream<StreamContainersResponse>;
+
+    async fn stream_containers(
+        &self,
+        _request: Request<StreamContainersRequest>,
+    ) -> Result<Response<Self::StreamContainersStream>, Status> {
+        Err(unimplemented("RuntimeService", "StreamContainers"))
+    }
+
+    async fn container_status(
+        &self,
+        _request: Request<ContainerStatusRequest>,
+    ) -> Result<Response<ContainerStatusResponse>, Status> {
+        Err(unimplemented("RuntimeService", "ContainerStatus"))
+    }
+
+    async fn update_container_resources(
+        &self,
+        _request: Request<UpdateContainerResourcesRequest>,
+    ) -> Result<Response<UpdateContainerResourcesResponse>, Status> {
+        Err(unimplemented("RuntimeService", "UpdateContainerResources"))
+    }
+
+    async fn reopen_container_log(
+        &self,
+        _request: Request<ReopenContainerLogRequest>,
+    ) -> Result<Response<ReopenContainerLogResponse>, Status> {
+        Err(unimplemented("RuntimeService", "ReopenContainerLog"))
+    }
+
+    async fn exec_sync(
+        &self,
+        _request: Request<ExecSyncRequest>,
+    ) -> Result<Response<ExecSyncResponse>, Status> {
+        Err(unimplemented("RuntimeService", "ExecSync"))
+    }
+
+    async fn exec(&self, _request: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
+        Err(unimplemented("RuntimeService", "Exec"))
+    }
+
+    async fn attach(
+        &self,
+        _request: Request<AttachRequest>,
+    ) -> Result<Response<AttachResponse>, Status> {
+        Err(unimplemented("RuntimeService", "Attach"))
+    }
+
+    async fn port_forward(
+        &self,
+        _request: Request<PortForwardRequest>,
+    ) -> Result<Response<PortForwardResponse>, Status> {
+        Err(unimplemented("RuntimeService", "PortForward"))
+    }
+
+    async fn container_stats(
+        &self,
+        _request: Request<ContainerStatsRequest>,
+    ) -> Result<Response<ContainerStatsResponse>, Status> {
+        Err(unimplemented("RuntimeService", "ContainerStats"))
+    }
+
+    async fn list_container_stats(
+        &self,
+        _request: Request<ListContainerStatsRequest>,
+    ) -> Result<Response<ListContainerStatsResponse>, Status> {
+        Err(unimplemented("RuntimeService", "ListContainerStats"))
+    }
+
+    type StreamContainerStatsStream = ResponseStream<StreamContainerStatsResponse>;
+
+    async fn stream_container_stats(
+        &self,
+        _request: Request<StreamContainerStatsRequest>,
+    ) -> Result<Response<Self::StreamContainerStatsStream>, Status> {
+        Err(unimplemented("RuntimeService", "StreamContainerStats"))
+    }
+
+    async fn pod_sandbox_stats(
+        &self,
+        _request: Request<PodSandboxStatsRequest>,
+    ) -> Result<Response<PodSandboxStatsResponse>, Status> {
+        Err(unimplemented("RuntimeService", "PodSandboxStats"))
+    }
+
+    async fn list_pod_sandbox_stats(
+        &self,
+        _request: Request<ListPodSandboxStatsRequest>,
+    ) -> Result<Response<ListPodSandboxStatsResponse>, Status> {
+        Err(unimplemented("RuntimeService", "ListPodSandboxStats"))
+    }
+
+    type StreamPodSandboxStatsStream = ResponseStream<StreamPodSandboxStatsResponse>;
+
+    async fn stream_pod_sandbox_stats(
+        &self,
+        _request: Request<StreamPodSandboxStatsRequest>,
+    ) -> Result<Response<Self::StreamPodSandboxStatsStream>, Status> {
+        Err(unimplemented("RuntimeService", "StreamPodSandboxStats"))
+    }
+
+    async fn update_runtime_config(
+        &self,
+        _request: Request<UpdateRuntimeConfigRequest>,
+    ) -> Result<Response<UpdateRuntimeConfigResponse>, Status> {
+        Err(unimplemented("RuntimeService", "UpdateRuntimeConfig"))
+    }
+
+    async fn status(
+        &self,
+        request: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        Ok(Response::new(runtime_info::status(self, request.into_inner()).await?))
+    }
+
+    async fn checkpoint_container(
+        &self,
+        _request: Request<CheckpointContainerRequest>,
+    ) -> Result<Response<CheckpointContainerResponse>, Status> {
+        Err(unimplemented("RuntimeService", "CheckpointContainer"))
+    }
+
+    type GetContainerEventsStream = ResponseStream<ContainerEventResponse>;
+
+    async fn get_container_events(
+        &self,
+        _request: Request<GetEventsRequest>,
+    ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
+        Err(unimplemented("RuntimeService", "GetContainerEvents"))
+    }
+
+    async fn list_metric_descriptors(
+        &self,
+        _request: Request<ListMetricDescriptorsRequest>,
+    ) -> Result<Response<ListMetricDescriptorsResponse>, Status> {
+        Err(unimplemented("RuntimeService", "ListMetricDescriptors"))
+    }
+
+    async fn list_pod_sandbox_metrics(
+        &self,
+        _request: Request<ListPodSandboxMetricsRequest>,
+    ) -> Result<Response<ListPodSandboxMetricsResponse>, Status> {
+        Err(unimplemented("RuntimeService", "ListPodSandboxMetrics"))
+    }
+
+    type StreamPodSandboxMetricsStream = ResponseStream<StreamPodSandboxMetricsResponse>;
+
+    async fn stream_pod_sandbox_metrics(
+        &self,
+        _request: Request<StreamPodSandboxMetricsRequest>,
+    ) -> Result<Response<Self::StreamPodSandboxMetricsStream>, Status> {
+        Err(unimplemented("RuntimeService", "StreamPodSandboxMetrics"))
+    }
+
+    async fn runtime_config(
+        &self,
+        request: Request<RuntimeConfigRequest>,
+    ) -> Result<Response<RuntimeConfigResponse>, Status> {
+        Ok(Response::new(runtime_info::runtime_config(self, request.into_inner()).await?))
+    }
+
+    async fn update_pod_sandbox_resources(
+        &self,
+        _request: Request<UpdatePodSandboxResourcesRequest>,
+    ) -> Result<Response<UpdatePodSandboxResourcesResponse>, Status> {
+        Err(unimplemented("RuntimeService", "UpdatePodSandboxResources"))
+    }
+}
+
+#[tonic::async_trait]
+impl ImageService for Cri {
+    async fn list_images(
+        &self,
+        _request: Request<ListImagesRequest>,
+    ) -> Result<Response<ListImagesResponse>, Status> {
+        Err(unimplemented("ImageService", "ListImages"))
+    }
+
+    type StreamImagesStream = ResponseStream<StreamImagesResponse>;
+
+    async fn stream_images(
+        &self,
+        _request: Request<StreamImagesRequest>,
+    ) -> Result<Response<Self::StreamImagesStream>, Status> {
+        Err(unimplemented("ImageService", "StreamImages"))
+    }
+
+    async fn image_status(
+        &self,
+        _request: Request<ImageStatusRequest>,
+    ) -> Result<Response<ImageStatusResponse>, Status> {
+        Err(unimplemented("ImageService", "ImageStatus"))
+    }
+
+    async fn pull_image(
+        &self,
+        _request: Request<PullImageRequest>,
+    ) -> Result<Response<PullImageResponse>, Status> {
+        Err(unimplemented("ImageService", "PullImage"))
+    }
+
+    async fn remove_image(
+        &self,
+        _request: Request<RemoveImageRequest>,
+    ) -> Result<Response<RemoveImageResponse>, Status> {
+        Err(unimplemented("ImageService", "RemoveImage"))
+    }
+
+    async fn image_fs_info(
+        &self,
+        _request: Request<ImageFsInfoRequest>,
+    ) -> Result<Response<ImageFsInfoResponse>, Status> {
+        Err(unimplemented("ImageService", "ImageFsInfo"))
+    }
+}

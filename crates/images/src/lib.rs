@@ -1,0 +1,9 @@
+//! Images of berth: pulls from registries, a content-addressed store that verifies every
+//! digest, and the layered overlay snapshots containers run on.
+//!
+//! Architecture invariant: this crate knows nothing of gRPC or protobuf; cri-server translates.
+
+pub mod config;
+pub mod error;
+
+pub use error::{Error, ErrorKind, Result};

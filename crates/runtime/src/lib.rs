@@ -1,0 +1,15 @@
+//! Pods and containers of berth: namespaces, cgroups, networking and processes.
+//!
+//! Architecture invariant: this crate knows nothing of gRPC or protobuf. cri-server translates
+//! CRI messages into the plain types here and [`Error`]s back into status codes.
+
+pub mod cgroups;
+pub mod cni;
+pub mod config;
+pub mod error;
+mod runtime;
+
+pub use error::{Error, ErrorKind, Result};
+pub use runtime::{
+    HandlerFeatures, HandlerInfo, NetworkStatus, Runtime, RuntimeOptions, DEFAULT_HANDLER,
+};

@@ -1,0 +1,96 @@
+//! The runtime as berthd holds it: what this node can run and whether it is ready to.
+
+use std::path::PathBuf;
+
+use crate::cgroups::CgroupLayout;
+use crate::cni::{self, NetworkLookup};
+use crate::config::{CgroupConfig, CgroupDriver, CniConfig};
+use crate::Result;
+
+/// The name the CRI uses for "the runtime's default handler" (an empty `runtime_handler`).
+pub const DEFAULT_HANDLER: &str = "";
+
+#[derive(Debug, Clone)]
+pub struct RuntimeOptions {
+    pub root: PathBuf,
+    pub state: PathBuf,
+    pub cgroup: CgroupConfig,
+    pub cni: CniConfig,
+}
+
+/// Why the network is not ready, in the words the kubelet shows to users.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetworkStatus {
+    Ready,
+    NotReady { message: String },
+}
+
+/// What one runtime handler can do. Every flag is true only once it really works end to end,
+/// because the kubelet admits pods on these flags.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HandlerFeatures {
+    pub recursive_read_only_mounts: bool,
+    pub user_namespaces: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandlerInfo {
+    pub name: String,
+    pub features: HandlerFeatures,
+}
+
+pub struct Runtime {
+    options: RuntimeOptions,
+    cgroups: CgroupLayout,
+}
+
+impl Runtime {
+    pub fn new(options: RuntimeOptions) -> Result<Self> {
+        let cgroups = CgroupLayout::detect()?;
+        tracing::info!(
+            mode = ?cgroups.mode,
+            hierarchies = cgroups.hierarchies.len(),
+            nest_under_self = options.cgroup.nest_under_self,
+            "cgroup layout detected"
+        );
+        Ok(Runtime { options, cgroups })
+    }
+
+    pub fn options(&self) -> &RuntimeOptions {
+        &self.options
+    }
+
+    pub fn cgroup_layout(&self) -> &CgroupLayout {
+        &self.cgroups
+    }
+
+    pub fn cgroup_driver(&self) -> CgroupDriver {
+        self.options.cgroup.driver
+    }
+
+    /// Read afresh on every call: an operator (or a CNI daemonset) may install the config
+    /// at any time after berthd started, and the kubelet polls Status every few seconds.
+    pub fn network_status(&self) -> NetworkStatus {
+        let cni = &self.options.cni;
+        match cni::load_default_network(&cni.conf_dir) {
+            Ok(NetworkLookup::Found(net)) => match cni::check_plugins(&net, &cni.bin_dirs) {
+                Ok(()) => NetworkStatus::Ready,
+                Err(message) => NetworkStatus::NotReady { message },
+            },
+            Ok(NetworkLookup::Missing { reason }) => NetworkStatus::NotReady { message: reason },
+            Err(err) => NetworkStatus::NotReady { message: err.to_string() },
+        }
+    }
+
+    /// The handlers a pod may name in `runtime_handler`. The default one answers to both the
+    /// empty name and "default", as kubelet and crictl users write either.
+    pub fn handlers(&self) -> Vec<HandlerInfo> {
+        [DEFAULT_HANDLER, "default"]
+            .into_iter()
+            .map(|name| HandlerInfo {
+                name: name.to_string(),
+                features: HandlerFeatures::default(),
+            })
+            .collect()
+    }
+}

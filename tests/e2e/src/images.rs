@@ -1,0 +1,1048 @@
+//! Test images built in memory from Debian's `busybox-static` and pushed to
+//! the per-node test registry.
+//!
+//! Nothing is downloaded: the e2e network namespaces have no way out, and the
+//! tests need images whose exact contents (layers, whiteouts, users, config)
+//! they can rely on. Every byte is a function of `/bin/busybox` alone, so the
+//! digests are stable across runs and tests may compare them with what the
+//! runtime reports.
+
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+use std::path::Path;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use flate2::{Compression, GzBuilder};
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::errors::OciDistributionError;
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference, RegistryOperation};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+/// Where Debian's `busybox-static` installs its binary.
+pub const BUSYBOX: &str = "/bin/busybox";
+
+pub const OCI_REF: &str = "berth-test/busybox:oci";
+pub const LATEST_REF: &str = "berth-test/busybox:latest";
+pub const DOCKER_REF: &str = "berth-test/busybox:docker";
+pub const MULTIARCH_REF: &str = "berth-test/multiarch:latest";
+const MULTIARCH_REPO: &str = "berth-test/multiarch";
+
+pub const MEDIA_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const MEDIA_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const MEDIA_OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub const MEDIA_OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+pub const MEDIA_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub const MEDIA_DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+pub const MEDIA_DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+
+/// The `created` time of every image and the mtime of every tar entry; a
+/// constant so that rebuilding yields the same digests.
+pub const CREATED: &str = "2024-01-01T00:00:00Z";
+const MTIME: u64 = 1_704_067_200;
+
+pub const PATH_ENV: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Applets linked into `/bin`; the build keeps only those this busybox has.
+pub const APPLETS: &[&str] = &[
+    "sh", "ls", "cat", "echo", "sleep", "true", "false", "id", "env", "printf", "test", "mkdir",
+    "rm", "touch", "wc", "head", "grep", "kill", "ps", "hostname", "stat", "dd", "yes", "nc",
+    "wget", "ip", "mount", "ifconfig", "top", "seq", "sync", "uname", "date", "tee", "sed",
+    "chmod", "whoami",
+];
+
+/// The unprivileged user in `/etc/passwd`; it is also in group `extra` (2000).
+pub const TEST_USER: &str = "berth";
+pub const TEST_UID: u32 = 1000;
+pub const TEST_GID: u32 = 1000;
+pub const EXTRA_GID: u32 = 2000;
+
+/// Paths that exist once all layers of `busybox:oci`/`busybox:docker` are
+/// applied.
+pub const EXPECT_PRESENT: &[&str] = &[
+    "/bin/busybox",
+    "/bin/sh",
+    "/etc/passwd",
+    "/etc/group",
+    "/home/berth",
+    "/tmp",
+    "/etc/berth/kept",
+    "/etc/berth/layer3",
+    "/data/opaque",
+    "/data/opaque/new",
+];
+
+/// Paths that a correct whiteout/opaque-directory implementation hides,
+/// including the markers themselves.
+pub const EXPECT_ABSENT: &[&str] = &[
+    "/etc/berth/removed-later",
+    "/etc/berth/.wh.removed-later",
+    "/data/opaque/old-a",
+    "/data/opaque/old-b",
+    "/data/opaque/.wh..wh..opq",
+];
+
+/// Small files whose exact contents a test may `cat`.
+pub const EXPECT_CONTENTS: &[(&str, &str)] = &[
+    ("/etc/berth/kept", "kept\n"),
+    ("/etc/berth/layer3", "layer3\n"),
+    ("/data/opaque/new", "new\n"),
+];
+
+const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\n\
+nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n\
+berth:x:1000:1000::/home/berth:/bin/sh\n";
+
+const GROUP: &str = "root:x:0:\n\
+nogroup:x:65534:\n\
+berth:x:1000:\n\
+extra:x:2000:berth\n";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blob {
+    pub media_type: String,
+    /// `sha256:<hex>` of `bytes`.
+    pub digest: String,
+    pub bytes: Vec<u8>,
+}
+
+impl Blob {
+    fn new(media_type: &str, bytes: Vec<u8>) -> Blob {
+        Blob { media_type: media_type.to_owned(), digest: sha256_digest(&bytes), bytes }
+    }
+
+    pub fn size(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Platform {
+    pub os: &'static str,
+    pub architecture: &'static str,
+    pub variant: Option<&'static str>,
+}
+
+const LINUX_AMD64: Platform = Platform { os: "linux", architecture: "amd64", variant: None };
+const LINUX_ARM64_V8: Platform =
+    Platform { os: "linux", architecture: "arm64", variant: Some("v8") };
+
+#[derive(Debug, Clone)]
+pub struct TestImage {
+    /// `repository:tag` without the registry; just `repository` for the
+    /// children of an index, which are pushed by digest only.
+    pub reference: &'static str,
+    /// Further `repository:tag`s that name the same manifest.
+    pub aliases: &'static [&'static str],
+    /// The manifest or, for an index, the index itself; its digest is what a
+    /// pull by tag resolves to.
+    pub manifest: Blob,
+    /// For an index this is an empty placeholder (no media type, digest or
+    /// bytes): an index has no config, see `children`.
+    pub config: Blob,
+    /// Compressed layers, lowest first: base (busybox), content, changes.
+    pub layers: Vec<Blob>,
+    /// `sha256:` of each uncompressed layer tar, as in the config's
+    /// `rootfs.diff_ids`.
+    pub diff_ids: Vec<String>,
+    /// `None` for an index.
+    pub platform: Option<Platform>,
+    /// The per-platform images of an index, in index order.
+    pub children: Vec<TestImage>,
+}
+
+impl TestImage {
+    pub fn repository(&self) -> &'static str {
+        split_reference(self.reference).0
+    }
+
+    pub fn tag(&self) -> Option<&'static str> {
+        split_reference(self.reference).1
+    }
+
+    pub fn digest(&self) -> &str {
+        &self.manifest.digest
+    }
+
+    pub fn is_index(&self) -> bool {
+        self.manifest.media_type == MEDIA_OCI_INDEX
+    }
+
+    /// `registry/repository:tag`, as a CRI client would ask for it.
+    pub fn reference_at(&self, registry: &str) -> String {
+        format!("{registry}/{}", self.reference)
+    }
+
+    /// `registry/repository@sha256:…`
+    pub fn digest_reference_at(&self, registry: &str) -> String {
+        format!("{registry}/{}@{}", self.repository(), self.manifest.digest)
+    }
+
+    /// The child for `architecture`, for an index.
+    pub fn child(&self, architecture: &str) -> Option<&TestImage> {
+        self.children.iter().find(|c| c.platform.is_some_and(|p| p.architecture == architecture))
+    }
+}
+
+fn split_reference(reference: &'static str) -> (&'static str, Option<&'static str>) {
+    let name_start = reference.rfind('/').map_or(0, |i| i + 1);
+    match reference[name_start..].find(':') {
+        Some(i) => (&reference[..name_start + i], Some(&reference[name_start + i + 1..])),
+        None => (reference, None),
+    }
+}
+
+#[derive(Debug)]
+pub struct TestImages {
+    /// `berth-test/busybox:oci`, also tagged `berth-test/busybox:latest`.
+    pub oci: TestImage,
+    /// `berth-test/busybox:docker`: same layer blobs as `oci`.
+    pub docker: TestImage,
+    /// `berth-test/multiarch:latest`: an index of linux/amd64 and linux/arm64/v8.
+    pub multiarch: TestImage,
+}
+
+impl TestImages {
+    /// Builds the images on first use; panics if that is impossible, because
+    /// no e2e test can run without them.
+    pub fn get() -> &'static TestImages {
+        static IMAGES: OnceLock<TestImages> = OnceLock::new();
+        IMAGES.get_or_init(|| match build() {
+            Ok(images) => images,
+            Err(err) => panic!(
+                "cannot build the e2e test images from {BUSYBOX} \
+                 (install busybox-static): {err}"
+            ),
+        })
+    }
+
+    pub fn all(&self) -> [&TestImage; 3] {
+        [&self.oci, &self.docker, &self.multiarch]
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum BuildError {
+    #[error("reading {BUSYBOX}: {0}")]
+    ReadBusybox(#[source] io::Error),
+    #[error("{BUSYBOX} is not a static 64-bit little-endian ELF executable: {0}")]
+    NotStatic(&'static str),
+    #[error("running {BUSYBOX} --list: {0}")]
+    ListApplets(String),
+    #[error("{BUSYBOX} lacks the applet(s) the tests need: {0}")]
+    MissingApplets(String),
+    #[error("writing a layer tar: {0}")]
+    Tar(#[source] io::Error),
+    #[error("serialising JSON: {0}")]
+    Json(#[source] serde_json::Error),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    #[error("pushing {what} to {target}: {source}")]
+    Registry {
+        what: String,
+        target: String,
+        #[source]
+        source: OciDistributionError,
+    },
+    #[error("media type {0:?} is not a valid Content-Type")]
+    MediaType(String),
+}
+
+/// Pushes every test image to the plain-HTTP registry at `registry`
+/// (`127.0.0.1:5000`): blobs before the manifests that need them, an index's
+/// children before the index, and every tag (`busybox:oci`, `busybox:latest`,
+/// `busybox:docker`, `multiarch:latest`).
+pub async fn push_all(registry: &str) -> Result<(), PushError> {
+    let client = Client::new(ClientConfig {
+        protocol: ClientProtocol::Http,
+        // A wedged registry should fail the test, not hang it.
+        connect_timeout: Some(Duration::from_secs(10)),
+        read_timeout: Some(Duration::from_secs(60)),
+        ..Default::default()
+    });
+    for image in TestImages::get().all() {
+        for child in &image.children {
+            push_image(&client, registry, child).await?;
+        }
+        push_image(&client, registry, image).await?;
+    }
+    Ok(())
+}
+
+/// Pushes one manifest (not its children) with its blobs and tags.
+async fn push_image(client: &Client, registry: &str, image: &TestImage) -> Result<(), PushError> {
+    let repository = image.repository();
+    let registry_err = |what: &str, target: &Reference| {
+        let what = what.to_owned();
+        let target = target.whole();
+        move |source: OciDistributionError| PushError::Registry { what, target, source }
+    };
+
+    let by_digest = |digest: &str| {
+        Reference::with_digest(registry.to_owned(), repository.to_owned(), digest.to_owned())
+    };
+    let this = by_digest(&image.manifest.digest);
+    client
+        .auth(&this, &RegistryAuth::Anonymous, RegistryOperation::Push)
+        .await
+        .map_err(registry_err("anonymous auth", &this))?;
+
+    let blobs = image.layers.iter().chain((!image.is_index()).then_some(&image.config));
+    for blob in blobs {
+        let target = by_digest(&blob.digest);
+        // Layers are shared between tags of a repository; the registry would
+        // accept them again, but skipping them keeps the push quick.
+        let exists = client
+            .blob_exists(&target, &blob.digest)
+            .await
+            .map_err(registry_err("blob check", &target))?;
+        if !exists {
+            client
+                .push_blob(&target, blob.bytes.clone(), &blob.digest)
+                .await
+                .map_err(registry_err(&blob.media_type, &target))?;
+        }
+    }
+
+    let mut targets = vec![];
+    match image.tag() {
+        Some(tag) => targets.push(Reference::with_tag(
+            registry.to_owned(),
+            repository.to_owned(),
+            tag.to_owned(),
+        )),
+        None => targets.push(this),
+    }
+    for alias in image.aliases {
+        let (repository, tag) = split_reference(alias);
+        targets.push(Reference::with_tag(
+            registry.to_owned(),
+            repository.to_owned(),
+            tag.unwrap_or("latest").to_owned(),
+        ));
+    }
+    for target in &targets {
+        let content_type = image
+            .manifest
+            .media_type
+            .parse()
+            .map_err(|_| PushError::MediaType(image.manifest.media_type.clone()))?;
+        client
+            .push_manifest_raw(target, image.manifest.bytes.clone(), content_type)
+            .await
+            .map_err(registry_err(&image.manifest.media_type, target))?;
+    }
+    Ok(())
+}
+
+fn sha256_digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Oci,
+    Docker,
+}
+
+impl Format {
+    fn manifest(self) -> &'static str {
+        match self {
+            Format::Oci => MEDIA_OCI_MANIFEST,
+            Format::Docker => MEDIA_DOCKER_MANIFEST,
+        }
+    }
+    fn config(self) -> &'static str {
+        match self {
+            Format::Oci => MEDIA_OCI_CONFIG,
+            Format::Docker => MEDIA_DOCKER_CONFIG,
+        }
+    }
+    fn layer(self) -> &'static str {
+        match self {
+            Format::Oci => MEDIA_OCI_LAYER,
+            Format::Docker => MEDIA_DOCKER_LAYER,
+        }
+    }
+}
+
+/// One layer, shared by every image: the media type is the only difference
+/// between an OCI and a Docker layer, and it is not part of the blob.
+struct Layer {
+    created_by: &'static str,
+    diff_id: String,
+    gzip: Vec<u8>,
+}
+
+fn build() -> Result<TestImages, BuildError> {
+    let busybox = std::fs::read(BUSYBOX).map_err(BuildError::ReadBusybox)?;
+    check_static(&busybox).map_err(BuildError::NotStatic)?;
+    let applets = available_applets()?;
+
+    let layers = [
+        (
+            "berth-e2e: base: busybox-static, applet links, passwd, group",
+            base_layer(busybox, &applets),
+        ),
+        ("berth-e2e: content: files that a later layer removes", content_layer()),
+        ("berth-e2e: changes: whiteout, opaque directory, new file", changes_layer()),
+    ]
+    .into_iter()
+    .map(|(created_by, entries)| {
+        let tar = write_tar(entries)?;
+        Ok(Layer { created_by, diff_id: sha256_digest(&tar), gzip: gzip(&tar)? })
+    })
+    .collect::<io::Result<Vec<_>>>()
+    .map_err(BuildError::Tar)?;
+
+    let oci = image(Format::Oci, OCI_REF, &[LATEST_REF], "oci", LINUX_AMD64, &layers)?;
+    let docker = image(Format::Docker, DOCKER_REF, &[], "docker", LINUX_AMD64, &layers)?;
+    let amd64 = image(Format::Oci, MULTIARCH_REPO, &[], "amd64", LINUX_AMD64, &layers)?;
+    let arm64 = image(Format::Oci, MULTIARCH_REPO, &[], "arm64", LINUX_ARM64_V8, &layers)?;
+    let multiarch = index(MULTIARCH_REF, vec![amd64, arm64])?;
+    Ok(TestImages { oci, docker, multiarch })
+}
+
+/// A dynamic busybox would be copied fine and then fail in the container
+/// with a baffling ENOENT for its missing loader.
+fn check_static(elf: &[u8]) -> Result<(), &'static str> {
+    const PT_INTERP: u32 = 3;
+    if elf.get(..4) != Some(b"\x7fELF".as_slice()) {
+        return Err("no ELF magic");
+    }
+    if elf.get(4..6) != Some([2u8, 1].as_slice()) {
+        return Err("not ELFCLASS64/ELFDATA2LSB");
+    }
+    let u16_at = |at: usize| -> Option<u16> {
+        Some(u16::from_le_bytes(elf.get(at..at + 2)?.try_into().ok()?))
+    };
+    let phoff = elf
+        .get(0x20..0x28)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_le_bytes)
+        .and_then(|o| usize::try_from(o).ok())
+        .ok_or("truncated ELF header")?;
+    let phentsize = usize::from(u16_at(0x36).ok_or("truncated ELF header")?);
+    let phnum = usize::from(u16_at(0x38).ok_or("truncated ELF header")?);
+    for i in 0..phnum {
+        let at = phoff + i * phentsize;
+        let p_type = elf
+            .get(at..at + 4)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_le_bytes)
+            .ok_or("truncated program headers")?;
+        if p_type == PT_INTERP {
+            return Err("it has a program interpreter, i.e. it is dynamically linked");
+        }
+    }
+    Ok(())
+}
+
+fn available_applets() -> Result<Vec<&'static str>, BuildError> {
+    let out = Command::new(BUSYBOX)
+        .arg("--list")
+        .output()
+        .map_err(|e| BuildError::ListApplets(e.to_string()))?;
+    if !out.status.success() {
+        return Err(BuildError::ListApplets(out.status.to_string()));
+    }
+    let listed = String::from_utf8_lossy(&out.stdout);
+    let listed: Vec<&str> = listed.lines().map(str::trim).collect();
+    let applets: Vec<&'static str> =
+        APPLETS.iter().copied().filter(|a| listed.contains(a)).collect();
+    // Without a shell no container in the tests can start, so a build without
+    // one is useless rather than merely incomplete.
+    if !applets.contains(&"sh") {
+        return Err(BuildError::MissingApplets("sh".to_owned()));
+    }
+    Ok(applets)
+}
+
+enum Kind {
+    Dir,
+    File(Vec<u8>),
+    Symlink(&'static str),
+}
+
+struct Entry {
+    /// Relative, without a trailing slash.
+    path: String,
+    mode: u32,
+    uid: u64,
+    gid: u64,
+    kind: Kind,
+}
+
+fn dir(path: &str, mode: u32) -> Entry {
+    Entry { path: path.to_owned(), mode, uid: 0, gid: 0, kind: Kind::Dir }
+}
+
+fn file(path: &str, mode: u32, contents: impl Into<Vec<u8>>) -> Entry {
+    Entry { path: path.to_owned(), mode, uid: 0, gid: 0, kind: Kind::File(contents.into()) }
+}
+
+fn symlink(path: String, target: &'static str) -> Entry {
+    Entry { path, mode: 0o777, uid: 0, gid: 0, kind: Kind::Symlink(target) }
+}
+
+fn base_layer(busybox: Vec<u8>, applets: &[&str]) -> Vec<Entry> {
+    let mut entries = vec![
+        dir("bin", 0o755),
+        dir("dev", 0o755),
+        dir("etc", 0o755),
+        dir("home", 0o755),
+        Entry { uid: TEST_UID.into(), gid: TEST_GID.into(), ..dir("home/berth", 0o755) },
+        dir("proc", 0o755),
+        dir("root", 0o700),
+        dir("sys", 0o755),
+        dir("tmp", 0o1777),
+        dir("var", 0o755),
+        file("bin/busybox", 0o755, busybox),
+        file("etc/passwd", 0o644, PASSWD),
+        file("etc/group", 0o644, GROUP),
+    ];
+    entries.extend(applets.iter().map(|applet| symlink(format!("bin/{applet}"), "busybox")));
+    entries
+}
+
+fn content_layer() -> Vec<Entry> {
+    vec![
+        dir("etc", 0o755),
+        dir("etc/berth", 0o755),
+        file("etc/berth/removed-later", 0o644, "removed-later\n"),
+        file("etc/berth/kept", 0o644, "kept\n"),
+        dir("data", 0o755),
+        dir("data/opaque", 0o755),
+        file("data/opaque/old-a", 0o644, "old-a\n"),
+        file("data/opaque/old-b", 0o644, "old-b\n"),
+    ]
+}
+
+fn changes_layer() -> Vec<Entry> {
+    vec![
+        dir("etc", 0o755),
+        dir("etc/berth", 0o755),
+        file("etc/berth/.wh.removed-later", 0o644, ""),
+        file("etc/berth/layer3", 0o644, "layer3\n"),
+        dir("data", 0o755),
+        dir("data/opaque", 0o755),
+        file("data/opaque/.wh..wh..opq", 0o644, ""),
+        file("data/opaque/new", 0o644, "new\n"),
+    ]
+}
+
+fn write_tar(mut entries: Vec<Entry>) -> io::Result<Vec<u8>> {
+    // Path ordering compares component-wise, which puts every directory before
+    // its contents and makes the archive independent of how it was listed.
+    entries.sort_by(|a, b| Path::new(&a.path).cmp(Path::new(&b.path)));
+    let mut tar = tar::Builder::new(Vec::new());
+    for entry in entries {
+        let mut header = tar::Header::new_ustar();
+        header.set_mode(entry.mode);
+        header.set_uid(entry.uid);
+        header.set_gid(entry.gid);
+        header.set_mtime(MTIME);
+        match entry.kind {
+            Kind::Dir => {
+                header.set_entry_type(tar::EntryType::Directory);
+                header.set_size(0);
+                tar.append_data(&mut header, format!("{}/", entry.path), io::empty())?;
+            }
+            Kind::File(contents) => {
+                header.set_entry_type(tar::EntryType::Regular);
+                header.set_size(contents.len() as u64);
+                tar.append_data(&mut header, &entry.path, contents.as_slice())?;
+            }
+            Kind::Symlink(target) => {
+                header.set_entry_type(tar::EntryType::Symlink);
+                header.set_size(0);
+                tar.append_link(&mut header, &entry.path, target)?;
+            }
+        }
+    }
+    tar.into_inner()
+}
+
+fn gzip(tar: &[u8]) -> io::Result<Vec<u8>> {
+    // GzBuilder writes mtime 0 and no file name unless told otherwise, which
+    // is what keeps the compressed digest fixed.
+    let mut gz = GzBuilder::new().write(Vec::new(), Compression::default());
+    gz.write_all(tar)?;
+    gz.finish()
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DescriptorJson<'a> {
+    media_type: &'a str,
+    digest: &'a str,
+    size: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    platform: Option<PlatformJson>,
+}
+
+impl<'a> DescriptorJson<'a> {
+    fn of(blob: &'a Blob) -> Self {
+        DescriptorJson {
+            media_type: &blob.media_type,
+            digest: &blob.digest,
+            size: blob.size(),
+            platform: None,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct PlatformJson {
+    architecture: &'static str,
+    os: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    variant: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ManifestJson<'a> {
+    schema_version: u32,
+    media_type: &'a str,
+    config: DescriptorJson<'a>,
+    layers: Vec<DescriptorJson<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct IndexJson<'a> {
+    schema_version: u32,
+    media_type: &'a str,
+    manifests: Vec<DescriptorJson<'a>>,
+}
+
+#[derive(Serialize)]
+struct ConfigJson<'a> {
+    created: &'a str,
+    architecture: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    variant: Option<&'a str>,
+    os: &'a str,
+    config: ContainerConfigJson<'a>,
+    rootfs: RootfsJson<'a>,
+    history: Vec<HistoryJson<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct ContainerConfigJson<'a> {
+    user: &'a str,
+    env: Vec<String>,
+    cmd: Vec<&'a str>,
+    working_dir: &'a str,
+    labels: BTreeMap<&'a str, &'a str>,
+    stop_signal: &'a str,
+}
+
+#[derive(Serialize)]
+struct RootfsJson<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    diff_ids: Vec<&'a str>,
+}
+
+#[derive(Serialize)]
+struct HistoryJson<'a> {
+    created: &'a str,
+    created_by: &'a str,
+}
+
+fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>, BuildError> {
+    serde_json::to_vec(value).map_err(BuildError::Json)
+}
+
+fn image(
+    format: Format,
+    reference: &'static str,
+    aliases: &'static [&'static str],
+    image_env: &str,
+    platform: Platform,
+    layers: &[Layer],
+) -> Result<TestImage, BuildError> {
+    let config = ConfigJson {
+        created: CREATED,
+        architecture: platform.architecture,
+        variant: platform.variant,
+        os: platform.os,
+        config: ContainerConfigJson {
+            user: "",
+            env: vec![PATH_ENV.to_owned(), format!("BERTH_IMAGE={image_env}")],
+            cmd: vec!["/bin/sh"],
+            working_dir: "/",
+            labels: BTreeMap::from([("org.berth.test", "busybox")]),
+            stop_signal: "SIGTERM",
+        },
+        rootfs: RootfsJson {
+            kind: "layers",
+            diff_ids: layers.iter().map(|l| l.diff_id.as_str()).collect(),
+        },
+        history: layers
+            .iter()
+            .map(|l| HistoryJson { created: CREATED, created_by: l.created_by })
+            .collect(),
+    };
+    let config = Blob::new(format.config(), to_json(&config)?);
+    let layer_blobs: Vec<Blob> =
+        layers.iter().map(|l| Blob::new(format.layer(), l.gzip.clone())).collect();
+    let manifest = ManifestJson {
+        schema_version: 2,
+        media_type: format.manifest(),
+        config: DescriptorJson::of(&config),
+        layers: layer_blobs.iter().map(DescriptorJson::of).collect(),
+    };
+    let manifest = Blob::new(format.manifest(), to_json(&manifest)?);
+    Ok(TestImage {
+        reference,
+        aliases,
+        manifest,
+        config,
+        layers: layer_blobs,
+        diff_ids: layers.iter().map(|l| l.diff_id.clone()).collect(),
+        platform: Some(platform),
+        children: vec![],
+    })
+}
+
+fn index(reference: &'static str, children: Vec<TestImage>) -> Result<TestImage, BuildError> {
+    let json = IndexJson {
+        schema_version: 2,
+        media_type: MEDIA_OCI_INDEX,
+        manifests: children
+            .iter()
+            .map(|child| DescriptorJson {
+                platform: child.platform.map(|p| PlatformJson {
+                    architecture: p.architecture,
+                    os: p.os,
+                    variant: p.variant,
+                }),
+                ..DescriptorJson::of(&child.manifest)
+            })
+            .collect(),
+    };
+    Ok(TestImage {
+        reference,
+        aliases: &[],
+        manifest: Blob::new(MEDIA_OCI_INDEX, to_json(&json)?),
+        config: Blob { media_type: String::new(), digest: String::new(), bytes: vec![] },
+        layers: vec![],
+        diff_ids: vec![],
+        platform: None,
+        children,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::io::Read;
+
+    use flate2::read::GzDecoder;
+    use serde_json::Value;
+
+    use super::*;
+
+    fn gunzip(blob: &Blob) -> Vec<u8> {
+        let mut out = vec![];
+        GzDecoder::new(blob.bytes.as_slice()).read_to_end(&mut out).unwrap();
+        out
+    }
+
+    struct TarEntry {
+        path: String,
+        kind: tar::EntryType,
+        mode: u32,
+        uid: u64,
+        gid: u64,
+        mtime: u64,
+        link: Option<String>,
+        data: Vec<u8>,
+    }
+
+    fn entries(tar_bytes: &[u8]) -> Vec<TarEntry> {
+        let mut archive = tar::Archive::new(tar_bytes);
+        archive
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let mut e = e.unwrap();
+                let h = e.header().clone();
+                let mut data = vec![];
+                e.read_to_end(&mut data).unwrap();
+                TarEntry {
+                    path: String::from_utf8(e.path_bytes().into_owned()).unwrap(),
+                    kind: h.entry_type(),
+                    mode: h.mode().unwrap(),
+                    uid: h.uid().unwrap(),
+                    gid: h.gid().unwrap(),
+                    mtime: h.mtime().unwrap(),
+                    link: h.link_name().unwrap().map(|l| l.to_string_lossy().into_owned()),
+                    data,
+                }
+            })
+            .collect()
+    }
+
+    fn json(blob: &Blob) -> Value {
+        serde_json::from_slice(&blob.bytes).unwrap()
+    }
+
+    fn all_images(images: &TestImages) -> Vec<&TestImage> {
+        let mut all = vec![];
+        for image in images.all() {
+            all.push(image);
+            all.extend(image.children.iter());
+        }
+        all
+    }
+
+    fn all_blobs(image: &TestImage) -> Vec<&Blob> {
+        let mut blobs = vec![&image.manifest];
+        if !image.is_index() {
+            blobs.push(&image.config);
+        }
+        blobs.extend(image.layers.iter());
+        blobs
+    }
+
+    #[test]
+    fn building_twice_gives_identical_blobs() {
+        let a = build().unwrap();
+        let b = build().unwrap();
+        for (x, y) in all_images(&a).into_iter().zip(all_images(&b)) {
+            assert_eq!(all_blobs(x), all_blobs(y), "{}", x.reference);
+        }
+        assert_eq!(TestImages::get().oci.manifest, a.oci.manifest);
+    }
+
+    #[test]
+    fn digests_are_sha256_of_bytes() {
+        for image in all_images(TestImages::get()) {
+            for blob in all_blobs(image) {
+                let hex = hex::encode(Sha256::digest(&blob.bytes));
+                assert_eq!(blob.digest, format!("sha256:{hex}"), "{}", blob.media_type);
+            }
+        }
+    }
+
+    #[test]
+    fn gzip_header_is_fixed() {
+        for layer in &TestImages::get().oci.layers {
+            // ID1 ID2 CM FLG MTIME(4): no FNAME/FCOMMENT flags and no mtime.
+            assert_eq!(&layer.bytes[..8], &[0x1f, 0x8b, 8, 0, 0, 0, 0, 0]);
+        }
+    }
+
+    #[test]
+    fn manifests_reference_the_blobs() {
+        let images = TestImages::get();
+        let cases = [
+            (&images.oci, MEDIA_OCI_MANIFEST, MEDIA_OCI_CONFIG, MEDIA_OCI_LAYER),
+            (&images.docker, MEDIA_DOCKER_MANIFEST, MEDIA_DOCKER_CONFIG, MEDIA_DOCKER_LAYER),
+            (&images.multiarch.children[0], MEDIA_OCI_MANIFEST, MEDIA_OCI_CONFIG, MEDIA_OCI_LAYER),
+            (&images.multiarch.children[1], MEDIA_OCI_MANIFEST, MEDIA_OCI_CONFIG, MEDIA_OCI_LAYER),
+        ];
+        for (image, manifest_type, config_type, layer_type) in cases {
+            assert_eq!(image.manifest.media_type, manifest_type);
+            assert_eq!(image.config.media_type, config_type);
+            let m = json(&image.manifest);
+            assert_eq!(m["schemaVersion"], 2);
+            assert_eq!(m["mediaType"], manifest_type);
+            assert_eq!(m["config"]["mediaType"], config_type);
+            assert_eq!(m["config"]["digest"], image.config.digest.as_str());
+            assert_eq!(m["config"]["size"], image.config.size());
+            let layers = m["layers"].as_array().unwrap();
+            assert_eq!(layers.len(), 3);
+            assert_eq!(image.layers.len(), 3);
+            for (desc, blob) in layers.iter().zip(&image.layers) {
+                assert_eq!(blob.media_type, layer_type);
+                assert_eq!(desc["mediaType"], layer_type);
+                assert_eq!(desc["digest"], blob.digest.as_str());
+                assert_eq!(desc["size"], blob.size());
+            }
+        }
+        // Same bytes under another media type: dedup tests rely on this.
+        let oci: Vec<_> = images.oci.layers.iter().map(|l| &l.digest).collect();
+        let docker: Vec<_> = images.docker.layers.iter().map(|l| &l.digest).collect();
+        assert_eq!(oci, docker);
+    }
+
+    #[test]
+    fn configs_match_the_spec() {
+        let images = TestImages::get();
+        let cases = [
+            (&images.oci, "oci", "amd64", None),
+            (&images.docker, "docker", "amd64", None),
+            (&images.multiarch.children[0], "amd64", "amd64", None),
+            (&images.multiarch.children[1], "arm64", "arm64", Some("v8")),
+        ];
+        for (image, env, arch, variant) in cases {
+            let c = json(&image.config);
+            assert_eq!(c["os"], "linux");
+            assert_eq!(c["architecture"], arch);
+            assert_eq!(c["variant"].as_str(), variant);
+            assert_eq!(c["created"], CREATED);
+            let cfg = &c["config"];
+            assert_eq!(cfg["Env"], serde_json::json!([PATH_ENV, format!("BERTH_IMAGE={env}")]));
+            assert!(cfg.get("Entrypoint").is_none());
+            assert_eq!(cfg["Cmd"], serde_json::json!(["/bin/sh"]));
+            assert_eq!(cfg["WorkingDir"], "/");
+            assert_eq!(cfg["User"], "");
+            assert_eq!(cfg["Labels"]["org.berth.test"], "busybox");
+            assert_eq!(cfg["StopSignal"], "SIGTERM");
+            assert_eq!(c["rootfs"]["type"], "layers");
+            assert_eq!(c["history"].as_array().unwrap().len(), 3);
+        }
+    }
+
+    #[test]
+    fn diff_ids_match_uncompressed_layers() {
+        for image in all_images(TestImages::get()) {
+            if image.is_index() {
+                continue;
+            }
+            let c = json(&image.config);
+            let in_config: Vec<&str> = c["rootfs"]["diff_ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_str().unwrap())
+                .collect();
+            let computed: Vec<String> =
+                image.layers.iter().map(|l| sha256_digest(&gunzip(l))).collect();
+            assert_eq!(in_config, computed);
+            assert_eq!(image.diff_ids, computed);
+        }
+    }
+
+    #[test]
+    fn base_layer_has_busybox_users_and_links() {
+        let base = entries(&gunzip(&TestImages::get().oci.layers[0]));
+        let paths: Vec<&str> = base.iter().map(|e| e.path.as_str()).collect();
+        let mut sorted = paths.clone();
+        sorted.sort_by(|a, b| Path::new(a).cmp(Path::new(b)));
+        assert_eq!(paths, sorted);
+        let find = |p: &str| base.iter().find(|e| e.path == p).unwrap();
+
+        let bb = find("bin/busybox");
+        assert_eq!(bb.data, std::fs::read(BUSYBOX).unwrap());
+        assert_eq!(bb.mode, 0o755);
+        for applet in ["sh", "ls", "cat", "sleep", "nc", "whoami"] {
+            let link = find(&format!("bin/{applet}"));
+            assert_eq!(link.kind, tar::EntryType::Symlink);
+            assert_eq!(link.link.as_deref(), Some("busybox"));
+        }
+        assert_eq!(find("tmp/").mode, 0o1777);
+        let home = find("home/berth/");
+        assert_eq!((home.uid, home.gid), (1000, 1000));
+        assert!(String::from_utf8_lossy(&find("etc/passwd").data)
+            .contains("berth:x:1000:1000::/home/berth:/bin/sh\n"));
+        assert!(String::from_utf8_lossy(&find("etc/group").data).contains("extra:x:2000:berth\n"));
+        for e in &base {
+            assert_eq!(e.mtime, MTIME, "{}", e.path);
+            if e.path != "home/berth/" {
+                assert_eq!((e.uid, e.gid), (0, 0), "{}", e.path);
+            }
+        }
+    }
+
+    #[test]
+    fn changes_layer_has_whiteout_and_opaque_marker() {
+        let changes = entries(&gunzip(&TestImages::get().oci.layers[2]));
+        for marker in ["etc/berth/.wh.removed-later", "data/opaque/.wh..wh..opq"] {
+            let e = changes.iter().find(|e| e.path == marker).unwrap();
+            assert_eq!(e.kind, tar::EntryType::Regular);
+            assert!(e.data.is_empty());
+        }
+        assert!(changes.iter().any(|e| e.path == "data/opaque/new"));
+        assert!(changes.iter().any(|e| e.path == "etc/berth/layer3"));
+    }
+
+    /// Applies the layers the way the OCI spec says, to check the EXPECT_*
+    /// lists against what the layers really contain.
+    #[test]
+    fn expectations_match_applied_layers() {
+        let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        for layer in &TestImages::get().oci.layers {
+            let layer = entries(&gunzip(layer));
+            for e in &layer {
+                let path = format!("/{}", e.path.trim_end_matches('/'));
+                let (parent, name) = path.rsplit_once('/').unwrap();
+                if name == ".wh..wh..opq" {
+                    files.retain(|p, _| !p.starts_with(&format!("{parent}/")));
+                } else if let Some(hidden) = name.strip_prefix(".wh.") {
+                    let hidden = format!("{parent}/{hidden}");
+                    files.retain(|p, _| *p != hidden && !p.starts_with(&format!("{hidden}/")));
+                }
+            }
+            for e in layer {
+                let path = format!("/{}", e.path.trim_end_matches('/'));
+                if !path.rsplit('/').next().unwrap().starts_with(".wh.") {
+                    files.insert(path, e.data);
+                }
+            }
+        }
+        let present: BTreeSet<&str> = files.keys().map(String::as_str).collect();
+        for p in EXPECT_PRESENT {
+            assert!(present.contains(p), "{p} missing");
+        }
+        for p in EXPECT_ABSENT {
+            assert!(!present.contains(p), "{p} present");
+        }
+        for (p, contents) in EXPECT_CONTENTS {
+            assert_eq!(files[*p], contents.as_bytes(), "{p}");
+        }
+    }
+
+    #[test]
+    fn index_has_both_platforms() {
+        let multiarch = &TestImages::get().multiarch;
+        assert!(multiarch.is_index());
+        assert_eq!(multiarch.reference, MULTIARCH_REF);
+        let i = json(&multiarch.manifest);
+        assert_eq!(i["schemaVersion"], 2);
+        assert_eq!(i["mediaType"], MEDIA_OCI_INDEX);
+        let manifests = i["manifests"].as_array().unwrap();
+        assert_eq!(manifests.len(), 2);
+        for (desc, child) in manifests.iter().zip(&multiarch.children) {
+            assert_eq!(child.repository(), "berth-test/multiarch");
+            assert_eq!(child.tag(), None);
+            assert_eq!(desc["mediaType"], MEDIA_OCI_MANIFEST);
+            assert_eq!(desc["digest"], child.manifest.digest.as_str());
+            assert_eq!(desc["size"], child.manifest.size());
+        }
+        assert_eq!(
+            manifests[0]["platform"],
+            serde_json::json!({"architecture": "amd64", "os": "linux"})
+        );
+        assert_eq!(
+            manifests[1]["platform"],
+            serde_json::json!({"architecture": "arm64", "os": "linux", "variant": "v8"})
+        );
+        assert!(multiarch.child("arm64").is_some());
+        assert_ne!(multiarch.children[0].digest(), TestImages::get().oci.digest());
+    }
+
+    #[test]
+    fn references_split() {
+        let images = TestImages::get();
+        assert_eq!(images.oci.repository(), "berth-test/busybox");
+        assert_eq!(images.oci.tag(), Some("oci"));
+        assert_eq!(images.oci.aliases, &[LATEST_REF]);
+        assert_eq!(split_reference("127.0.0.1:5000/a/b"), ("127.0.0.1:5000/a/b", None));
+        assert_eq!(
+            images.oci.digest_reference_at("127.0.0.1:5000"),
+            format!("127.0.0.1:5000/berth-test/busybox@{}", images.oci.digest())
+        );
+    }
+}

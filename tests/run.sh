@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The whole test suite, as the README gives it: unit tests of every crate and the e2e suites,
+# which start real berthd daemons on private test nodes. Needs root (namespaces, mounts,
+# cgroups) and installs its Debian packages first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tests/install-deps.sh
+exec cargo test --workspace --locked "$@"
