@@ -34,7 +34,10 @@ impl CriError {
             CriError::Images(err) => match err.kind() {
                 I::NotFound => Code::NotFound,
                 I::InvalidArgument => Code::InvalidArgument,
+                I::Unauthenticated => Code::Unauthenticated,
                 I::Unavailable => Code::Unavailable,
+                I::DeadlineExceeded => Code::DeadlineExceeded,
+                I::FailedPrecondition => Code::FailedPrecondition,
                 I::Internal => Code::Internal,
             },
         }
