@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use berth_images::config::RegistryConfig;
+use berth_images::config::{ImagesConfig, RegistryConfig};
 use berth_runtime::config::{CgroupConfig, CniConfig};
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +26,7 @@ pub struct Config {
     pub cgroup: CgroupConfig,
     pub cni: CniConfig,
     pub registry: RegistryConfig,
+    pub images: ImagesConfig,
     pub streaming: StreamingConfig,
 }
 
@@ -40,6 +41,7 @@ impl Default for Config {
             cgroup: CgroupConfig::default(),
             cni: CniConfig::default(),
             registry: RegistryConfig::default(),
+            images: ImagesConfig::default(),
             streaming: StreamingConfig::default(),
         }
     }
@@ -215,6 +217,7 @@ impl Config {
             }
         }
         self.registry.validate()?;
+        self.images.validate()?;
         self.streaming
             .address
             .parse::<SocketAddr>()

@@ -59,6 +59,8 @@ pub enum DaemonError {
     },
     #[error(transparent)]
     Runtime(#[from] berth_runtime::Error),
+    #[error(transparent)]
+    Images(#[from] berth_images::Error),
     #[error("serving the CRI: {0}")]
     Serve(#[from] tonic::transport::Error),
 }
@@ -80,7 +82,17 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         cgroup: config.cgroup.clone(),
         cni: config.cni.clone(),
     })?;
-    let cri = Cri::new(config.clone(), Arc::new(runtime));
+    let images = berth_images::ImageService::open(berth_images::ImageServiceOptions {
+        root: config.root.join("images"),
+        registry: config.registry.clone(),
+        pinned: config.images.pinned.clone(),
+        unpack: berth_images::unpack::UnpackOptions {
+            allow_devices: config.images.allow_device_nodes,
+            max_entries: config.images.max_layer_entries,
+            ..Default::default()
+        },
+    })?;
+    let cri = Cri::new(config.clone(), Arc::new(runtime), Arc::new(images));
 
     let socket_path = config.socket_path().map_err(ConfigError::Invalid)?;
     let listener = bind_socket(&socket_path)?;

@@ -7,6 +7,7 @@
 pub mod config;
 pub mod daemon;
 pub mod error;
+mod image;
 pub mod proto;
 pub mod rpc_layer;
 mod runtime_info;

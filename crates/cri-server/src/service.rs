@@ -13,7 +13,7 @@ use crate::error::unimplemented;
 use crate::proto::image_service_server::ImageService;
 use crate::proto::runtime_service_server::RuntimeService;
 use crate::proto::*;
-use crate::runtime_info;
+use crate::{image, runtime_info};
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -22,11 +22,16 @@ type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + '
 pub struct Cri {
     pub(crate) config: Arc<Config>,
     pub(crate) runtime: Arc<berth_runtime::Runtime>,
+    pub(crate) images: Arc<berth_images::ImageService>,
 }
 
 impl Cri {
-    pub fn new(config: Arc<Config>, runtime: Arc<berth_runtime::Runtime>) -> Self {
-        Cri { config, runtime }
+    pub fn new(
+        config: Arc<Config>,
+        runtime: Arc<berth_runtime::Runtime>,
+        images: Arc<berth_images::ImageService>,
+    ) -> Self {
+        Cri { config, runtime, images }
     }
 }
 
@@ -291,45 +296,47 @@ impl RuntimeService for Cri {
 impl ImageService for Cri {
     async fn list_images(
         &self,
-        _request: Request<ListImagesRequest>,
+        request: Request<ListImagesRequest>,
     ) -> Result<Response<ListImagesResponse>, Status> {
-        Err(unimplemented("ImageService", "ListImages"))
+        Ok(Response::new(image::list_images(self, request.into_inner()).await?))
     }
 
     type StreamImagesStream = ResponseStream<StreamImagesResponse>;
 
     async fn stream_images(
         &self,
-        _request: Request<StreamImagesRequest>,
+        request: Request<StreamImagesRequest>,
     ) -> Result<Response<Self::StreamImagesStream>, Status> {
-        Err(unimplemented("ImageService", "StreamImages"))
+        let filter = request.into_inner().filter.and_then(|f| f.image);
+        let batches = image::stream_images(self, filter).await?;
+        Ok(Response::new(Box::pin(tokio_stream::iter(batches.into_iter().map(Ok)))))
     }
 
     async fn image_status(
         &self,
-        _request: Request<ImageStatusRequest>,
+        request: Request<ImageStatusRequest>,
     ) -> Result<Response<ImageStatusResponse>, Status> {
-        Err(unimplemented("ImageService", "ImageStatus"))
+        Ok(Response::new(image::image_status(self, request.into_inner()).await?))
     }
 
     async fn pull_image(
         &self,
-        _request: Request<PullImageRequest>,
+        request: Request<PullImageRequest>,
     ) -> Result<Response<PullImageResponse>, Status> {
-        Err(unimplemented("ImageService", "PullImage"))
+        Ok(Response::new(image::pull_image(self, request.into_inner()).await?))
     }
 
     async fn remove_image(
         &self,
-        _request: Request<RemoveImageRequest>,
+        request: Request<RemoveImageRequest>,
     ) -> Result<Response<RemoveImageResponse>, Status> {
-        Err(unimplemented("ImageService", "RemoveImage"))
+        Ok(Response::new(image::remove_image(self, request.into_inner()).await?))
     }
 
     async fn image_fs_info(
         &self,
-        _request: Request<ImageFsInfoRequest>,
+        request: Request<ImageFsInfoRequest>,
     ) -> Result<Response<ImageFsInfoResponse>, Status> {
-        Err(unimplemented("ImageService", "ImageFsInfo"))
+        Ok(Response::new(image::image_fs_info(self, request.into_inner()).await?))
     }
 }

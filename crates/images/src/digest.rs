@@ -39,7 +39,8 @@ impl FromStr for Digest {
         if algorithm != "sha256" {
             return Err(format!("digest {text:?}: algorithm {algorithm:?} is not supported"));
         }
-        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             return Err(format!("digest {text:?}: want 64 lower-case hex characters"));
         }
         Ok(Digest { hex: hex.to_string() })
@@ -140,7 +141,12 @@ mod tests {
         let digest: Digest = text.parse().unwrap();
         assert_eq!(digest.to_string(), text);
         assert_eq!(digest, Digest::of(b""));
-        for bad in ["e3b0", "sha512:00", "sha256:E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855", "sha256:../../etc/passwd"] {
+        for bad in [
+            "e3b0",
+            "sha512:00",
+            "sha256:E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855",
+            "sha256:../../etc/passwd",
+        ] {
             assert!(bad.parse::<Digest>().is_err(), "{bad}");
         }
     }

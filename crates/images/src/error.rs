@@ -24,6 +24,9 @@ pub const REGISTRY_UNAVAILABLE: &str = "RegistryUnavailable";
 pub enum Error {
     #[error("invalid image reference {reference:?}: {reason}")]
     InvalidReference { reference: String, reason: String },
+    /// Credentials a pull request carries that cannot be used as given.
+    #[error("bad registry credentials: {reason}")]
+    BadCredentials { reason: String },
     #[error("{what} not found")]
     NotFound { what: String },
     #[error("{registry}: authentication failed: {reason}")]
@@ -61,6 +64,7 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::InvalidReference { .. } => ErrorKind::InvalidArgument,
+            Error::BadCredentials { .. } => ErrorKind::InvalidArgument,
             Error::NotFound { .. } | Error::NoMatchingPlatform { .. } => ErrorKind::NotFound,
             Error::Unauthorized { .. } => ErrorKind::Unauthenticated,
             Error::RegistryUnavailable { .. } => ErrorKind::Unavailable,
@@ -77,7 +81,10 @@ impl Error {
 
     /// Wraps an I/O error with what was being done and on which path, so that the message a
     /// client gets names the file.
-    pub fn io(what: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+    pub fn io(
+        what: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();
         move |source| Error::Io { what, path, source }
     }

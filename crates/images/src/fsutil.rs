@@ -9,14 +9,20 @@ use crate::error::{Error, Result};
 /// Writes `bytes` to `path` so that readers (and a crash) see the old content or the new, never
 /// a torn file: a temp file in the same directory, fsync, rename, fsync of the directory.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().ok_or_else(|| Error::Internal(format!("{} has no parent", path.display())))?;
+    let dir = path
+        .parent()
+        .ok_or_else(|| Error::Internal(format!("{} has no parent", path.display())))?;
     let mut temp = tempfile::Builder::new()
         .prefix(".tmp-")
         .tempfile_in(dir)
         .map_err(Error::io("creating a temp file in", dir))?;
     temp.write_all(bytes).map_err(Error::io("writing", temp.path()))?;
     temp.as_file().sync_all().map_err(Error::io("syncing", temp.path()))?;
-    temp.persist(path).map_err(|err| Error::Io { what: "renaming into", path: path.to_path_buf(), source: err.error })?;
+    temp.persist(path).map_err(|err| Error::Io {
+        what: "renaming into",
+        path: path.to_path_buf(),
+        source: err.error,
+    })?;
     sync_dir(dir)
 }
 

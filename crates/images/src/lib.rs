@@ -3,10 +3,22 @@
 //!
 //! Architecture invariant: this crate knows nothing of gRPC or protobuf; cri-server translates.
 
+pub mod auth;
 pub mod config;
+pub mod content;
 pub mod digest;
 pub mod error;
 pub mod fsutil;
+pub mod hosts;
+mod keyed;
+pub mod manifest;
+pub mod metadata;
+pub mod reference;
+pub mod remote;
+mod service;
+pub mod snapshot;
+pub mod unpack;
 
 pub use digest::Digest;
 pub use error::{Error, ErrorKind, Result};
+pub use service::{FsUsage, ImageDetails, ImageService, ImageServiceOptions};

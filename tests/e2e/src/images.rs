@@ -8,7 +8,7 @@
 //! runtime reports.
 
 use std::collections::BTreeMap;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::Path;
 use std::process::Command;
 use std::sync::OnceLock;
@@ -28,6 +28,10 @@ pub const BUSYBOX: &str = "/bin/busybox";
 pub const OCI_REF: &str = "berth-test/busybox:oci";
 pub const LATEST_REF: &str = "berth-test/busybox:latest";
 pub const DOCKER_REF: &str = "berth-test/busybox:docker";
+/// The filesystem of `busybox:oci` with zstd-compressed layers.
+pub const ZSTD_REF: &str = "berth-test/busybox:zstd";
+/// The filesystem of `busybox:oci` with uncompressed layers.
+pub const PLAIN_REF: &str = "berth-test/busybox:plain";
 pub const MULTIARCH_REF: &str = "berth-test/multiarch:latest";
 const MULTIARCH_REPO: &str = "berth-test/multiarch";
 
@@ -35,6 +39,8 @@ pub const MEDIA_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json
 pub const MEDIA_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const MEDIA_OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 pub const MEDIA_OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+pub const MEDIA_OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+pub const MEDIA_OCI_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
 pub const MEDIA_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 pub const MEDIA_DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 pub const MEDIA_DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
@@ -42,7 +48,7 @@ pub const MEDIA_DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.t
 /// The `created` time of every image and the mtime of every tar entry; a
 /// constant so that rebuilding yields the same digests.
 pub const CREATED: &str = "2024-01-01T00:00:00Z";
-const MTIME: u64 = 1_704_067_200;
+pub(crate) const MTIME: u64 = 1_704_067_200;
 
 pub const PATH_ENV: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -110,7 +116,7 @@ pub struct Blob {
 }
 
 impl Blob {
-    fn new(media_type: &str, bytes: Vec<u8>) -> Blob {
+    pub(crate) fn new(media_type: &str, bytes: Vec<u8>) -> Blob {
         Blob { media_type: media_type.to_owned(), digest: sha256_digest(&bytes), bytes }
     }
 
@@ -126,7 +132,8 @@ pub struct Platform {
     pub variant: Option<&'static str>,
 }
 
-const LINUX_AMD64: Platform = Platform { os: "linux", architecture: "amd64", variant: None };
+pub(crate) const LINUX_AMD64: Platform =
+    Platform { os: "linux", architecture: "amd64", variant: None };
 const LINUX_ARM64_V8: Platform =
     Platform { os: "linux", architecture: "arm64", variant: Some("v8") };
 
@@ -203,6 +210,13 @@ pub struct TestImages {
     pub docker: TestImage,
     /// `berth-test/multiarch:latest`: an index of linux/amd64 and linux/arm64/v8.
     pub multiarch: TestImage,
+    /// `berth-test/busybox:zstd`: the layers of `oci` compressed with zstd
+    /// (`…tar+zstd`), so the same `diff_ids`; pushed by [`push_extra`].
+    pub zstd: TestImage,
+    /// `berth-test/busybox:plain`: the layers of `oci` uncompressed
+    /// (`…layer.v1.tar`), so each blob digest equals its diff_id; pushed by
+    /// [`push_extra`].
+    pub plain: TestImage,
 }
 
 impl TestImages {
@@ -219,13 +233,19 @@ impl TestImages {
         })
     }
 
+    /// What [`push_all`] pushes.
     pub fn all(&self) -> [&TestImage; 3] {
         [&self.oci, &self.docker, &self.multiarch]
+    }
+
+    /// What [`push_extra`] pushes: the other layer compressions.
+    pub fn extra(&self) -> [&TestImage; 2] {
+        [&self.zstd, &self.plain]
     }
 }
 
 #[derive(Debug, thiserror::Error)]
-enum BuildError {
+pub(crate) enum BuildError {
     #[error("reading {BUSYBOX}: {0}")]
     ReadBusybox(#[source] io::Error),
     #[error("{BUSYBOX} is not a static 64-bit little-endian ELF executable: {0}")]
@@ -258,116 +278,175 @@ pub enum PushError {
 /// children before the index, and every tag (`busybox:oci`, `busybox:latest`,
 /// `busybox:docker`, `multiarch:latest`).
 pub async fn push_all(registry: &str) -> Result<(), PushError> {
-    let client = Client::new(ClientConfig {
-        protocol: ClientProtocol::Http,
-        // A wedged registry should fail the test, not hang it.
-        connect_timeout: Some(Duration::from_secs(10)),
-        read_timeout: Some(Duration::from_secs(60)),
-        ..Default::default()
-    });
-    for image in TestImages::get().all() {
+    Pusher::new(registry).push_each(TestImages::get().all()).await
+}
+
+/// Pushes `busybox:zstd` and `busybox:plain`.
+pub async fn push_extra(registry: &str) -> Result<(), PushError> {
+    Pusher::new(registry).push_each(TestImages::get().extra()).await
+}
+
+/// Pushes one image (an index with its children) anonymously.
+pub async fn push_image(registry: &str, image: &TestImage) -> Result<(), PushError> {
+    Pusher::new(registry).push(image).await
+}
+
+/// An oci-client over plain HTTP to one registry, with the credentials to push with.
+pub struct Pusher {
+    client: Client,
+    registry: String,
+    auth: RegistryAuth,
+}
+
+impl Pusher {
+    /// Anonymous pushes to `registry` (`host:port`).
+    pub fn new(registry: &str) -> Pusher {
+        Pusher::with_auth(registry, RegistryAuth::Anonymous)
+    }
+
+    /// Pushes with `auth`, e.g. `RegistryAuth::Basic(user, password)` for a
+    /// registry from [`crate::Registry::start_with_auth`].
+    pub fn with_auth(registry: &str, auth: RegistryAuth) -> Pusher {
+        let client = Client::new(ClientConfig {
+            protocol: ClientProtocol::Http,
+            // A wedged registry should fail the test, not hang it.
+            connect_timeout: Some(Duration::from_secs(10)),
+            read_timeout: Some(Duration::from_secs(60)),
+            ..Default::default()
+        });
+        Pusher { client, registry: registry.to_owned(), auth }
+    }
+
+    /// Pushes `image`: an index's children first, then the index; blobs
+    /// before the manifest; the manifest under its tag and every alias.
+    pub async fn push(&self, image: &TestImage) -> Result<(), PushError> {
         for child in &image.children {
-            push_image(&client, registry, child).await?;
+            self.push_manifest(child).await?;
         }
-        push_image(&client, registry, image).await?;
+        self.push_manifest(image).await
     }
-    Ok(())
-}
 
-/// Pushes one manifest (not its children) with its blobs and tags.
-async fn push_image(client: &Client, registry: &str, image: &TestImage) -> Result<(), PushError> {
-    let repository = image.repository();
-    let registry_err = |what: &str, target: &Reference| {
-        let what = what.to_owned();
-        let target = target.whole();
-        move |source: OciDistributionError| PushError::Registry { what, target, source }
-    };
-
-    let by_digest = |digest: &str| {
-        Reference::with_digest(registry.to_owned(), repository.to_owned(), digest.to_owned())
-    };
-    let this = by_digest(&image.manifest.digest);
-    client
-        .auth(&this, &RegistryAuth::Anonymous, RegistryOperation::Push)
-        .await
-        .map_err(registry_err("anonymous auth", &this))?;
-
-    let blobs = image.layers.iter().chain((!image.is_index()).then_some(&image.config));
-    for blob in blobs {
-        let target = by_digest(&blob.digest);
-        // Layers are shared between tags of a repository; the registry would
-        // accept them again, but skipping them keeps the push quick.
-        let exists = client
-            .blob_exists(&target, &blob.digest)
-            .await
-            .map_err(registry_err("blob check", &target))?;
-        if !exists {
-            client
-                .push_blob(&target, blob.bytes.clone(), &blob.digest)
-                .await
-                .map_err(registry_err(&blob.media_type, &target))?;
+    pub async fn push_each<'a>(
+        &self,
+        images: impl IntoIterator<Item = &'a TestImage>,
+    ) -> Result<(), PushError> {
+        for image in images {
+            self.push(image).await?;
         }
+        Ok(())
     }
 
-    let mut targets = vec![];
-    match image.tag() {
-        Some(tag) => targets.push(Reference::with_tag(
-            registry.to_owned(),
-            repository.to_owned(),
-            tag.to_owned(),
-        )),
-        None => targets.push(this),
-    }
-    for alias in image.aliases {
-        let (repository, tag) = split_reference(alias);
-        targets.push(Reference::with_tag(
-            registry.to_owned(),
-            repository.to_owned(),
-            tag.unwrap_or("latest").to_owned(),
-        ));
-    }
-    for target in &targets {
-        let content_type = image
-            .manifest
-            .media_type
-            .parse()
-            .map_err(|_| PushError::MediaType(image.manifest.media_type.clone()))?;
+    /// Pushes one manifest (not its children) with its blobs and tags.
+    async fn push_manifest(&self, image: &TestImage) -> Result<(), PushError> {
+        let (client, registry) = (&self.client, self.registry.as_str());
+        let repository = image.repository();
+        let registry_err = |what: &str, target: &Reference| {
+            let what = what.to_owned();
+            let target = target.whole();
+            move |source: OciDistributionError| PushError::Registry { what, target, source }
+        };
+
+        let by_digest = |digest: &str| {
+            Reference::with_digest(registry.to_owned(), repository.to_owned(), digest.to_owned())
+        };
+        let this = by_digest(&image.manifest.digest);
         client
-            .push_manifest_raw(target, image.manifest.bytes.clone(), content_type)
+            .auth(&this, &self.auth, RegistryOperation::Push)
             .await
-            .map_err(registry_err(&image.manifest.media_type, target))?;
+            .map_err(registry_err("auth", &this))?;
+
+        let blobs = image.layers.iter().chain((!image.is_index()).then_some(&image.config));
+        for blob in blobs {
+            let target = by_digest(&blob.digest);
+            // Layers are shared between tags of a repository; the registry would
+            // accept them again, but skipping them keeps the push quick.
+            let exists = client
+                .blob_exists(&target, &blob.digest)
+                .await
+                .map_err(registry_err("blob check", &target))?;
+            if !exists {
+                client
+                    .push_blob(&target, blob.bytes.clone(), &blob.digest)
+                    .await
+                    .map_err(registry_err(&blob.media_type, &target))?;
+            }
+        }
+
+        let mut targets = vec![];
+        match image.tag() {
+            Some(tag) => targets.push(Reference::with_tag(
+                registry.to_owned(),
+                repository.to_owned(),
+                tag.to_owned(),
+            )),
+            None => targets.push(this),
+        }
+        for alias in image.aliases {
+            let (repository, tag) = split_reference(alias);
+            targets.push(Reference::with_tag(
+                registry.to_owned(),
+                repository.to_owned(),
+                tag.unwrap_or("latest").to_owned(),
+            ));
+        }
+        for target in &targets {
+            let content_type = image
+                .manifest
+                .media_type
+                .parse()
+                .map_err(|_| PushError::MediaType(image.manifest.media_type.clone()))?;
+            client
+                .push_manifest_raw(target, image.manifest.bytes.clone(), content_type)
+                .await
+                .map_err(registry_err(&image.manifest.media_type, target))?;
+        }
+        Ok(())
     }
-    Ok(())
 }
 
-fn sha256_digest(bytes: &[u8]) -> String {
+pub(crate) fn sha256_digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Format {
+pub(crate) enum Format {
     Oci,
     Docker,
+    /// OCI with zstd layers.
+    OciZstd,
+    /// OCI with uncompressed layers.
+    OciPlain,
 }
 
 impl Format {
     fn manifest(self) -> &'static str {
         match self {
-            Format::Oci => MEDIA_OCI_MANIFEST,
             Format::Docker => MEDIA_DOCKER_MANIFEST,
+            _ => MEDIA_OCI_MANIFEST,
         }
     }
     fn config(self) -> &'static str {
         match self {
-            Format::Oci => MEDIA_OCI_CONFIG,
             Format::Docker => MEDIA_DOCKER_CONFIG,
+            _ => MEDIA_OCI_CONFIG,
         }
     }
     fn layer(self) -> &'static str {
         match self {
             Format::Oci => MEDIA_OCI_LAYER,
             Format::Docker => MEDIA_DOCKER_LAYER,
+            Format::OciZstd => MEDIA_OCI_LAYER_ZSTD,
+            Format::OciPlain => MEDIA_OCI_LAYER_TAR,
         }
+    }
+    /// The layer blob in this format's compression.
+    fn layer_blob(self, layer: &Layer) -> Result<Blob, BuildError> {
+        let bytes = match self {
+            Format::Oci | Format::Docker => layer.gzip.clone(),
+            Format::OciZstd => zstd(&layer.tar).map_err(BuildError::Tar)?,
+            Format::OciPlain => layer.tar.clone(),
+        };
+        Ok(Blob::new(self.layer(), bytes))
     }
 }
 
@@ -376,7 +455,17 @@ impl Format {
 struct Layer {
     created_by: &'static str,
     diff_id: String,
+    tar: Vec<u8>,
     gzip: Vec<u8>,
+}
+
+/// A layer as it goes into a manifest.
+pub(crate) struct LayerBlob {
+    /// The config's `history[].created_by`.
+    pub created_by: String,
+    /// `sha256:` of the uncompressed tar.
+    pub diff_id: String,
+    pub blob: Blob,
 }
 
 fn build() -> Result<TestImages, BuildError> {
@@ -395,7 +484,7 @@ fn build() -> Result<TestImages, BuildError> {
     .into_iter()
     .map(|(created_by, entries)| {
         let tar = write_tar(entries)?;
-        Ok(Layer { created_by, diff_id: sha256_digest(&tar), gzip: gzip(&tar)? })
+        Ok(Layer { created_by, diff_id: sha256_digest(&tar), gzip: gzip(&tar)?, tar })
     })
     .collect::<io::Result<Vec<_>>>()
     .map_err(BuildError::Tar)?;
@@ -405,7 +494,9 @@ fn build() -> Result<TestImages, BuildError> {
     let amd64 = image(Format::Oci, MULTIARCH_REPO, &[], "amd64", LINUX_AMD64, &layers)?;
     let arm64 = image(Format::Oci, MULTIARCH_REPO, &[], "arm64", LINUX_ARM64_V8, &layers)?;
     let multiarch = index(MULTIARCH_REF, vec![amd64, arm64])?;
-    Ok(TestImages { oci, docker, multiarch })
+    let zstd = image(Format::OciZstd, ZSTD_REF, &[], "zstd", LINUX_AMD64, &layers)?;
+    let plain = image(Format::OciPlain, PLAIN_REF, &[], "plain", LINUX_AMD64, &layers)?;
+    Ok(TestImages { oci, docker, multiarch, zstd, plain })
 }
 
 /// A dynamic busybox would be copied fine and then fail in the container
@@ -568,12 +659,102 @@ fn write_tar(mut entries: Vec<Entry>) -> io::Result<Vec<u8>> {
     tar.into_inner()
 }
 
-fn gzip(tar: &[u8]) -> io::Result<Vec<u8>> {
+pub(crate) fn gzip(tar: &[u8]) -> io::Result<Vec<u8>> {
     // GzBuilder writes mtime 0 and no file name unless told otherwise, which
     // is what keeps the compressed digest fixed.
     let mut gz = GzBuilder::new().write(Vec::new(), Compression::default());
     gz.write_all(tar)?;
     gz.finish()
+}
+
+/// Bytes exactly as long as `layer`'s that decompress fine (a valid gzip
+/// stream, zstd frame or tar, as its media type says) to a valid tar that
+/// differs from the layer's in one file's contents. Served in its place by
+/// [`crate::Registry::replace_blob`], it leaves a client nothing to notice but
+/// the digest (and the diff_id): what a registry or a man in the middle that
+/// swaps content would serve.
+///
+/// The gzip keeps its length by a comment in its header (FCOMMENT), the zstd
+/// by a skippable frame after the data.
+pub fn impostor_layer(layer: &Blob) -> Vec<u8> {
+    let target = layer.bytes.len();
+    let media = layer.media_type.as_str();
+    let is_gzip = media.ends_with("gzip");
+    let is_zstd = media.ends_with("zstd");
+    let tar = if is_gzip {
+        let mut tar = Vec::new();
+        flate2::read::GzDecoder::new(layer.bytes.as_slice())
+            .read_to_end(&mut tar)
+            .expect("the layer is gzip");
+        tar
+    } else if is_zstd {
+        zstd::stream::decode_all(layer.bytes.as_slice()).expect("the layer is zstd")
+    } else {
+        layer.bytes.clone()
+    };
+    // The data of every regular file with any, as (offset, length) in the tar.
+    let mut files = vec![];
+    let mut archive = tar::Archive::new(tar.as_slice());
+    for entry in archive.entries().expect("the layer is a tar") {
+        let entry = entry.expect("a tar entry");
+        if entry.header().entry_type().is_file() && entry.size() > 0 {
+            files.push((entry.raw_file_position() as usize, entry.size() as usize));
+        }
+    }
+    let (first, first_len) = *files.first().expect("a layer with a file to change");
+    // From the smallest change to ones that make the tar compress better.
+    for variant in 0..3 {
+        let mut changed = tar.clone();
+        match variant {
+            0 => changed[first + first_len - 1] ^= 1,
+            1 => changed[first..first + first_len].fill(0),
+            _ => files.iter().for_each(|&(at, len)| changed[at..at + len].fill(0)),
+        }
+        if changed == tar {
+            continue; // the data was zeros already
+        }
+        if !is_gzip && !is_zstd {
+            return changed;
+        }
+        for level in [6, 9, 8, 7, 5, 4, 3, 2, 1] {
+            if is_gzip {
+                let bare = gzip_with(&changed, level, None);
+                // A comment is its bytes and a NUL.
+                if let Some(pad) = target.checked_sub(bare.len() + 1) {
+                    let padded = gzip_with(&changed, level, Some(vec![b'x'; pad]));
+                    assert_eq!(padded.len(), target);
+                    return padded;
+                }
+            } else {
+                let mut frame = zstd::stream::encode_all(changed.as_slice(), level as i32)
+                    .expect("zstd in memory");
+                // A skippable frame: magic, length, that many bytes.
+                if let Some(pad) = target.checked_sub(frame.len() + 8) {
+                    frame.extend_from_slice(&0x184D_2A50u32.to_le_bytes());
+                    frame.extend_from_slice(&(pad as u32).to_le_bytes());
+                    frame.resize(target, 0);
+                    return frame;
+                }
+            }
+        }
+    }
+    panic!("cannot make a {media} impostor of {} as long as {target} bytes", layer.digest)
+}
+
+fn gzip_with(tar: &[u8], level: u32, comment: Option<Vec<u8>>) -> Vec<u8> {
+    let mut builder = GzBuilder::new();
+    if let Some(comment) = comment {
+        builder = builder.comment(comment);
+    }
+    let mut gz = builder.write(Vec::new(), Compression::new(level));
+    gz.write_all(tar).expect("gzip in memory");
+    gz.finish().expect("gzip in memory")
+}
+
+/// zstd at its default level, single-threaded, without a checksum or content
+/// size in the frame header: a function of the input and the zstd version.
+fn zstd(tar: &[u8]) -> io::Result<Vec<u8>> {
+    zstd::stream::encode_all(tar, 3)
 }
 
 #[derive(Serialize)]
@@ -670,6 +851,30 @@ fn image(
     platform: Platform,
     layers: &[Layer],
 ) -> Result<TestImage, BuildError> {
+    let layers = layers
+        .iter()
+        .map(|l| {
+            Ok(LayerBlob {
+                created_by: l.created_by.to_owned(),
+                diff_id: l.diff_id.clone(),
+                blob: format.layer_blob(l)?,
+            })
+        })
+        .collect::<Result<Vec<_>, BuildError>>()?;
+    assemble(format, reference, aliases, image_env, "busybox", platform, layers)
+}
+
+/// The config and manifest for `layers`; the config is that of the busybox
+/// images but for `BERTH_IMAGE=<image_env>` and the `org.berth.test` label.
+pub(crate) fn assemble(
+    format: Format,
+    reference: &'static str,
+    aliases: &'static [&'static str],
+    image_env: &str,
+    label: &str,
+    platform: Platform,
+    layers: Vec<LayerBlob>,
+) -> Result<TestImage, BuildError> {
     let config = ConfigJson {
         created: CREATED,
         architecture: platform.architecture,
@@ -680,7 +885,7 @@ fn image(
             env: vec![PATH_ENV.to_owned(), format!("BERTH_IMAGE={image_env}")],
             cmd: vec!["/bin/sh"],
             working_dir: "/",
-            labels: BTreeMap::from([("org.berth.test", "busybox")]),
+            labels: BTreeMap::from([("org.berth.test", label)]),
             stop_signal: "SIGTERM",
         },
         rootfs: RootfsJson {
@@ -689,26 +894,25 @@ fn image(
         },
         history: layers
             .iter()
-            .map(|l| HistoryJson { created: CREATED, created_by: l.created_by })
+            .map(|l| HistoryJson { created: CREATED, created_by: &l.created_by })
             .collect(),
     };
     let config = Blob::new(format.config(), to_json(&config)?);
-    let layer_blobs: Vec<Blob> =
-        layers.iter().map(|l| Blob::new(format.layer(), l.gzip.clone())).collect();
     let manifest = ManifestJson {
         schema_version: 2,
         media_type: format.manifest(),
         config: DescriptorJson::of(&config),
-        layers: layer_blobs.iter().map(DescriptorJson::of).collect(),
+        layers: layers.iter().map(|l| DescriptorJson::of(&l.blob)).collect(),
     };
     let manifest = Blob::new(format.manifest(), to_json(&manifest)?);
+    let diff_ids = layers.iter().map(|l| l.diff_id.clone()).collect();
     Ok(TestImage {
         reference,
         aliases,
         manifest,
         config,
-        layers: layer_blobs,
-        diff_ids: layers.iter().map(|l| l.diff_id.clone()).collect(),
+        layers: layers.into_iter().map(|l| l.blob).collect(),
+        diff_ids,
         platform: Some(platform),
         children: vec![],
     })
@@ -758,6 +962,14 @@ mod tests {
         out
     }
 
+    fn uncompressed(blob: &Blob) -> Vec<u8> {
+        match blob.media_type.as_str() {
+            MEDIA_OCI_LAYER_ZSTD => zstd::stream::decode_all(blob.bytes.as_slice()).unwrap(),
+            MEDIA_OCI_LAYER_TAR => blob.bytes.clone(),
+            _ => gunzip(blob),
+        }
+    }
+
     struct TarEntry {
         path: String,
         kind: tar::EntryType,
@@ -799,7 +1011,7 @@ mod tests {
 
     fn all_images(images: &TestImages) -> Vec<&TestImage> {
         let mut all = vec![];
-        for image in images.all() {
+        for image in images.all().into_iter().chain(images.extra()) {
             all.push(image);
             all.extend(image.children.iter());
         }
@@ -919,7 +1131,7 @@ mod tests {
                 .map(|d| d.as_str().unwrap())
                 .collect();
             let computed: Vec<String> =
-                image.layers.iter().map(|l| sha256_digest(&gunzip(l))).collect();
+                image.layers.iter().map(|l| sha256_digest(&uncompressed(l))).collect();
             assert_eq!(in_config, computed);
             assert_eq!(image.diff_ids, computed);
         }
@@ -1031,6 +1243,75 @@ mod tests {
         );
         assert!(multiarch.child("arm64").is_some());
         assert_ne!(multiarch.children[0].digest(), TestImages::get().oci.digest());
+    }
+
+    #[test]
+    fn zstd_and_plain_have_the_oci_filesystem() {
+        let images = TestImages::get();
+        let cases = [
+            (&images.zstd, ZSTD_REF, MEDIA_OCI_LAYER_ZSTD, "zstd"),
+            (&images.plain, PLAIN_REF, MEDIA_OCI_LAYER_TAR, "plain"),
+        ];
+        for (image, reference, layer_type, env) in cases {
+            assert_eq!(image.reference, reference);
+            assert_eq!(image.manifest.media_type, MEDIA_OCI_MANIFEST);
+            assert_eq!(image.config.media_type, MEDIA_OCI_CONFIG);
+            assert_eq!(image.diff_ids, images.oci.diff_ids, "{reference}: same diff_ids");
+            let m = json(&image.manifest);
+            let c = json(&image.config);
+            assert_eq!(c["config"]["Env"][1], format!("BERTH_IMAGE={env}"));
+            assert_eq!(m["config"]["digest"], image.config.digest.as_str());
+            for ((desc, blob), oci) in
+                m["layers"].as_array().unwrap().iter().zip(&image.layers).zip(&images.oci.layers)
+            {
+                assert_eq!(blob.media_type, layer_type);
+                assert_eq!(desc["mediaType"], layer_type);
+                assert_eq!(desc["digest"], blob.digest.as_str());
+                assert_eq!(desc["size"], blob.size());
+                assert_ne!(blob.digest, oci.digest);
+                let tar = match layer_type {
+                    MEDIA_OCI_LAYER_ZSTD => {
+                        assert_eq!(&blob.bytes[..4], &[0x28, 0xb5, 0x2f, 0xfd], "zstd magic");
+                        zstd::stream::decode_all(blob.bytes.as_slice()).unwrap()
+                    }
+                    _ => blob.bytes.clone(),
+                };
+                assert_eq!(tar, gunzip(oci), "{reference}: the same tar");
+            }
+        }
+        // Plain layers are their own diff_ids.
+        let plain: Vec<&String> = images.plain.layers.iter().map(|l| &l.digest).collect();
+        assert_eq!(plain, images.oci.diff_ids.iter().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn impostors_decompress_to_another_tar_of_the_same_length() {
+        let images = TestImages::get();
+        let layers =
+            images.oci.layers.iter().chain(&images.zstd.layers).chain(&images.plain.layers);
+        for layer in layers {
+            let impostor = impostor_layer(layer);
+            assert_eq!(impostor.len(), layer.size(), "{}", layer.media_type);
+            assert_ne!(sha256_digest(&impostor), layer.digest);
+            let (tar, original) = match layer.media_type.as_str() {
+                MEDIA_OCI_LAYER_ZSTD => (
+                    zstd::stream::decode_all(impostor.as_slice()).unwrap(),
+                    zstd::stream::decode_all(layer.bytes.as_slice()).unwrap(),
+                ),
+                MEDIA_OCI_LAYER_TAR => (impostor.clone(), layer.bytes.clone()),
+                _ => {
+                    let mut tar = vec![];
+                    // The decoder checks the CRC and size in the trailer.
+                    GzDecoder::new(impostor.as_slice()).read_to_end(&mut tar).unwrap();
+                    (tar, gunzip(layer))
+                }
+            };
+            assert_eq!(tar.len(), original.len());
+            assert_ne!(tar, original);
+            let names =
+                |t: &[u8]| -> Vec<String> { entries(t).into_iter().map(|e| e.path).collect() };
+            assert_eq!(names(&tar), names(&original), "a valid tar of the same entries");
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! cleans up on drop, also when a test fails.
 
 pub mod berthd;
+pub mod crafted;
 pub mod cri;
 pub mod images;
 pub mod node;

@@ -1,82 +1,260 @@
 //! A real registry on a node: Debian's `docker-registry` (the CNCF distribution registry),
 //! plain HTTP on the node's loopback, with its storage in the node's scratch directory.
+//!
+//! Besides the default one on [`REGISTRY_ADDR`] a test may start more on other loopback ports
+//! of the same node (a mirror, [`Registry::start_on`]), one that wants a password
+//! ([`Registry::start_with_auth`]), tamper with the blobs a registry stores
+//! ([`Registry::corrupt_blob`]), or point a client at [`down_addr`], where nothing listens.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
+
+use base64::Engine;
 
 use crate::node::Node;
 
 /// Inside the node's own network namespace the port is free whatever other nodes use.
 pub const REGISTRY_ADDR: &str = "127.0.0.1:5000";
 
+/// An address on the node's loopback where nothing listens: connecting there is refused at
+/// once, as with a mirror that is down.
+pub const DOWN_ADDR: &str = "127.0.0.1:5999";
+
+/// See [`DOWN_ADDR`].
+pub fn down_addr() -> &'static str {
+    DOWN_ADDR
+}
+
+/// The bcrypt cost of generated htpasswd files: the minimum, because the registry checks the
+/// password on every request and the tests need no protection against brute force.
+const BCRYPT_COST: u32 = 4;
+
 pub struct Registry {
     child: Child,
     /// host:port, as it goes into image references.
     pub addr: String,
+    /// The storage driver's root directory (`rootdirectory` of the filesystem driver).
+    pub root: PathBuf,
+    /// The user name and password that the registry wants, if it was started with auth.
+    pub credentials: Option<(String, String)>,
 }
 
 impl Registry {
+    /// The node's registry on [`REGISTRY_ADDR`], anonymous, storage in
+    /// `node.dir()/registry/data`.
     pub fn start(node: &Node) -> Registry {
-        let dir = node.dir().join("registry");
+        Registry::spawn(node, REGISTRY_ADDR, None)
+    }
+
+    /// Another anonymous registry on `addr`, a loopback address of the node such as
+    /// `127.0.0.1:5001`, with storage of its own: a mirror, say. Its config, storage and log
+    /// are `node.dir()/registry-<port>/` and `node.dir()/registry-<port>.log`.
+    pub fn start_on(node: &Node, addr: &str) -> Registry {
+        Registry::spawn(node, addr, None)
+    }
+
+    /// A registry on `addr` that answers 401 with `WWW-Authenticate: Basic realm="berth-test"`
+    /// unless a request carries `username:password` (htpasswd auth, bcrypt). It does so over
+    /// plain HTTP: distribution 2.8 does not insist on TLS for htpasswd auth, it only warns in
+    /// its docs that the password then travels in the clear.
+    pub fn start_with_auth(node: &Node, addr: &str, username: &str, password: &str) -> Registry {
+        Registry::spawn(node, addr, Some((username.to_owned(), password.to_owned())))
+    }
+
+    fn spawn(node: &Node, addr: &str, credentials: Option<(String, String)>) -> Registry {
+        // The default registry keeps the names it always had.
+        let name = if addr == REGISTRY_ADDR {
+            "registry".to_owned()
+        } else {
+            let port = addr.rsplit_once(':').map_or(addr, |(_, port)| port);
+            format!("registry-{port}")
+        };
+        let dir = node.dir().join(&name);
         std::fs::create_dir_all(&dir).expect("creating the registry directory");
-        let config = dir.join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {REGISTRY_ADDR}\n",
-                dir.join("data").display()
-            ),
-        )
-        .expect("writing the registry config");
-        let log =
-            std::fs::File::create(node.dir().join("registry.log")).expect("creating registry.log");
+        let root = dir.join("data");
+        let mut config = format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+            root.display()
+        );
+        if let Some((username, password)) = &credentials {
+            let htpasswd = dir.join("htpasswd");
+            std::fs::write(&htpasswd, htpasswd_line(username, password))
+                .expect("writing the htpasswd file");
+            config.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: berth-test\n    path: {}\n",
+                htpasswd.display()
+            ));
+        }
+        let config_path = dir.join("config.yml");
+        std::fs::write(&config_path, config).expect("writing the registry config");
+        let log = std::fs::File::create(node.dir().join(format!("{name}.log")))
+            .expect("creating the registry log");
         let child = node
             .command("docker-registry")
             .arg("serve")
-            .arg(&config)
+            .arg(&config_path)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("registry log"))
             .stderr(log)
             .spawn()
             .expect("starting docker-registry (apt-get install docker-registry)");
-        let registry = Registry { child, addr: REGISTRY_ADDR.to_string() };
-        node.in_netns(|| wait_until_serving(REGISTRY_ADDR, Duration::from_secs(20)));
+        let registry = Registry { child, addr: addr.to_owned(), root, credentials };
+        node.in_netns(|| registry.wait_until_serving(Duration::from_secs(20)));
         registry
     }
-}
 
-/// Waits for `GET /v2/` to answer 200, as the distribution API's version check does.
-fn wait_until_serving(addr: &str, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Ok(status) = get_status(addr, "/v2/") {
-            if status == 200 {
+    /// Where the registry stores the blob `digest` (`sha256:<hex>`); it exists once the blob
+    /// was pushed.
+    pub fn blob_path(&self, digest: &str) -> PathBuf {
+        blob_path(&self.root, digest)
+    }
+
+    /// Overwrites the stored blob with as many bytes, every one of them different (each is
+    /// inverted), so that the registry still serves it with the right length, under its
+    /// digest, but a client that checks finds the digest wrong. The bytes are no longer
+    /// gzip/zstd/tar either; [`Registry::replace_blob`] takes bytes of the caller's choosing,
+    /// e.g. [`crate::images::impostor_layer`]'s, which decompress fine.
+    ///
+    /// The registry keeps one copy of a blob for all its repositories: every image with this
+    /// blob is now broken on this registry.
+    pub fn corrupt_blob(&self, digest: &str) {
+        let path = self.blob_path(digest);
+        let mut bytes = std::fs::read(&path)
+            .unwrap_or_else(|err| panic!("reading blob {digest} at {}: {err}", path.display()));
+        bytes.iter_mut().for_each(|b| *b = !*b);
+        self.replace_blob(digest, &bytes);
+    }
+
+    /// Overwrites the stored blob with `bytes`, which must be as long as the blob (the registry
+    /// serves the length it recorded at the push).
+    pub fn replace_blob(&self, digest: &str, bytes: &[u8]) {
+        let path = self.blob_path(digest);
+        let len = std::fs::metadata(&path)
+            .unwrap_or_else(|err| panic!("blob {digest} at {}: {err}", path.display()))
+            .len();
+        assert_eq!(len, bytes.len() as u64, "a replacement for {digest} must be as long");
+        std::fs::write(&path, bytes)
+            .unwrap_or_else(|err| panic!("writing blob {digest} at {}: {err}", path.display()));
+    }
+
+    /// `GET path` from the registry, with the registry's credentials if it has any, as raw
+    /// HTTP/1.0 (no redirects followed). Returns the status and the body. Must run in the
+    /// node's network namespace: `node.in_netns(|| registry.http_get("/v2/"))`.
+    pub fn http_get(&self, path: &str) -> std::io::Result<(u16, Vec<u8>)> {
+        let authorization = self.credentials.as_ref().map(|(u, p)| basic_authorization(u, p));
+        http_get(&self.addr, path, authorization.as_deref())
+    }
+
+    /// Waits for `GET /v2/` to answer 200, as the distribution API's version check does; with
+    /// the credentials if the registry has them, which checks them as well.
+    fn wait_until_serving(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let answer = self.http_get("/v2/");
+            if matches!(answer, Ok((200, _))) {
                 return;
             }
+            assert!(
+                Instant::now() < deadline,
+                "the registry on {} did not come up in {timeout:?}: {answer:?}",
+                self.addr
+            );
+            std::thread::sleep(Duration::from_millis(25));
         }
-        assert!(Instant::now() < deadline, "the registry on {addr} did not come up in {timeout:?}");
-        std::thread::sleep(Duration::from_millis(25));
     }
 }
 
-fn get_status(addr: &str, path: &str) -> std::io::Result<u16> {
+/// `<root>/docker/registry/v2/blobs/sha256/<first 2 hex>/<hex>/data`, the filesystem driver's
+/// layout.
+pub fn blob_path(root: &Path, digest: &str) -> PathBuf {
+    let (algorithm, hex) = digest.split_once(':').unwrap_or_else(|| panic!("digest {digest:?}"));
+    assert!(hex.len() > 2 && hex.bytes().all(|b| b.is_ascii_hexdigit()), "digest {digest:?}");
+    root.join("docker/registry/v2/blobs").join(algorithm).join(&hex[..2]).join(hex).join("data")
+}
+
+/// One line of an htpasswd file: `user:$2y$04$…`. The salt is fixed, so the line is too.
+fn htpasswd_line(username: &str, password: &str) -> String {
+    assert!(!username.contains(':') && !username.contains('\n'), "user name {username:?}");
+    let hash = bcrypt::hash_with_salt(password, BCRYPT_COST, *b"berth-e2e-salt!!")
+        .expect("bcrypt of the test password");
+    format!("{username}:{}\n", hash.format_for_version(bcrypt::Version::TwoY))
+}
+
+/// The value of an `Authorization` header for HTTP basic auth.
+pub fn basic_authorization(username: &str, password: &str) -> String {
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
+    format!("Basic {token}")
+}
+
+/// A bare HTTP/1.0 `GET path` from `addr` (so that the body ends with the connection), with
+/// an `Authorization` header if given (see [`basic_authorization`]); no redirects followed.
+/// Returns the status and the body. Must run where `addr` is reachable, e.g. in
+/// `node.in_netns`.
+pub fn http_get(
+    addr: &str,
+    path: &str,
+    authorization: Option<&str>,
+) -> std::io::Result<(u16, Vec<u8>)> {
     let mut stream = TcpStream::connect(addr)?;
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut head = [0u8; 12];
-    stream.read_exact(&mut head)?;
-    // "HTTP/1.1 200"
-    std::str::from_utf8(&head[9..12])
-        .ok()
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n");
+    if let Some(authorization) = authorization {
+        request.push_str(&format!("Authorization: {authorization}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes())?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer)?;
+    let not_http = || std::io::Error::other("not an HTTP answer");
+    let head_end = answer.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(not_http)?;
+    // "HTTP/1.1 200 OK"
+    let status = answer
+        .get(9..12)
+        .and_then(|code| std::str::from_utf8(code).ok())
         .and_then(|code| code.parse().ok())
-        .ok_or_else(|| std::io::Error::other("not an HTTP answer"))
+        .ok_or_else(not_http)?;
+    Ok((status, answer.split_off(head_end + 4)))
 }
 
 impl Drop for Registry {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blob_paths_follow_the_filesystem_driver() {
+        let digest = format!("sha256:ab{}", "c".repeat(62));
+        assert_eq!(
+            blob_path(Path::new("/r"), &digest),
+            Path::new(&format!("/r/docker/registry/v2/blobs/sha256/ab/ab{}/data", "c".repeat(62)))
+        );
+    }
+
+    #[test]
+    fn htpasswd_lines_are_bcrypt_and_verify() {
+        let line = htpasswd_line("alice", "s3cret");
+        let (user, hash) = line.trim_end().split_once(':').unwrap();
+        assert_eq!(user, "alice");
+        assert!(hash.starts_with("$2y$04$"), "{hash}");
+        assert!(bcrypt::verify("s3cret", hash).unwrap());
+        assert!(!bcrypt::verify("wrong", hash).unwrap());
+        assert_eq!(line, htpasswd_line("alice", "s3cret"), "reproducible");
+    }
+
+    #[test]
+    fn basic_authorization_is_base64_of_user_colon_password() {
+        assert_eq!(
+            basic_authorization("Aladdin", "open sesame"),
+            "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ=="
+        );
     }
 }
