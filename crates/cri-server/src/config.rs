@@ -268,6 +268,23 @@ mod tests {
         assert_eq!(file, defaults);
     }
 
+    /// The air-gapped example the README gives is a valid configuration.
+    #[test]
+    fn readme_registry_example_parses() {
+        let readme = include_str!("../../../README.md");
+        let start = readme.find("fetched from the internet:").expect("the README's example");
+        let block: Vec<&str> = readme[start..]
+            .lines()
+            .skip(2)
+            .take_while(|line| line.is_empty() || line.starts_with("    "))
+            .map(|line| line.strip_prefix("    ").unwrap_or(line))
+            .collect();
+        let config = Config::parse(&block.join("\n")).expect("the README example parses");
+        let docker = &config.registry.hosts["docker.io"];
+        assert!(!docker.fallback_to_origin);
+        assert_eq!(docker.mirrors[0].prefix.as_deref(), Some("docker.io"));
+    }
+
     #[test]
     fn empty_file_is_the_default() {
         assert_eq!(Config::parse("").unwrap(), Config::default());

@@ -13,7 +13,7 @@ use oci_client::errors::{DigestError, OciDistributionError, OciErrorCode};
 use oci_client::secrets::RegistryAuth;
 use oci_client::Client;
 
-use crate::auth::Credentials;
+use crate::auth::{registry_auth, Credentials};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::hosts::{Endpoint, RegistryHosts};
@@ -80,7 +80,8 @@ impl Remote {
         }
         let mut config = endpoint.client_config()?;
         config.connect_timeout = Some(self.stall);
-        config.read_timeout = Some(self.stall);
+        // No read timeout here: the stall timer on every read is ours, so that a wedged
+        // download is reported as a stall and not as a decoding error.
         let client = Arc::new(Client::new(config));
         clients.insert(key, client.clone());
         Ok(client)
@@ -96,9 +97,20 @@ impl Remote {
         let endpoints = self.hosts.endpoints(reference);
         let mut failures: Vec<(Endpoint, Error)> = Vec::new();
         for endpoint in endpoints {
-            let auth = credentials(&endpoint)
-                .map(|c| c.to_registry_auth())
-                .unwrap_or(RegistryAuth::Anonymous);
+            // An identity token is exchanged here, per endpoint; a failed exchange is that
+            // endpoint's failure, and the next one is tried.
+            let credentials = credentials(&endpoint);
+            let auth = match registry_auth(credentials.as_ref(), &endpoint, self.stall).await {
+                Ok(auth) => auth,
+                Err(err) => {
+                    tracing::warn!(
+                        host = %endpoint.host, mirror = endpoint.mirror, error = %err,
+                        "cannot authenticate here"
+                    );
+                    failures.push((endpoint, err));
+                    continue;
+                }
+            };
             let source = Source {
                 client: self.client(&endpoint, &auth)?,
                 image: endpoint.reference(reference),

@@ -15,7 +15,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use flate2::{Compression, GzBuilder};
-use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference, RegistryOperation};
@@ -315,6 +315,22 @@ impl Pusher {
             ..Default::default()
         });
         Pusher { client, registry: registry.to_owned(), auth }
+    }
+
+    /// Anonymous pushes over HTTPS to `registry`, trusting the PEM CA certificate(s) `ca_pem`
+    /// (besides the system's), e.g. those of a [`crate::Registry::start_with_tls`] registry.
+    pub fn with_tls(registry: &str, ca_pem: impl Into<Vec<u8>>) -> Pusher {
+        let client = Client::new(ClientConfig {
+            protocol: ClientProtocol::Https,
+            extra_root_certificates: vec![Certificate {
+                encoding: CertificateEncoding::Pem,
+                data: ca_pem.into(),
+            }],
+            connect_timeout: Some(Duration::from_secs(10)),
+            read_timeout: Some(Duration::from_secs(60)),
+            ..Default::default()
+        });
+        Pusher { client, registry: registry.to_owned(), auth: RegistryAuth::Anonymous }
     }
 
     /// Pushes `image`: an index's children first, then the index; blobs

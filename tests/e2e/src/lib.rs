@@ -8,6 +8,7 @@ pub mod cri;
 pub mod images;
 pub mod node;
 pub mod registry;
+pub mod stall;
 
 pub use berthd::Berthd;
 pub use cri::Cri;

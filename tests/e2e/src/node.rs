@@ -158,6 +158,18 @@ impl Node {
         })
     }
 
+    /// Runs `f` on a detached thread inside the node's network namespace: a server the test
+    /// keeps running on the node's loopback (it ends with the test process).
+    pub fn spawn_in_netns(&self, f: impl FnOnce() + Send + 'static) {
+        let netns = self.netns.try_clone().expect("duplicating the node's netns handle");
+        std::thread::spawn(move || {
+            setns(netns.as_fd(), CloneFlags::CLONE_NEWNET)
+                .expect("entering the node's network namespace");
+            drop(netns);
+            f()
+        });
+    }
+
     /// Every process on the node, at any depth of its cgroup.
     pub fn processes(&self) -> Vec<Pid> {
         self.cgroups.processes()

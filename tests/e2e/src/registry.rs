@@ -3,7 +3,8 @@
 //!
 //! Besides the default one on [`REGISTRY_ADDR`] a test may start more on other loopback ports
 //! of the same node (a mirror, [`Registry::start_on`]), one that wants a password
-//! ([`Registry::start_with_auth`]), tamper with the blobs a registry stores
+//! ([`Registry::start_with_auth`]), one that serves HTTPS only, with a certificate from a test
+//! CA ([`Registry::start_with_tls`]), tamper with the blobs a registry stores
 //! ([`Registry::corrupt_blob`]), or point a client at [`down_addr`], where nothing listens.
 
 use std::io::{Read, Write};
@@ -28,6 +29,13 @@ pub fn down_addr() -> &'static str {
     DOWN_ADDR
 }
 
+/// A conventional HTTPS port for a TLS registry on the node's loopback.
+pub const TLS_REGISTRY_ADDR: &str = "127.0.0.1:5443";
+
+/// The names the server certificate of [`Registry::start_with_tls`] is valid for: an IP SAN
+/// and a DNS SAN, so that `127.0.0.1:<port>` and `localhost:<port>` both verify.
+pub const TLS_SERVER_NAMES: &[&str] = &["127.0.0.1", "localhost"];
+
 /// The bcrypt cost of generated htpasswd files: the minimum, because the registry checks the
 /// password on every request and the tests need no protection against brute force.
 const BCRYPT_COST: u32 = 4;
@@ -40,20 +48,81 @@ pub struct Registry {
     pub root: PathBuf,
     /// The user name and password that the registry wants, if it was started with auth.
     pub credentials: Option<(String, String)>,
+    /// Serves HTTPS only ([`Registry::start_with_tls`]).
+    tls: bool,
+}
+
+/// A CA made up for one TLS registry, and the server certificate it signed, all PEM files in
+/// the registry's directory (`node.dir()/registry-<port>/tls/`).
+#[derive(Debug, Clone)]
+pub struct TestCa {
+    /// The CA certificate: what a client has to trust (berthd's `ca_file`).
+    pub ca_file: PathBuf,
+    /// The contents of `ca_file`, e.g. for [`crate::images::Pusher::with_tls`].
+    pub ca_pem: String,
+    /// The server certificate (the leaf only) the registry presents.
+    pub cert_file: PathBuf,
+    /// The server's private key (PKCS#8).
+    pub key_file: PathBuf,
+}
+
+impl TestCa {
+    /// A fresh CA (ECDSA P-256, `CN=berth e2e test CA`) and a server certificate it signs for
+    /// [`TLS_SERVER_NAMES`], written to `dir` as `ca.pem`, `server.pem` and `server-key.pem`.
+    pub fn generate(dir: &Path) -> TestCa {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+            KeyPair, KeyUsagePurpose,
+        };
+
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca_params.distinguished_name.push(DnType::CommonName, "berth e2e test CA");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_key = KeyPair::generate().expect("generating the test CA key");
+        let ca_cert = ca_params.self_signed(&ca_key).expect("self-signing the test CA");
+        let issuer = Issuer::new(ca_params, ca_key);
+
+        let names: Vec<String> = TLS_SERVER_NAMES.iter().map(|n| n.to_string()).collect();
+        let mut server_params = CertificateParams::new(names).expect("server certificate params");
+        server_params.distinguished_name.push(DnType::CommonName, "berth e2e registry");
+        server_params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        server_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        server_params.use_authority_key_identifier_extension = true;
+        let server_key = KeyPair::generate().expect("generating the registry's key");
+        let server_cert =
+            server_params.signed_by(&server_key, &issuer).expect("signing the registry's cert");
+
+        std::fs::create_dir_all(dir).expect("creating the TLS directory");
+        let ca = TestCa {
+            ca_file: dir.join("ca.pem"),
+            ca_pem: ca_cert.pem(),
+            cert_file: dir.join("server.pem"),
+            key_file: dir.join("server-key.pem"),
+        };
+        std::fs::write(&ca.ca_file, &ca.ca_pem).expect("writing the CA certificate");
+        std::fs::write(&ca.cert_file, server_cert.pem()).expect("writing the server certificate");
+        std::fs::write(&ca.key_file, server_key.serialize_pem()).expect("writing the server key");
+        ca
+    }
 }
 
 impl Registry {
     /// The node's registry on [`REGISTRY_ADDR`], anonymous, storage in
     /// `node.dir()/registry/data`.
     pub fn start(node: &Node) -> Registry {
-        Registry::spawn(node, REGISTRY_ADDR, None)
+        Registry::spawn(node, REGISTRY_ADDR, None, None)
     }
 
     /// Another anonymous registry on `addr`, a loopback address of the node such as
     /// `127.0.0.1:5001`, with storage of its own: a mirror, say. Its config, storage and log
     /// are `node.dir()/registry-<port>/` and `node.dir()/registry-<port>.log`.
     pub fn start_on(node: &Node, addr: &str) -> Registry {
-        Registry::spawn(node, addr, None)
+        Registry::spawn(node, addr, None, None)
     }
 
     /// A registry on `addr` that answers 401 with `WWW-Authenticate: Basic realm="berth-test"`
@@ -61,17 +130,31 @@ impl Registry {
     /// plain HTTP: distribution 2.8 does not insist on TLS for htpasswd auth, it only warns in
     /// its docs that the password then travels in the clear.
     pub fn start_with_auth(node: &Node, addr: &str, username: &str, password: &str) -> Registry {
-        Registry::spawn(node, addr, Some((username.to_owned(), password.to_owned())))
+        Registry::spawn(node, addr, Some((username.to_owned(), password.to_owned())), None)
     }
 
-    fn spawn(node: &Node, addr: &str, credentials: Option<(String, String)>) -> Registry {
-        // The default registry keeps the names it always had.
-        let name = if addr == REGISTRY_ADDR {
-            "registry".to_owned()
-        } else {
-            let port = addr.rsplit_once(':').map_or(addr, |(_, port)| port);
-            format!("registry-{port}")
-        };
+    /// An anonymous registry on `addr` (e.g. [`TLS_REGISTRY_ADDR`]) that speaks HTTPS only,
+    /// with a server certificate for [`TLS_SERVER_NAMES`] from a CA made up for it (see
+    /// [`TestCa::generate`]; the files are in `node.dir()/registry-<port>/tls/`). Plain HTTP
+    /// requests get Go's `400 Client sent an HTTP request to an HTTPS server.`. Push to it
+    /// with [`crate::images::Pusher::with_tls`] and the returned CA's `ca_pem`.
+    pub fn start_with_tls(node: &Node, addr: &str) -> (Registry, TestCa) {
+        let ca = TestCa::generate(&node.dir().join(registry_name(addr)).join("tls"));
+        (Registry::spawn(node, addr, None, Some(&ca)), ca)
+    }
+
+    /// Serves HTTPS only.
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    fn spawn(
+        node: &Node,
+        addr: &str,
+        credentials: Option<(String, String)>,
+        tls: Option<&TestCa>,
+    ) -> Registry {
+        let name = registry_name(addr);
         let dir = node.dir().join(&name);
         std::fs::create_dir_all(&dir).expect("creating the registry directory");
         let root = dir.join("data");
@@ -88,6 +171,13 @@ impl Registry {
                 htpasswd.display()
             ));
         }
+        if let Some(ca) = tls {
+            config.push_str(&format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                ca.cert_file.display(),
+                ca.key_file.display()
+            ));
+        }
         let config_path = dir.join("config.yml");
         std::fs::write(&config_path, config).expect("writing the registry config");
         let log = std::fs::File::create(node.dir().join(format!("{name}.log")))
@@ -101,7 +191,8 @@ impl Registry {
             .stderr(log)
             .spawn()
             .expect("starting docker-registry (apt-get install docker-registry)");
-        let registry = Registry { child, addr: addr.to_owned(), root, credentials };
+        let registry =
+            Registry { child, addr: addr.to_owned(), root, credentials, tls: tls.is_some() };
         node.in_netns(|| registry.wait_until_serving(Duration::from_secs(20)));
         registry
     }
@@ -142,19 +233,27 @@ impl Registry {
 
     /// `GET path` from the registry, with the registry's credentials if it has any, as raw
     /// HTTP/1.0 (no redirects followed). Returns the status and the body. Must run in the
-    /// node's network namespace: `node.in_netns(|| registry.http_get("/v2/"))`.
+    /// node's network namespace: `node.in_netns(|| registry.http_get("/v2/"))`. Always plain
+    /// HTTP: a TLS registry answers 400 (see [`is_plain_http_refusal`]).
     pub fn http_get(&self, path: &str) -> std::io::Result<(u16, Vec<u8>)> {
         let authorization = self.credentials.as_ref().map(|(u, p)| basic_authorization(u, p));
         http_get(&self.addr, path, authorization.as_deref())
     }
 
     /// Waits for `GET /v2/` to answer 200, as the distribution API's version check does; with
-    /// the credentials if the registry has them, which checks them as well.
+    /// the credentials if the registry has them, which checks them as well. A TLS registry
+    /// is serving once it turns the plain request away as Go's HTTPS server does (this
+    /// harness has no TLS client of its own; the first push checks the handshake).
     fn wait_until_serving(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
             let answer = self.http_get("/v2/");
-            if matches!(answer, Ok((200, _))) {
+            let serving = match &answer {
+                Ok((400, body)) if self.tls => is_plain_http_refusal(body),
+                Ok((200, _)) => !self.tls,
+                _ => false,
+            };
+            if serving {
                 return;
             }
             assert!(
@@ -165,6 +264,22 @@ impl Registry {
             std::thread::sleep(Duration::from_millis(25));
         }
     }
+}
+
+/// `registry` for [`REGISTRY_ADDR`] (the default registry keeps the names it always had),
+/// `registry-<port>` for any other address.
+fn registry_name(addr: &str) -> String {
+    if addr == REGISTRY_ADDR {
+        "registry".to_owned()
+    } else {
+        let port = addr.rsplit_once(':').map_or(addr, |(_, port)| port);
+        format!("registry-{port}")
+    }
+}
+
+/// Whether `body` is what Go's `net/http` answers a plain HTTP request on a TLS listener.
+pub fn is_plain_http_refusal(body: &[u8]) -> bool {
+    String::from_utf8_lossy(body).contains("HTTP request to an HTTPS server")
 }
 
 /// `<root>/docker/registry/v2/blobs/sha256/<first 2 hex>/<hex>/data`, the filesystem driver's
@@ -248,6 +363,25 @@ mod tests {
         assert!(bcrypt::verify("s3cret", hash).unwrap());
         assert!(!bcrypt::verify("wrong", hash).unwrap());
         assert_eq!(line, htpasswd_line("alice", "s3cret"), "reproducible");
+    }
+
+    #[test]
+    fn test_ca_signs_a_server_certificate_for_loopback() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TestCa::generate(dir.path());
+        assert_eq!(std::fs::read_to_string(&ca.ca_file).unwrap(), ca.ca_pem);
+        assert!(ca.ca_pem.starts_with("-----BEGIN CERTIFICATE-----"), "{}", ca.ca_pem);
+        let server = std::fs::read_to_string(&ca.cert_file).unwrap();
+        assert_eq!(server.matches("-----BEGIN CERTIFICATE-----").count(), 1, "the leaf only");
+        assert_ne!(server, ca.ca_pem);
+        let key = std::fs::read_to_string(&ca.key_file).unwrap();
+        assert!(key.starts_with("-----BEGIN PRIVATE KEY-----"), "PKCS#8: {key}");
+    }
+
+    #[test]
+    fn registry_names_follow_the_port() {
+        assert_eq!(registry_name(REGISTRY_ADDR), "registry");
+        assert_eq!(registry_name(TLS_REGISTRY_ADDR), "registry-5443");
     }
 
     #[test]

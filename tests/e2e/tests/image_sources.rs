@@ -294,3 +294,38 @@ async fn a_layer_with_too_many_entries_is_refused() {
     assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
     assert!(err.message().contains("1000"), "the limit is named: {err}");
 }
+
+#[tokio::test]
+async fn a_registry_that_stops_sending_fails_the_pull_after_the_stall_timeout() {
+    let node = Node::start();
+    let registry = Registry::start(&node);
+    let oci = &TestImages::get().oci;
+    push(&node, &registry.addr, oci);
+    // The base layer (busybox, about a megabyte) stops after 64 KiB.
+    let base = &oci.layers[0];
+    let proxy = berth_e2e::stall::StallingProxy::start(
+        &node,
+        "127.0.0.1:5004",
+        &registry.addr,
+        &base.digest,
+    );
+    let daemon = Berthd::start_with(
+        &node,
+        Options {
+            extra_config: "[registry]\nstall_timeout_secs = 2\n".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let err = daemon.client().await.pull(&oci.reference_at(&proxy.addr)).await.unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err}");
+    assert!(err.message().contains("no data received for 2s"), "{err}");
+    assert!(err.message().contains(&base.digest), "names the layer: {err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "gave up in time: {:?}",
+        started.elapsed()
+    );
+    assert!(!snapshot_entries(&daemon.root).iter().any(|n| n.starts_with(".tmp")));
+}
