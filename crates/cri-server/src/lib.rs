@@ -11,6 +11,7 @@ mod image;
 pub mod proto;
 pub mod rpc_layer;
 mod runtime_info;
+mod sandbox;
 pub mod service;
 
 pub use runtime_info::{RUNTIME_API_VERSION, RUNTIME_NAME};

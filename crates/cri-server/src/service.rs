@@ -13,7 +13,7 @@ use crate::error::unimplemented;
 use crate::proto::image_service_server::ImageService;
 use crate::proto::runtime_service_server::RuntimeService;
 use crate::proto::*;
-use crate::{image, runtime_info};
+use crate::{image, runtime_info, sandbox};
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -46,46 +46,47 @@ impl RuntimeService for Cri {
 
     async fn run_pod_sandbox(
         &self,
-        _request: Request<RunPodSandboxRequest>,
+        request: Request<RunPodSandboxRequest>,
     ) -> Result<Response<RunPodSandboxResponse>, Status> {
-        Err(unimplemented("RuntimeService", "RunPodSandbox"))
+        Ok(Response::new(sandbox::run(self, request.into_inner()).await?))
     }
 
     async fn stop_pod_sandbox(
         &self,
-        _request: Request<StopPodSandboxRequest>,
+        request: Request<StopPodSandboxRequest>,
     ) -> Result<Response<StopPodSandboxResponse>, Status> {
-        Err(unimplemented("RuntimeService", "StopPodSandbox"))
+        Ok(Response::new(sandbox::stop(self, request.into_inner()).await?))
     }
 
     async fn remove_pod_sandbox(
         &self,
-        _request: Request<RemovePodSandboxRequest>,
+        request: Request<RemovePodSandboxRequest>,
     ) -> Result<Response<RemovePodSandboxResponse>, Status> {
-        Err(unimplemented("RuntimeService", "RemovePodSandbox"))
+        Ok(Response::new(sandbox::remove(self, request.into_inner()).await?))
     }
 
     async fn pod_sandbox_status(
         &self,
-        _request: Request<PodSandboxStatusRequest>,
+        request: Request<PodSandboxStatusRequest>,
     ) -> Result<Response<PodSandboxStatusResponse>, Status> {
-        Err(unimplemented("RuntimeService", "PodSandboxStatus"))
+        Ok(Response::new(sandbox::status(self, request.into_inner()).await?))
     }
 
     async fn list_pod_sandbox(
         &self,
-        _request: Request<ListPodSandboxRequest>,
+        request: Request<ListPodSandboxRequest>,
     ) -> Result<Response<ListPodSandboxResponse>, Status> {
-        Err(unimplemented("RuntimeService", "ListPodSandbox"))
+        Ok(Response::new(sandbox::list(self, request.into_inner()).await?))
     }
 
     type StreamPodSandboxesStream = ResponseStream<StreamPodSandboxesResponse>;
 
     async fn stream_pod_sandboxes(
         &self,
-        _request: Request<StreamPodSandboxesRequest>,
+        request: Request<StreamPodSandboxesRequest>,
     ) -> Result<Response<Self::StreamPodSandboxesStream>, Status> {
-        Err(unimplemented("RuntimeService", "StreamPodSandboxes"))
+        let batches = sandbox::stream(self, request.into_inner().filter).await?;
+        Ok(Response::new(Box::pin(tokio_stream::iter(batches.into_iter().map(Ok)))))
     }
 
     async fn create_container(
@@ -226,9 +227,9 @@ impl RuntimeService for Cri {
 
     async fn update_runtime_config(
         &self,
-        _request: Request<UpdateRuntimeConfigRequest>,
+        request: Request<UpdateRuntimeConfigRequest>,
     ) -> Result<Response<UpdateRuntimeConfigResponse>, Status> {
-        Err(unimplemented("RuntimeService", "UpdateRuntimeConfig"))
+        Ok(Response::new(sandbox::update_runtime_config(self, request.into_inner()).await?))
     }
 
     async fn status(

@@ -28,13 +28,48 @@ pub enum Error {
     Cgroup(String),
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    Internal(String),
+    /// No usable CNI network configuration or plugin; the reason names the directories.
+    #[error("network not ready: {0}")]
+    NetworkNotReady(String),
+    /// A CNI plugin reported an error (or failed without a readable one).
+    #[error("CNI plugin {plugin} failed on {command}: {msg}{}", cni_error_suffix(details, *code))]
+    CniPlugin {
+        plugin: String,
+        command: &'static str,
+        /// The CNI error code, when the plugin printed an error object.
+        code: Option<u64>,
+        msg: String,
+        details: String,
+    },
+    #[error("CNI plugin {plugin} timed out on {command} after {timeout:?}")]
+    CniTimeout { plugin: String, command: &'static str, timeout: std::time::Duration },
+    /// Anything else that goes wrong around CNI: unreadable results, a broken cache.
+    #[error("CNI: {0}")]
+    Cni(String),
 }
 
 impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
+            Error::NotFound(_) => ErrorKind::NotFound,
+            Error::AlreadyExists(_) => ErrorKind::AlreadyExists,
+            Error::FailedPrecondition(_) => ErrorKind::FailedPrecondition,
+            Error::Internal(_) => ErrorKind::Internal,
             Error::Io { .. } | Error::Cgroup(_) => ErrorKind::Internal,
+            Error::NetworkNotReady(_) => ErrorKind::FailedPrecondition,
+            // CNI code 11 is "try again later".
+            Error::CniPlugin { code: Some(11), .. } => ErrorKind::Unavailable,
+            Error::CniPlugin { .. } | Error::Cni(_) => ErrorKind::Internal,
+            Error::CniTimeout { .. } => ErrorKind::DeadlineExceeded,
         }
     }
 
@@ -47,6 +82,19 @@ impl Error {
         let path = path.into();
         move |source| Error::Io { what, path, source }
     }
+}
+
+/// The tail of a [`Error::CniPlugin`] message: the details and the code, when there are any.
+fn cni_error_suffix(details: &str, code: Option<u64>) -> String {
+    let mut suffix = String::new();
+    if !details.is_empty() {
+        suffix.push_str(": ");
+        suffix.push_str(details);
+    }
+    if let Some(code) = code {
+        suffix.push_str(&format!(" (CNI error code {code})"));
+    }
+    suffix
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

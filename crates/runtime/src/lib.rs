@@ -7,6 +7,8 @@ pub mod cgroups;
 pub mod cni;
 pub mod config;
 pub mod error;
+pub mod namespaces;
+pub mod pod;
 mod runtime;
 
 pub use error::{Error, ErrorKind, Result};

@@ -3,8 +3,11 @@
 use std::path::PathBuf;
 
 use crate::cgroups::CgroupLayout;
-use crate::cni::{self, NetworkLookup};
+use std::sync::Arc;
+
+use crate::cni::{self, Cni, NetworkLookup};
 use crate::config::{CgroupConfig, CgroupDriver, CniConfig};
+use crate::pod::Pods;
 use crate::Result;
 
 /// The name the CRI uses for "the runtime's default handler" (an empty `runtime_handler`).
@@ -41,7 +44,8 @@ pub struct HandlerInfo {
 
 pub struct Runtime {
     options: RuntimeOptions,
-    cgroups: CgroupLayout,
+    cgroups: Arc<CgroupLayout>,
+    pods: Pods,
 }
 
 impl Runtime {
@@ -53,7 +57,26 @@ impl Runtime {
             nest_under_self = options.cgroup.nest_under_self,
             "cgroup layout detected"
         );
-        Ok(Runtime { options, cgroups })
+        let cgroups = Arc::new(cgroups);
+        let cni = Cni::new(
+            options.cni.conf_dir.clone(),
+            options.cni.bin_dirs.clone(),
+            options.root.join("cni-cache"),
+        );
+        let handlers = [DEFAULT_HANDLER, "default"].map(String::from).to_vec();
+        let pods = Pods::open(
+            &options.root,
+            &options.state,
+            cgroups.clone(),
+            options.cgroup.nest_under_self,
+            cni,
+            handlers,
+        )?;
+        Ok(Runtime { options, cgroups, pods })
+    }
+
+    pub fn pods(&self) -> &Pods {
+        &self.pods
     }
 
     pub fn options(&self) -> &RuntimeOptions {

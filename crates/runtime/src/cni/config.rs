@@ -1,5 +1,5 @@
 //! Finding the CNI network configuration, the way containerd's CRI plugin and libcni do: the
-//! first valid file of the configuration directory, by file name.
+//! first valid file of the configuration directory, by file name; and the plugin binaries.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -91,11 +91,27 @@ fn has_config_extension(name: &OsStr) -> bool {
 /// Loads one file; the error is the reason it is unusable, without the file name.
 fn load_file(path: &Path) -> std::result::Result<NetworkConfigList, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("reading: {e}"))?;
+    let is_list = path.as_os_str().as_bytes().ends_with(b".conflist");
+    parse_config(bytes, is_list, path)
+}
+
+/// A configuration list as [`NetworkConfigList::bytes`] holds it, e.g. from the CNI cache.
+pub(crate) fn parse_list(
+    bytes: Vec<u8>,
+    source: &Path,
+) -> std::result::Result<NetworkConfigList, String> {
+    parse_config(bytes, true, source)
+}
+
+fn parse_config(
+    bytes: Vec<u8>,
+    is_list: bool,
+    path: &Path,
+) -> std::result::Result<NetworkConfigList, String> {
     let value: Value = serde_json::from_slice(&bytes).map_err(|e| format!("invalid JSON: {e}"))?;
     let Value::Object(object) = value else {
         return Err("not a JSON object".to_string());
     };
-    let is_list = path.as_os_str().as_bytes().ends_with(b".conflist");
     let (name, cni_version, plugins, bytes) = if is_list {
         let name = name_of(&object)?;
         let cni_version = cni_version_of(&object)?;

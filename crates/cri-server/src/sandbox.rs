@@ -1,0 +1,268 @@
+//! RunPodSandbox, StopPodSandbox, RemovePodSandbox, PodSandboxStatus, ListPodSandbox,
+//! StreamPodSandboxes, UpdateRuntimeConfig: translation between the CRI and `berth_runtime::pod`.
+
+use std::collections::HashMap;
+
+use berth_runtime::pod::{self, PodFilter, PodRecord, PodState};
+
+use crate::error::{CriError, CriResult};
+use crate::proto::{
+    self, LinuxPodSandboxStatus, ListPodSandboxRequest, ListPodSandboxResponse, Namespace,
+    NamespaceOption, PodIp, PodSandbox, PodSandboxFilter, PodSandboxMetadata,
+    PodSandboxNetworkStatus, PodSandboxStatus, PodSandboxStatusRequest, PodSandboxStatusResponse,
+    RemovePodSandboxRequest, RemovePodSandboxResponse, RunPodSandboxRequest, RunPodSandboxResponse,
+    StopPodSandboxRequest, StopPodSandboxResponse, StreamPodSandboxesResponse,
+    UpdateRuntimeConfigRequest, UpdateRuntimeConfigResponse,
+};
+use crate::rpc_layer::record_pod;
+use crate::service::Cri;
+
+/// Pods per StreamPodSandboxes message.
+const STREAM_BATCH: usize = 64;
+
+pub async fn run(cri: &Cri, request: RunPodSandboxRequest) -> CriResult<RunPodSandboxResponse> {
+    let config = request.config.ok_or_else(|| {
+        CriError::InvalidRequest("RunPodSandbox needs a pod sandbox config".into())
+    })?;
+    let config = pod_config(config, request.runtime_handler)?;
+    let id = cri.runtime.pods().run(config).await?;
+    record_pod(&id);
+    Ok(RunPodSandboxResponse { pod_sandbox_id: id })
+}
+
+pub async fn stop(cri: &Cri, request: StopPodSandboxRequest) -> CriResult<StopPodSandboxResponse> {
+    record_pod(&request.pod_sandbox_id);
+    cri.runtime.pods().stop(&request.pod_sandbox_id).await?;
+    Ok(StopPodSandboxResponse {})
+}
+
+pub async fn remove(
+    cri: &Cri,
+    request: RemovePodSandboxRequest,
+) -> CriResult<RemovePodSandboxResponse> {
+    record_pod(&request.pod_sandbox_id);
+    cri.runtime.pods().remove(&request.pod_sandbox_id).await?;
+    Ok(RemovePodSandboxResponse {})
+}
+
+pub async fn status(
+    cri: &Cri,
+    request: PodSandboxStatusRequest,
+) -> CriResult<PodSandboxStatusResponse> {
+    record_pod(&request.pod_sandbox_id);
+    let details = cri.runtime.pods().status(&request.pod_sandbox_id).await?;
+    let record = &details.record;
+    let mut info = HashMap::new();
+    if request.verbose {
+        let verbose = serde_json::json!({
+            "pid": 0,
+            "netns": details.netns.as_ref().map(|p| p.display().to_string()),
+            "cgroup": record.cgroup,
+            "cgroupDirs": details.cgroup_dirs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+            "cniResult": record.network.as_ref().map(|n| &n.cni_result),
+            "config": record.config,
+            "runtimeHandler": record.config.runtime_handler,
+        });
+        info.insert("info".to_string(), verbose.to_string());
+    }
+    let network = record.network.as_ref().map(|net| PodSandboxNetworkStatus {
+        ip: net.ips.first().cloned().unwrap_or_default(),
+        additional_ips: net.ips.iter().skip(1).map(|ip| PodIp { ip: ip.clone() }).collect(),
+    });
+    let status = PodSandboxStatus {
+        id: record.id.clone(),
+        metadata: Some(metadata(record)),
+        state: state(record.state).into(),
+        created_at: record.created_at_nanos,
+        network,
+        linux: Some(LinuxPodSandboxStatus {
+            namespaces: Some(Namespace {
+                options: Some(namespace_option(&record.config.namespaces)),
+            }),
+        }),
+        labels: to_map(&record.config.labels),
+        annotations: to_map(&record.config.annotations),
+        runtime_handler: record.config.runtime_handler.clone(),
+    };
+    Ok(PodSandboxStatusResponse {
+        status: Some(status),
+        info,
+        containers_statuses: Vec::new(),
+        timestamp: now_nanos(),
+    })
+}
+
+pub async fn list(cri: &Cri, request: ListPodSandboxRequest) -> CriResult<ListPodSandboxResponse> {
+    Ok(ListPodSandboxResponse { items: listed(cri, request.filter).await })
+}
+
+pub async fn stream(
+    cri: &Cri,
+    filter: Option<PodSandboxFilter>,
+) -> CriResult<Vec<StreamPodSandboxesResponse>> {
+    let pods = listed(cri, filter).await;
+    Ok(pods
+        .chunks(STREAM_BATCH)
+        .map(|batch| StreamPodSandboxesResponse { pod_sandboxes: batch.to_vec() })
+        .collect())
+}
+
+async fn listed(cri: &Cri, filter: Option<PodSandboxFilter>) -> Vec<PodSandbox> {
+    let filter = filter.map(|f| PodFilter {
+        id: Some(f.id).filter(|id| !id.is_empty()),
+        state: f.state.map(|s| match proto::PodSandboxState::try_from(s.state) {
+            Ok(proto::PodSandboxState::SandboxReady) => PodState::Ready,
+            _ => PodState::NotReady,
+        }),
+        labels: f.label_selector.into_iter().collect(),
+    });
+    cri.runtime
+        .pods()
+        .list(&filter.unwrap_or_default())
+        .await
+        .iter()
+        .map(|record| PodSandbox {
+            id: record.id.clone(),
+            metadata: Some(metadata(record)),
+            state: state(record.state).into(),
+            created_at: record.created_at_nanos,
+            labels: to_map(&record.config.labels),
+            annotations: to_map(&record.config.annotations),
+            runtime_handler: record.config.runtime_handler.clone(),
+        })
+        .collect()
+}
+
+pub async fn update_runtime_config(
+    cri: &Cri,
+    request: UpdateRuntimeConfigRequest,
+) -> CriResult<UpdateRuntimeConfigResponse> {
+    if let Some(cidr) = request.runtime_config.and_then(|c| c.network_config).map(|n| n.pod_cidr) {
+        cri.runtime.pods().set_pod_cidr(&cidr);
+    }
+    Ok(UpdateRuntimeConfigResponse {})
+}
+
+fn pod_config(
+    config: proto::PodSandboxConfig,
+    runtime_handler: String,
+) -> CriResult<pod::PodConfig> {
+    let meta = config
+        .metadata
+        .ok_or_else(|| CriError::InvalidRequest("pod sandbox config needs metadata".into()))?;
+    if meta.name.is_empty() || meta.namespace.is_empty() || meta.uid.is_empty() {
+        return Err(CriError::InvalidRequest(
+            "pod sandbox metadata needs name, namespace and uid".into(),
+        ));
+    }
+    let linux = config.linux.unwrap_or_default();
+    let options = linux.security_context.and_then(|s| s.namespace_options).unwrap_or_default();
+    if options.userns_options.as_ref().is_some_and(|u| u.mode() != proto::NamespaceMode::Node) {
+        return Err(CriError::InvalidRequest(
+            "user namespaces for pods are not supported yet".into(),
+        ));
+    }
+    let port_mappings = config
+        .port_mappings
+        .into_iter()
+        .map(|pm| {
+            let port = |value: i32, what: &str| match value {
+                0..=65535 => Ok(value),
+                _ => Err(CriError::InvalidRequest(format!("{what} {value} is not a port"))),
+            };
+            Ok(pod::PortMapping {
+                protocol: match pm.protocol() {
+                    proto::Protocol::Tcp => pod::Protocol::Tcp,
+                    proto::Protocol::Udp => pod::Protocol::Udp,
+                    proto::Protocol::Sctp => pod::Protocol::Sctp,
+                },
+                container_port: port(pm.container_port, "container port")?,
+                host_port: port(pm.host_port, "host port")?,
+                host_ip: pm.host_ip,
+            })
+        })
+        .collect::<CriResult<Vec<_>>>()?;
+    Ok(pod::PodConfig {
+        metadata: pod::PodMetadata {
+            name: meta.name,
+            uid: meta.uid,
+            namespace: meta.namespace,
+            attempt: meta.attempt,
+        },
+        hostname: config.hostname,
+        log_directory: config.log_directory,
+        dns: config.dns_config.map(|d| pod::DnsConfig {
+            servers: d.servers,
+            searches: d.searches,
+            options: d.options,
+        }),
+        port_mappings,
+        labels: config.labels.into_iter().collect(),
+        annotations: config.annotations.into_iter().collect(),
+        cgroup_parent: linux.cgroup_parent,
+        namespaces: pod::NamespaceOptions {
+            network: mode(options.network()),
+            pid: mode(options.pid()),
+            ipc: mode(options.ipc()),
+            target_id: options.target_id,
+        },
+        sysctls: linux.sysctls.into_iter().collect(),
+        runtime_handler,
+    })
+}
+
+fn mode(mode: proto::NamespaceMode) -> pod::NamespaceMode {
+    match mode {
+        proto::NamespaceMode::Pod => pod::NamespaceMode::Pod,
+        proto::NamespaceMode::Container => pod::NamespaceMode::Container,
+        proto::NamespaceMode::Node => pod::NamespaceMode::Node,
+        proto::NamespaceMode::Target => pod::NamespaceMode::Target,
+    }
+}
+
+fn proto_mode(mode: pod::NamespaceMode) -> proto::NamespaceMode {
+    match mode {
+        pod::NamespaceMode::Pod => proto::NamespaceMode::Pod,
+        pod::NamespaceMode::Container => proto::NamespaceMode::Container,
+        pod::NamespaceMode::Node => proto::NamespaceMode::Node,
+        pod::NamespaceMode::Target => proto::NamespaceMode::Target,
+    }
+}
+
+fn namespace_option(options: &pod::NamespaceOptions) -> NamespaceOption {
+    NamespaceOption {
+        network: proto_mode(options.network).into(),
+        pid: proto_mode(options.pid).into(),
+        ipc: proto_mode(options.ipc).into(),
+        target_id: options.target_id.clone(),
+        userns_options: None,
+    }
+}
+
+fn metadata(record: &PodRecord) -> PodSandboxMetadata {
+    let meta = &record.config.metadata;
+    PodSandboxMetadata {
+        name: meta.name.clone(),
+        uid: meta.uid.clone(),
+        namespace: meta.namespace.clone(),
+        attempt: meta.attempt,
+    }
+}
+
+fn state(state: PodState) -> proto::PodSandboxState {
+    match state {
+        PodState::Ready => proto::PodSandboxState::SandboxReady,
+        PodState::NotReady => proto::PodSandboxState::SandboxNotready,
+    }
+}
+
+fn to_map(map: &std::collections::BTreeMap<String, String>) -> HashMap<String, String> {
+    map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,1153 @@
+//! The namespaces a pod's containers share (network, IPC, UTS), held for the pod's life without
+//! an infra ("pause") process.
+//!
+//! As `ip netns add` does, each namespace is kept alive by bind-mounting its nsfs file onto a
+//! file under `<state>/pods/<id>/ns`: the namespace lives until that mount goes, whatever
+//! processes come and go. berthd is a multi-threaded tokio process and must never fork, so the
+//! namespaces are created and entered on dedicated threads: unshare(2) and setns(2) of network,
+//! IPC and UTS namespaces change only the calling thread, and that thread ends right after, so
+//! no tokio worker is ever left inside a pod's namespaces. Every function here blocks; berthd
+//! calls them through `spawn_blocking`.
+//!
+//! Mount propagation of the state directory is explained at [`prepare_state_dir`].
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::thread;
+
+use nix::errno::Errno;
+use nix::libc;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{setns, unshare, CloneFlags};
+use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+use nix::sys::statfs::{statfs, NSFS_MAGIC};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+const MOUNTINFO: &str = "/proc/self/mountinfo";
+const PROC_SYS: &str = "/proc/sys";
+/// The kernel's limit on a UTS hostname (`__NEW_UTS_LEN`).
+const HOSTNAME_MAX: usize = 64;
+/// How many mounts stacked on one path [`unmount`] removes before giving up; only a loop that
+/// keeps remounting could reach it.
+const MAX_STACKED_MOUNTS: usize = 64;
+
+/// A kind of namespace a pod can hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NsKind {
+    Net,
+    Ipc,
+    Uts,
+}
+
+impl NsKind {
+    pub const ALL: [NsKind; 3] = [NsKind::Net, NsKind::Ipc, NsKind::Uts];
+
+    /// The namespace's name in /proc/<pid>/ns, which is also the name of the file holding it in
+    /// a pod's namespace directory.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NsKind::Net => "net",
+            NsKind::Ipc => "ipc",
+            NsKind::Uts => "uts",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            NsKind::Net => "network",
+            NsKind::Ipc => "IPC",
+            NsKind::Uts => "UTS",
+        }
+    }
+
+    fn clone_flag(self) -> CloneFlags {
+        match self {
+            NsKind::Net => CloneFlags::CLONE_NEWNET,
+            NsKind::Ipc => CloneFlags::CLONE_NEWIPC,
+            NsKind::Uts => CloneFlags::CLONE_NEWUTS,
+        }
+    }
+}
+
+impl fmt::Display for NsKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The namespaces a pod holds. `None` means the pod uses the host's namespace of that kind.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodNamespaces {
+    /// `<state>/pods/<id>/ns`.
+    pub dir: PathBuf,
+    pub net: Option<PathBuf>,
+    pub ipc: Option<PathBuf>,
+    pub uts: Option<PathBuf>,
+}
+
+impl PodNamespaces {
+    pub fn path(&self, kind: NsKind) -> Option<&Path> {
+        match kind {
+            NsKind::Net => self.net.as_deref(),
+            NsKind::Ipc => self.ipc.as_deref(),
+            NsKind::Uts => self.uts.as_deref(),
+        }
+    }
+
+    /// The held namespaces, in the form [`in_namespaces`] takes.
+    pub fn held(&self) -> Vec<(NsKind, &Path)> {
+        NsKind::ALL.into_iter().filter_map(|kind| Some((kind, self.path(kind)?))).collect()
+    }
+
+    fn set(&mut self, kind: NsKind, path: PathBuf) {
+        match kind {
+            NsKind::Net => self.net = Some(path),
+            NsKind::Ipc => self.ipc = Some(path),
+            NsKind::Uts => self.uts = Some(path),
+        }
+    }
+}
+
+/// Which namespaces a pod gets of its own, and how they are set up.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NamespaceRequest {
+    pub net: bool,
+    pub ipc: bool,
+    pub uts: bool,
+    /// Set in the pod's UTS namespace; only allowed with `uts`, as it would otherwise rename the
+    /// node.
+    pub hostname: Option<String>,
+    /// Namespaced sysctls by name, in the dotted form the kubelet sends or in the slash form.
+    pub sysctls: BTreeMap<String, String>,
+}
+
+impl NamespaceRequest {
+    fn wants(&self, kind: NsKind) -> bool {
+        match kind {
+            NsKind::Net => self.net,
+            NsKind::Ipc => self.ipc,
+            NsKind::Uts => self.uts,
+        }
+    }
+}
+
+/// Makes `dir` (berthd passes `<state>/pods`, under which every pod keeps its namespace files
+/// and its /dev/shm) a mount point with shared propagation, as `ip netns` does for /run/netns.
+/// Idempotent: a directory that already is a shared mount point is left as it is.
+///
+/// Why shared rather than private: any mount namespace created from the host's while a pod
+/// lives (a systemd service with PrivateTmp, a container before it pivots) gets copies of the
+/// pod's nsfs and tmpfs mounts. With a private parent those copies are cut off from the host
+/// and keep the pod's network namespace (and its veth, IPs) and shm alive after release; under
+/// a shared parent the copies are peers or slaves, and release's unmount propagates to them.
+/// The kernel's loop rule (nsfs mounts are refused where they could make a namespace reference
+/// itself, hence the private parent `unshare --mount=<file>` needs) concerns only files of
+/// mount namespaces, which berth never holds; network, IPC and UTS files are fine here.
+///
+/// A fresh bind mount of a directory on a shared mount would join that mount's peer group, so
+/// that everything mounted under it would also propagate to the hidden directory beneath and
+/// to every peer of, say, `/`. It is made private first, then shared, to be a peer group of
+/// its own. An existing mount point is only made shared: making it private would cut off the
+/// copies other mount namespaces took while an earlier berthd ran.
+pub fn prepare_state_dir(dir: &Path) -> Result<()> {
+    fs::create_dir_all(dir).map_err(Error::io("creating", dir))?;
+    let dir = fs::canonicalize(dir).map_err(Error::io("resolving", dir))?;
+    let mountinfo = fs::read_to_string(MOUNTINFO).map_err(Error::io("reading", MOUNTINFO))?;
+    match top_mount_at(&mountinfo, &dir) {
+        Some(top) if top.shared => return Ok(()),
+        Some(_) => {}
+        None => {
+            // Recursive, so that mounts already below (left by a berthd that ran without this
+            // step) stay reachable instead of being hidden under the new mount.
+            mount(Some(&dir), &dir, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+                .map_err(errno_io("bind-mounting onto itself", &dir))?;
+            mount(None::<&str>, &dir, None::<&str>, MsFlags::MS_PRIVATE, None::<&str>)
+                .map_err(errno_io("making private the mount at", &dir))?;
+        }
+    }
+    mount(None::<&str>, &dir, None::<&str>, MsFlags::MS_SHARED, None::<&str>)
+        .map_err(errno_io("making shared the mount at", &dir))?;
+    Ok(())
+}
+
+/// Creates the namespaces `request` asks for and holds each with a bind mount on
+/// `dir/<kind>`: sets the hostname in the new UTS namespace, brings `lo` up in the new network
+/// namespace and writes the sysctls there. The request is validated before anything is created;
+/// on a later failure everything done so far is undone before the error is returned. A request
+/// for no namespace creates nothing, not even `dir`.
+pub fn create(dir: &Path, request: &NamespaceRequest) -> Result<PodNamespaces> {
+    let sysctls = check_request(request)?;
+    let mut held = PodNamespaces { dir: dir.to_path_buf(), net: None, ipc: None, uts: None };
+    let kinds: Vec<NsKind> = NsKind::ALL.into_iter().filter(|k| request.wants(*k)).collect();
+    if kinds.is_empty() {
+        return Ok(held);
+    }
+    let fds = new_namespaces(dir, &kinds, request.hostname.as_deref(), &sysctls)?;
+    let mut undo = Undo::default();
+    match hold(dir, fds, &mut held, &mut undo) {
+        Ok(()) => Ok(held),
+        Err(err) => {
+            undo.run();
+            Err(err)
+        }
+    }
+}
+
+/// Unmounts and removes the files holding `ns`'s namespaces, then `ns.dir` if it is empty.
+/// Missing files are fine, so this is idempotent and also cleans up after a crash half way
+/// through [`create`]: every kind's file in `ns.dir` is released, whatever the `Option`s say.
+/// A namespace lives on while a process is still in it; release only drops berth's hold.
+pub fn release(ns: &PodNamespaces) -> Result<()> {
+    let mut paths: Vec<PathBuf> = NsKind::ALL.iter().map(|k| ns.dir.join(k.as_str())).collect();
+    for path in [&ns.net, &ns.ipc, &ns.uts].into_iter().flatten() {
+        if !paths.contains(path) {
+            paths.push(path.clone());
+        }
+    }
+    let mut errors = Vec::new();
+    for path in &paths {
+        if let Err(err) = unmount(path).and_then(|()| remove_file(path)) {
+            errors.push(err);
+        }
+    }
+    // A file berth did not put there is not ours to remove, so neither is the directory.
+    if let Err(err) = fs::remove_dir(&ns.dir) {
+        if !matches!(err.kind(), io::ErrorKind::NotFound | io::ErrorKind::DirectoryNotEmpty) {
+            errors.push(Error::io("removing", &ns.dir)(err));
+        }
+    }
+    let mut errors = errors.into_iter();
+    let Some(first) = errors.next() else { return Ok(()) };
+    for err in errors {
+        tracing::warn!(error = %err, "releasing pod namespaces in {}", ns.dir.display());
+    }
+    Err(first)
+}
+
+/// Whether `path` holds a namespace: an nsfs file is mounted on it. After a reboot the files
+/// are gone or plain empty files, and this is false.
+pub fn is_held(path: &Path) -> bool {
+    // statfs follows symlinks, and a symlink to /proc/self/ns/net holds nothing.
+    let not_symlink = fs::symlink_metadata(path).is_ok_and(|m| !m.file_type().is_symlink());
+    not_symlink && statfs(path).is_ok_and(|s| s.filesystem_type() == NSFS_MAGIC)
+}
+
+/// Runs `f` on a fresh thread that has joined the namespaces held at `paths`, and returns what
+/// it returns: for CNI, sysctl or port-forward work inside a pod. The thread ends with `f`, so
+/// no other work ever runs in the pod's namespaces. A panic in `f` is resumed on the caller.
+/// Note that /sys shows the network namespace of whoever mounted it, not the thread's; /proc/sys
+/// and sockets do follow the thread.
+pub fn in_namespaces<T: Send>(
+    paths: &[(NsKind, &Path)],
+    f: impl FnOnce() -> Result<T> + Send,
+) -> Result<T> {
+    let files = paths
+        .iter()
+        .map(|&(kind, path)| {
+            let file = File::open(path).map_err(Error::io("opening namespace file", path))?;
+            Ok((kind, path, file))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    thread::scope(|scope| {
+        let entered = thread::Builder::new()
+            .name("berth-nsenter".to_string())
+            .spawn_scoped(scope, move || {
+                for (kind, path, file) in &files {
+                    setns(file, kind.clone_flag()).map_err(|err| join_error(*kind, path, err))?;
+                }
+                f()
+            })
+            .map_err(|err| {
+                Error::Internal(format!("starting a thread to enter pod namespaces: {err}"))
+            })?;
+        entered.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+/// Validates `sysctls` and writes them from inside the held namespaces of `ns`: for sysctls
+/// that need the pod's network set up first, such as those of its `eth0`.
+pub fn apply_sysctls(ns: &PodNamespaces, sysctls: &BTreeMap<String, String>) -> Result<()> {
+    let checked = sysctls
+        .iter()
+        .map(|(name, value)| check_sysctl(name, value, ns.net.is_some(), ns.ipc.is_some()))
+        .collect::<Result<Vec<_>>>()?;
+    in_namespaces(&ns.held(), || checked.iter().try_for_each(write_sysctl))
+}
+
+/// Mounts a tmpfs for a pod's /dev/shm on `path` (created if missing), of at most `size_bytes`
+/// (rounded up to whole pages by the kernel).
+pub fn mount_shm(path: &Path, size_bytes: u64) -> Result<()> {
+    if size_bytes == 0 {
+        // tmpfs reads size=0 as "no limit".
+        return Err(Error::InvalidArgument(format!(
+            "shm size 0 for {}: it must be at least one byte",
+            path.display()
+        )));
+    }
+    fs::create_dir_all(path).map_err(Error::io("creating", path))?;
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let options = format!("mode=1777,size={size_bytes}");
+    mount(Some("shm"), path, Some("tmpfs"), flags, Some(options.as_str()))
+        .map_err(errno_io("mounting a tmpfs for /dev/shm on", path))
+}
+
+/// Detaches every mount stacked on `path`; a path that is missing or no mount point is fine.
+pub fn unmount(path: &Path) -> Result<()> {
+    // Each umount2 takes off the topmost mount only. NOFOLLOW: a symlink planted in the state
+    // dir must not redirect the unmount elsewhere.
+    for _ in 0..MAX_STACKED_MOUNTS {
+        match umount2(path, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW) {
+            Ok(()) => {}
+            Err(Errno::EINVAL | Errno::ENOENT) => return Ok(()),
+            Err(err) => return Err(errno_io("unmounting", path)(err)),
+        }
+    }
+    Err(Error::Internal(format!(
+        "unmounting {}: still a mount point after {MAX_STACKED_MOUNTS} unmounts",
+        path.display()
+    )))
+}
+
+fn errno_io(what: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(Errno) -> Error {
+    let wrap = Error::io(what, path);
+    move |errno| wrap(io::Error::from(errno))
+}
+
+fn join_error(kind: NsKind, path: &Path, err: Errno) -> Error {
+    // setns refuses a file that is no namespace (or one of another kind) with EINVAL; a
+    // released or never-mounted file is the usual reason.
+    let hint = if err == Errno::EINVAL { " (is it still held?)" } else { "" };
+    Error::Internal(format!(
+        "joining the {} namespace held at {}: {err}{hint}",
+        kind.describe(),
+        path.display()
+    ))
+}
+
+fn remove_file(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Err(err) if err.kind() != io::ErrorKind::NotFound => Err(Error::io("removing", path)(err)),
+        _ => Ok(()),
+    }
+}
+
+/// A sysctl checked against the request: where it lives under /proc/sys.
+struct Sysctl<'a> {
+    name: &'a str,
+    value: &'a str,
+    /// Relative to /proc/sys, e.g. `net/ipv4/ip_forward`.
+    path: PathBuf,
+}
+
+/// Checks everything in `request` that can be checked before creating anything.
+fn check_request(request: &NamespaceRequest) -> Result<Vec<Sysctl<'_>>> {
+    if let Some(hostname) = &request.hostname {
+        if !request.uts {
+            return Err(Error::InvalidArgument(format!(
+                "hostname {hostname:?}: the pod shares the host's UTS namespace, so setting it \
+                 would rename the node"
+            )));
+        }
+        check_hostname(hostname)?;
+    }
+    request
+        .sysctls
+        .iter()
+        .map(|(name, value)| check_sysctl(name, value, request.net, request.ipc))
+        .collect()
+}
+
+/// RFC 1123 host names: dot-separated labels of letters, digits and inner hyphens.
+fn check_hostname(hostname: &str) -> Result<()> {
+    let label_ok = |label: &str| {
+        (1..=63).contains(&label.len())
+            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+    };
+    if hostname.len() > HOSTNAME_MAX || !hostname.split('.').all(label_ok) {
+        return Err(Error::InvalidArgument(format!(
+            "hostname {hostname:?} is not an RFC 1123 host name of at most {HOSTNAME_MAX} bytes"
+        )));
+    }
+    Ok(())
+}
+
+fn check_sysctl<'a>(
+    name: &'a str,
+    value: &'a str,
+    own_net: bool,
+    own_ipc: bool,
+) -> Result<Sysctl<'a>> {
+    let refuse = |why: &str| Error::InvalidArgument(format!("sysctl {name:?}: {why}"));
+    let path = sysctl_path(name)
+        .ok_or_else(|| refuse("not a sysctl name (empty, \".\" or \"..\" parts, or a NUL byte)"))?;
+    let parts: Vec<&[u8]> = path.as_os_str().as_bytes().split(|b| *b == b'/').collect();
+    let kind = match parts.as_slice() {
+        [b"net", _, ..] => NsKind::Net,
+        [b"kernel", b"sem"] | [b"fs", b"mqueue", _] => NsKind::Ipc,
+        [b"kernel", leaf] if leaf.starts_with(b"shm") || leaf.starts_with(b"msg") => NsKind::Ipc,
+        [b"kernel", b"hostname" | b"domainname"] => {
+            return Err(refuse(
+                "belongs to the UTS namespace, which sysctls may not change: the pod's hostname \
+                 comes from its config",
+            ))
+        }
+        _ => {
+            return Err(refuse(
+                "not namespaced: it would change the whole node (allowed: kernel.shm*, \
+                 kernel.msg*, kernel.sem, fs.mqueue.*, net.*)",
+            ))
+        }
+    };
+    match kind {
+        NsKind::Net if !own_net => {
+            return Err(refuse("the pod shares the host's network namespace"));
+        }
+        NsKind::Ipc if !own_ipc => return Err(refuse("the pod shares the host's IPC namespace")),
+        _ => {}
+    }
+    if value.contains('\0') {
+        return Err(Error::InvalidArgument(format!("sysctl {name:?}: the value has a NUL byte")));
+    }
+    Ok(Sysctl { name, value, path })
+}
+
+/// The path of sysctl `name` under /proc/sys, or None for a name that could leave it.
+///
+/// Like sysctl(8) and the kubelet: when the first separator is a dot, dots separate and a slash
+/// stands for a dot inside a part (`net.ipv4.conf.eth0/100.forwarding` is
+/// `net/ipv4/conf/eth0.100/forwarding`); when it is a slash, the name already is the path.
+fn sysctl_path(name: &str) -> Option<PathBuf> {
+    let dotted = name.find(['.', '/']).is_some_and(|i| name.as_bytes()[i] == b'.');
+    let path: Vec<u8> = if dotted {
+        name.bytes()
+            .map(|b| match b {
+                b'.' => b'/',
+                b'/' => b'.',
+                b => b,
+            })
+            .collect()
+    } else {
+        name.as_bytes().to_vec()
+    };
+    let bad_part = |part: &[u8]| matches!(part, b"" | b"." | b"..");
+    if path.contains(&0) || path.split(|b| *b == b'/').any(bad_part) {
+        return None;
+    }
+    Some(PathBuf::from(OsStr::from_bytes(&path)))
+}
+
+/// Writes a sysctl under /proc/sys, which resolves net and IPC sysctls in the namespaces of the
+/// calling thread.
+fn write_sysctl(sysctl: &Sysctl<'_>) -> Result<()> {
+    let path = Path::new(PROC_SYS).join(&sysctl.path);
+    let written = OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .and_then(|mut file| file.write_all(sysctl.value.as_bytes()));
+    let Err(err) = written else { return Ok(()) };
+    let (name, value, shown) = (sysctl.name, sysctl.value, path.display());
+    match err.raw_os_error() {
+        Some(libc::ENOENT) => Err(Error::InvalidArgument(format!(
+            "sysctl {name:?}: no such sysctl in the pod's namespaces ({shown} is missing)"
+        ))),
+        Some(libc::EINVAL | libc::ERANGE) => Err(Error::InvalidArgument(format!(
+            "sysctl {name:?}: the kernel refused the value {value:?} ({shown}): {err}"
+        ))),
+        _ => Err(Error::io("writing sysctl", path)(err)),
+    }
+}
+
+/// Creates namespaces of `kinds` on a thread of their own, sets them up and returns a file
+/// for each, which keeps it alive until it is bind-mounted.
+fn new_namespaces(
+    dir: &Path,
+    kinds: &[NsKind],
+    hostname: Option<&str>,
+    sysctls: &[Sysctl<'_>],
+) -> Result<Vec<(NsKind, File)>> {
+    let names = kinds.iter().map(|k| k.describe()).collect::<Vec<_>>().join(", ");
+    let failed = |what: &str, err: &dyn fmt::Display| {
+        Error::Internal(format!("{what} for pod namespaces {}: {err}", dir.display()))
+    };
+    let set_up = || -> Result<Vec<(NsKind, File)>> {
+        let flags = kinds.iter().fold(CloneFlags::empty(), |flags, k| flags | k.clone_flag());
+        unshare(flags).map_err(|err| failed(&format!("creating {names} namespaces"), &err))?;
+        if let Some(hostname) = hostname {
+            nix::unistd::sethostname(hostname)
+                .map_err(|err| failed(&format!("setting hostname {hostname:?}"), &err))?;
+        }
+        if kinds.contains(&NsKind::Net) {
+            // A new network namespace has lo down, so not even 127.0.0.1 would work.
+            loopback_up().map_err(|err| failed("bringing up lo", &err))?;
+        }
+        sysctls.iter().try_for_each(write_sysctl)?;
+        kinds
+            .iter()
+            .map(|&kind| {
+                // /proc/self would be the main thread's namespaces, not this thread's.
+                let own = Path::new("/proc/thread-self/ns").join(kind.as_str());
+                let file = File::open(&own).map_err(Error::io("opening", own))?;
+                Ok((kind, file))
+            })
+            .collect()
+    };
+    thread::scope(|scope| {
+        let thread = thread::Builder::new()
+            .name("berth-ns".to_string())
+            .spawn_scoped(scope, set_up)
+            .map_err(|err| failed("starting a thread to create namespaces", &err))?;
+        thread
+            .join()
+            .map_err(|_| failed("creating namespaces", &"the thread creating them panicked"))?
+    })
+}
+
+/// What [`create`] did so far, for undoing it on a failure.
+#[derive(Default)]
+struct Undo {
+    /// Deepest first.
+    dirs: Vec<PathBuf>,
+    files: Vec<PathBuf>,
+    mounts: Vec<PathBuf>,
+}
+
+impl Undo {
+    /// Best effort: the error that made us undo is the one the caller gets, so failures here
+    /// are only logged.
+    fn run(self) {
+        let log = |err: Error| tracing::warn!(error = %err, "undoing pod namespace creation");
+        for mounted in self.mounts.iter().rev() {
+            unmount(mounted).unwrap_or_else(log);
+        }
+        for file in &self.files {
+            remove_file(file).unwrap_or_else(log);
+        }
+        for dir in &self.dirs {
+            if let Err(err) = fs::remove_dir(dir) {
+                log(Error::io("removing", dir)(err));
+            }
+        }
+    }
+}
+
+/// Bind-mounts each of `fds` onto `dir/<kind>`.
+fn hold(
+    dir: &Path,
+    fds: Vec<(NsKind, File)>,
+    held: &mut PodNamespaces,
+    undo: &mut Undo,
+) -> Result<()> {
+    for ancestor in dir.ancestors() {
+        if ancestor.as_os_str().is_empty() || fs::symlink_metadata(ancestor).is_ok() {
+            break;
+        }
+        undo.dirs.push(ancestor.to_path_buf());
+    }
+    fs::create_dir_all(dir).map_err(Error::io("creating", dir))?;
+    for (kind, fd) in fds {
+        let target = dir.join(kind.as_str());
+        mount_target(&target)?;
+        undo.files.push(target.clone());
+        // The fd's /proc path leads to the namespace itself, as /proc/<pid>/ns/<kind> would.
+        let source = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+        mount(Some(&source), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(
+            |err| {
+                Error::Internal(format!(
+                    "bind-mounting the new {} namespace onto {}: {err}",
+                    kind.describe(),
+                    target.display()
+                ))
+            },
+        )?;
+        undo.mounts.push(target.clone());
+        held.set(kind, target);
+    }
+    Ok(())
+}
+
+/// Creates the empty file a namespace is mounted on. A leftover plain file (from a crash or a
+/// reboot) is reused; one that still holds a namespace belongs to a live pod and is refused.
+fn mount_target(path: &Path) -> Result<()> {
+    let created = OpenOptions::new().write(true).create_new(true).mode(0o444).open(path);
+    match created {
+        Ok(_) => Ok(()),
+        Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
+            if is_held(path) {
+                return Err(Error::AlreadyExists(format!(
+                    "{} already holds a namespace; release the pod's namespaces first",
+                    path.display()
+                )));
+            }
+            let meta = fs::symlink_metadata(path).map_err(Error::io("inspecting", path))?;
+            if !meta.file_type().is_file() {
+                return Err(Error::Internal(format!(
+                    "{} is in the way of a namespace file: it is not a regular file",
+                    path.display()
+                )));
+            }
+            Ok(())
+        }
+        Err(err) => Err(Error::io("creating", path)(err)),
+    }
+}
+
+mod ioctl {
+    nix::ioctl_readwrite_bad!(get_flags, nix::libc::SIOCGIFFLAGS, nix::libc::ifreq);
+    nix::ioctl_write_ptr_bad!(set_flags, nix::libc::SIOCSIFFLAGS, nix::libc::ifreq);
+}
+
+/// An inet socket: interface ioctls act on the network namespace the socket was made in.
+fn ioctl_socket() -> nix::Result<OwnedFd> {
+    socket(AddressFamily::Inet, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)
+}
+
+fn interface_flags(sock: &OwnedFd, name: &str) -> nix::Result<libc::ifreq> {
+    // SAFETY: ifreq holds only integers, arrays and a union of such; all zeroes is valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    // At most IFNAMSIZ - 1 bytes, so that the name stays NUL-terminated.
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes().take(libc::IFNAMSIZ - 1)) {
+        *dst = libc::c_char::from_ne_bytes([src]);
+    }
+    // SAFETY: req is a valid, NUL-terminated ifreq that outlives the call.
+    unsafe { ioctl::get_flags(sock.as_raw_fd(), &mut req) }?;
+    Ok(req)
+}
+
+fn loopback_up() -> nix::Result<()> {
+    let sock = ioctl_socket()?;
+    let mut req = interface_flags(&sock, "lo")?;
+    // SAFETY: SIOCGIFFLAGS filled in ifru_flags, the union member used.
+    unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+    // SAFETY: req is a valid ifreq that outlives the call.
+    unsafe { ioctl::set_flags(sock.as_raw_fd(), &req) }?;
+    Ok(())
+}
+
+struct MountLine {
+    id: u64,
+    parent: u64,
+    mountpoint: PathBuf,
+    shared: bool,
+}
+
+fn parse_mount_line(line: &str) -> Option<MountLine> {
+    // Optional fields (shared:N, master:N) sit between field 6 and " - ".
+    let (before, _) = line.split_once(" - ")?;
+    let fields: Vec<&str> = before.split(' ').collect();
+    Some(MountLine {
+        id: fields.first()?.parse().ok()?,
+        parent: fields.get(1)?.parse().ok()?,
+        mountpoint: unescape(fields.get(4)?),
+        shared: fields.iter().skip(6).any(|f| f.starts_with("shared:")),
+    })
+}
+
+/// The topmost of the mounts on `path`: the one no other mount on `path` is mounted over.
+fn top_mount_at(mountinfo: &str, path: &Path) -> Option<MountLine> {
+    let on_path: Vec<MountLine> =
+        mountinfo.lines().filter_map(parse_mount_line).filter(|m| m.mountpoint == path).collect();
+    let parents: Vec<u64> = on_path.iter().map(|m| m.parent).collect();
+    on_path.into_iter().find(|m| !parents.contains(&m.id))
+}
+
+/// Undoes the octal escapes (`\040` for a space) the kernel writes into mountinfo paths.
+fn unescape(field: &str) -> PathBuf {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escape = bytes.get(i + 1..i + 4).filter(|_| bytes[i] == b'\\').and_then(|digits| {
+            let value = digits.iter().try_fold(0u32, |v, b| {
+                (b'0'..=b'7').contains(b).then(|| v * 8 + u32::from(b - b'0'))
+            })?;
+            u8::try_from(value).ok()
+        });
+        match escape {
+            Some(byte) => {
+                out.push(byte);
+                i += 4;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    PathBuf::from(OsStr::from_bytes(&out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+    use std::net::{TcpListener, TcpStream};
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    fn is_root() -> bool {
+        let root = nix::unistd::Uid::effective().is_root();
+        if !root {
+            eprintln!("skipped: needs root for namespaces and mounts");
+        }
+        root
+    }
+
+    /// A state dir prepared as berthd does, undone on drop even when the test panics.
+    struct StateDir {
+        _tmp: tempfile::TempDir,
+        root: PathBuf,
+        pods: PathBuf,
+        parent_mounted: bool,
+    }
+
+    impl StateDir {
+        fn new() -> Self {
+            Self::with_parent_shared(false)
+        }
+
+        /// With the temp dir a shared mount, as / is on a systemd host.
+        fn with_parent_shared(shared: bool) -> Self {
+            let tmp = tempfile::tempdir().unwrap();
+            let root = fs::canonicalize(tmp.path()).unwrap();
+            let pods = root.join("pods");
+            let mut state = StateDir { _tmp: tmp, root, pods, parent_mounted: false };
+            if shared {
+                let root = &state.root;
+                mount(Some(root), root, None::<&str>, MsFlags::MS_BIND, None::<&str>).unwrap();
+                state.parent_mounted = true;
+                mount(None::<&str>, root, None::<&str>, MsFlags::MS_SHARED, None::<&str>).unwrap();
+            }
+            prepare_state_dir(&state.pods).unwrap();
+            state
+        }
+
+        fn ns_dir(&self, pod: &str) -> PathBuf {
+            self.pods.join(pod).join("ns")
+        }
+
+        /// Mount points strictly below the prepared dir.
+        fn mounts_below(&self) -> Vec<PathBuf> {
+            mounts_under(&self.pods).into_iter().filter(|m| *m != self.pods).collect()
+        }
+    }
+
+    impl Drop for StateDir {
+        fn drop(&mut self) {
+            if let Ok(pods) = fs::read_dir(&self.pods) {
+                for pod in pods.flatten() {
+                    let pod = pod.path();
+                    let _ = unmount(&pod.join("shm"));
+                    let ns = PodNamespaces { dir: pod.join("ns"), net: None, ipc: None, uts: None };
+                    let _ = release(&ns);
+                }
+            }
+            let _ = unmount(&self.pods);
+            if self.parent_mounted {
+                let _ = unmount(&self.root);
+            }
+        }
+    }
+
+    fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+        let mountinfo = fs::read_to_string(MOUNTINFO).unwrap();
+        mountinfo
+            .lines()
+            .filter_map(parse_mount_line)
+            .map(|m| m.mountpoint)
+            .filter(|m| m.starts_with(dir))
+            .collect()
+    }
+
+    fn request(hostname: Option<&str>, sysctls: &[(&str, &str)]) -> NamespaceRequest {
+        NamespaceRequest {
+            net: true,
+            ipc: true,
+            uts: true,
+            hostname: hostname.map(str::to_string),
+            sysctls: sysctls.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        }
+    }
+
+    fn read_sysctl(name: &str) -> String {
+        let path = Path::new(PROC_SYS).join(sysctl_path(name).unwrap());
+        fs::read_to_string(path).unwrap().trim().to_string()
+    }
+
+    fn ino(path: impl AsRef<Path>) -> u64 {
+        fs::metadata(path).unwrap().ino()
+    }
+
+    #[test]
+    fn create_set_up_and_release() {
+        if !is_root() {
+            return;
+        }
+        let state = StateDir::new();
+        let dir = state.ns_dir("pod1");
+        let host_forward = read_sysctl("net.ipv4.ip_forward");
+        let host_rmid = read_sysctl("kernel.shm_rmid_forced");
+        let host_keepalive = read_sysctl("net/ipv4/tcp_keepalive_time");
+        let host_hostname = nix::unistd::gethostname().unwrap();
+        let sysctls = [
+            ("net.ipv4.ip_forward", "1"),
+            ("kernel.shm_rmid_forced", "1"),
+            ("net/ipv4/tcp_keepalive_time", "600"),
+        ];
+        let ns = create(&dir, &request(Some("web-0.example"), &sysctls)).unwrap();
+
+        for kind in NsKind::ALL {
+            let path = ns.path(kind).unwrap();
+            assert_eq!(path, dir.join(kind.as_str()));
+            assert!(is_held(path), "{}", path.display());
+            let host = ino(Path::new("/proc/self/ns").join(kind.as_str()));
+            assert_ne!(ino(path), host, "{kind} is the host's");
+        }
+        let held_net = ino(ns.net.as_ref().unwrap());
+
+        let seen = in_namespaces(&ns.held(), || {
+            let hostname = nix::unistd::gethostname().unwrap().into_string().unwrap();
+            let sock = ioctl_socket().unwrap();
+            let flags = interface_flags(&sock, "lo").unwrap();
+            // SAFETY: SIOCGIFFLAGS filled in ifru_flags.
+            let lo_up = unsafe { flags.ifr_ifru.ifru_flags } & libc::IFF_UP as libc::c_short != 0;
+            // 127.0.0.1 exists only once lo is up.
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            Ok((
+                hostname,
+                lo_up,
+                read_sysctl("net.ipv4.ip_forward"),
+                read_sysctl("kernel.shm_rmid_forced"),
+                read_sysctl("net.ipv4.tcp_keepalive_time"),
+                ino("/proc/thread-self/ns/net"),
+            ))
+        })
+        .unwrap();
+        assert_eq!(seen.0, "web-0.example");
+        assert!(seen.1, "lo is down");
+        assert_eq!((seen.2.as_str(), seen.3.as_str(), seen.4.as_str()), ("1", "1", "600"));
+        assert_eq!(seen.5, held_net);
+
+        assert_eq!(read_sysctl("net.ipv4.ip_forward"), host_forward);
+        assert_eq!(read_sysctl("kernel.shm_rmid_forced"), host_rmid);
+        assert_eq!(read_sysctl("net.ipv4.tcp_keepalive_time"), host_keepalive);
+        assert_eq!(nix::unistd::gethostname().unwrap(), host_hostname);
+
+        release(&ns).unwrap();
+        for (_, path) in ns.held() {
+            assert!(!is_held(path));
+            assert!(!path.exists(), "{}", path.display());
+        }
+        assert!(!dir.exists());
+        assert!(state.mounts_below().is_empty(), "{:?}", state.mounts_below());
+        release(&ns).unwrap();
+        let err = in_namespaces(&ns.held(), || Ok(())).unwrap_err();
+        assert!(err.to_string().contains(&dir.join("net").display().to_string()), "{err}");
+    }
+
+    #[test]
+    fn sysctls_applied_later_from_inside() {
+        if !is_root() {
+            return;
+        }
+        let state = StateDir::new();
+        let ns = create(&state.ns_dir("pod1"), &request(None, &[])).unwrap();
+        let later = BTreeMap::from([("net.ipv4.conf.lo.forwarding".to_string(), "1".to_string())]);
+        apply_sysctls(&ns, &later).unwrap();
+        let inside =
+            in_namespaces(&ns.held(), || Ok(read_sysctl("net.ipv4.conf.lo.forwarding"))).unwrap();
+        assert_eq!(inside, "1");
+        let err = apply_sysctls(&ns, &BTreeMap::from([("vm.swappiness".into(), "1".into())]));
+        assert_eq!(err.unwrap_err().kind(), ErrorKind::InvalidArgument);
+        release(&ns).unwrap();
+    }
+
+    #[test]
+    fn bad_requests_fail_before_creating_anything() {
+        if !is_root() {
+            return;
+        }
+        let state = StateDir::new();
+        let dir = state.ns_dir("pod1");
+        let host_net = NamespaceRequest { net: false, ..request(None, &[]) };
+        let host_ipc = NamespaceRequest { ipc: false, ..request(None, &[]) };
+        let cases = [
+            (request(None, &[("kernel.panic", "1")]), "not namespaced"),
+            (request(None, &[("vm.swappiness", "1")]), "not namespaced"),
+            (request(None, &[("kernel.hostname", "x")]), "UTS"),
+            (request(None, &[("net/../../etc/passwd", "x")]), "not a sysctl name"),
+            (request(None, &[("net..ipv4", "x")]), "not a sysctl name"),
+            (
+                NamespaceRequest {
+                    sysctls: [("net.ipv4.ip_forward".into(), "1".into())].into(),
+                    ..host_net.clone()
+                },
+                "the pod shares the host's network namespace",
+            ),
+            (
+                NamespaceRequest {
+                    sysctls: [("kernel.shmmax".into(), "1".into())].into(),
+                    ..host_ipc
+                },
+                "the pod shares the host's IPC namespace",
+            ),
+            (request(Some("bad_name"), &[]), "RFC 1123"),
+            (request(Some(&"a".repeat(65)), &[]), "RFC 1123"),
+            (
+                NamespaceRequest { uts: false, ..request(Some("web-0"), &[]) },
+                "host's UTS namespace",
+            ),
+        ];
+        for (req, why) in cases {
+            let err = create(&dir, &req).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+            let msg = err.to_string();
+            assert!(msg.contains(why), "{msg}");
+            if let Some(name) = req.sysctls.keys().next() {
+                assert!(msg.contains(name), "{msg}");
+            }
+            assert!(!dir.exists(), "{req:?} created {}", dir.display());
+        }
+        assert!(!state.pods.join("pod1").exists());
+    }
+
+    #[test]
+    fn kernel_refusal_half_way_leaves_nothing() {
+        if !is_root() {
+            return;
+        }
+        let state = StateDir::new();
+        let dir = state.ns_dir("pod1");
+        let req = request(Some("web-0"), &[("net.ipv4.ip_forward", "banana")]);
+        let err = create(&dir, &req).unwrap_err();
+        let msg = err.to_string();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{msg}");
+        assert!(msg.contains("net.ipv4.ip_forward") && msg.contains("banana"), "{msg}");
+        let missing = create(&dir, &request(None, &[("net.ipv4.conf.eth0.forwarding", "1")]));
+        assert!(missing.unwrap_err().to_string().contains("no such sysctl"));
+        assert!(!state.pods.join("pod1").exists());
+        assert!(state.mounts_below().is_empty(), "{:?}", state.mounts_below());
+    }
+
+    #[test]
+    fn failure_after_mounting_undoes_the_mounts() {
+        if !is_root() {
+            return;
+        }
+        let state = StateDir::new();
+        let dir = state.ns_dir("pod1");
+        // In the way of the last namespace file, so that net and ipc are mounted by then.
+        fs::create_dir_all(dir.join("uts")).unwrap();
+        let err = create(&dir, &request(Some("web-0"), &[])).unwrap_err();
+        assert!(err.to_string().contains(&dir.join("uts").display().to_string()), "{err}");
+        assert!(state.mounts_below().is_empty(), "{:?}", state.mounts_below());
+        assert!(!dir.join("net").exists() && !dir.join("ipc").exists());
+        assert!(dir.join("uts").is_dir(), "not ours to remove");
+    }
+
+    #[test]
+    fn a_held_file_is_not_mounted_over() {
+        if !is_root() {
+            return;
+        }
+        let state = StateDir::new();
+        let dir = state.ns_dir("pod1");
+        let ns = create(&dir, &request(None, &[])).unwrap();
+        let net = ino(ns.net.as_ref().unwrap());
+        let err = create(&dir, &request(None, &[])).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::AlreadyExists, "{err}");
+        // The failed attempt must not have taken the live pod's namespaces with it.
+        assert!(ns.held().iter().all(|(_, path)| is_held(path)));
+        assert_eq!(ino(ns.net.as_ref().unwrap()), net);
+        release(&ns).unwrap();
+        assert!(state.mounts_below().is_empty(), "{:?}", state.mounts_below());
+    }
+
+    #[test]
+    fn host_namespaces_are_not_held() {
+        if !is_root() {
+            return;
+        }
+        let state = StateDir::new();
+        let dir = state.ns_dir("pod1");
+        let req = NamespaceRequest { net: false, ..request(None, &[("kernel.msgmax", "16384")]) };
+        let ns = create(&dir, &req).unwrap();
+        assert_eq!(ns.net, None);
+        assert!(ns.ipc.is_some() && ns.uts.is_some());
+        assert!(!dir.join("net").exists());
+        let (msgmax, net) = in_namespaces(&ns.held(), || {
+            Ok((read_sysctl("kernel.msgmax"), ino("/proc/thread-self/ns/net")))
+        })
+        .unwrap();
+        assert_eq!(msgmax, "16384");
+        assert_eq!(net, ino("/proc/self/ns/net"));
+        release(&ns).unwrap();
+
+        let none = NamespaceRequest::default();
+        let ns = create(&dir, &none).unwrap();
+        assert_eq!(ns, PodNamespaces { dir: dir.clone(), net: None, ipc: None, uts: None });
+        assert!(!dir.exists());
+        release(&ns).unwrap();
+    }
+
+    #[test]
+    fn release_after_a_crash_and_of_plain_files() {
+        if !is_root() {
+            return;
+        }
+        let state = StateDir::new();
+        let dir = state.ns_dir("pod1");
+        create(&dir, &request(None, &[])).unwrap();
+        // A berthd that crashed knows only the directory.
+        let only_dir = PodNamespaces { dir: dir.clone(), net: None, ipc: None, uts: None };
+        release(&only_dir).unwrap();
+        assert!(state.mounts_below().is_empty(), "{:?}", state.mounts_below());
+        assert!(!dir.exists());
+
+        // As after a reboot: the files are there, nothing is mounted on them.
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("net"), "").unwrap();
+        assert!(!is_held(&dir.join("net")));
+        std::os::unix::fs::symlink("/proc/self/ns/ipc", dir.join("ipc")).unwrap();
+        assert!(!is_held(&dir.join("ipc")), "a symlink holds nothing");
+        fs::remove_file(dir.join("ipc")).unwrap();
+        let ns = create(&dir, &request(None, &[])).unwrap();
+        assert!(is_held(ns.net.as_ref().unwrap()));
+        release(&ns).unwrap();
+        assert!(!dir.exists());
+    }
+
+    #[test]
+    fn state_dir_is_a_shared_mount_of_its_own_once() {
+        if !is_root() {
+            return;
+        }
+        let state = StateDir::with_parent_shared(true);
+        prepare_state_dir(&state.pods).unwrap();
+        let mountinfo = fs::read_to_string(MOUNTINFO).unwrap();
+        let on_pods: Vec<MountLine> = mountinfo
+            .lines()
+            .filter_map(parse_mount_line)
+            .filter(|m| m.mountpoint == state.pods)
+            .collect();
+        assert_eq!(on_pods.len(), 1, "prepared twice");
+        assert!(on_pods[0].shared);
+        // Not a peer of the shared parent it was bound from.
+        let line = mountinfo.lines().find(|l| l.starts_with(&format!("{} ", on_pods[0].id)));
+        let group = line.unwrap().split(' ').find(|f| f.starts_with("shared:")).unwrap();
+        let peers = mountinfo.lines().filter(|l| l.split(' ').any(|f| f == group)).count();
+        assert_eq!(peers, 1, "{group}:\n{mountinfo}");
+
+        // So a held namespace is mounted once, not also on the hidden directory beneath.
+        let ns = create(&state.ns_dir("pod1"), &request(None, &[])).unwrap();
+        let net = ns.net.clone().unwrap();
+        assert_eq!(mounts_under(&state.root).iter().filter(|m| **m == net).count(), 1);
+        release(&ns).unwrap();
+        assert!(state.mounts_below().is_empty(), "{:?}", state.mounts_below());
+    }
+
+    #[test]
+    fn shm_size_limit_and_unmount() {
+        if !is_root() {
+            return;
+        }
+        let state = StateDir::new();
+        let shm = state.pods.join("pod1").join("shm");
+        let size = 1_000_000;
+        mount_shm(&shm, size).unwrap();
+        let fs_stat = statfs(&shm).unwrap();
+        assert_eq!(fs_stat.filesystem_type(), nix::sys::statfs::TMPFS_MAGIC);
+        let bytes = fs_stat.blocks() * u64::try_from(fs_stat.block_size()).unwrap();
+        let page = 4096 * 16;
+        assert!((size..size + page).contains(&bytes), "{bytes}");
+        let mode = fs::metadata(&shm).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o1777);
+        let flags = nix::sys::statvfs::statvfs(&shm).unwrap().flags();
+        use nix::sys::statvfs::FsFlags;
+        assert!(flags.contains(FsFlags::ST_NOSUID | FsFlags::ST_NODEV | FsFlags::ST_NOEXEC));
+        assert_eq!(mount_shm(&shm, 0).unwrap_err().kind(), ErrorKind::InvalidArgument);
+
+        unmount(&shm).unwrap();
+        assert_ne!(statfs(&shm).unwrap().filesystem_type(), nix::sys::statfs::TMPFS_MAGIC);
+        unmount(&shm).unwrap();
+        unmount(&state.pods.join("missing")).unwrap();
+        assert!(state.mounts_below().is_empty(), "{:?}", state.mounts_below());
+    }
+
+    #[test]
+    fn sysctl_names_to_paths() {
+        let cases = [
+            ("net.ipv4.ip_forward", Some("net/ipv4/ip_forward")),
+            ("net/ipv4/ip_forward", Some("net/ipv4/ip_forward")),
+            ("net.ipv4.conf.eth0/100.forwarding", Some("net/ipv4/conf/eth0.100/forwarding")),
+            ("net/ipv4/conf/eth0.100/forwarding", Some("net/ipv4/conf/eth0.100/forwarding")),
+            ("kernel.sem", Some("kernel/sem")),
+            ("kernel", Some("kernel")),
+            ("", None),
+            ("net.", None),
+            ("/net/ipv4", None),
+            ("net/../x", None),
+            ("net.ipv4/../x", None),
+            ("net\0x.y", None),
+        ];
+        for (name, want) in cases {
+            assert_eq!(sysctl_path(name), want.map(PathBuf::from), "{name:?}");
+        }
+    }
+
+    #[test]
+    fn sysctl_namespaces() {
+        let kind_of = |name: &str| check_sysctl(name, "1", true, true).map(|s| s.path);
+        for name in [
+            "kernel.shmmax",
+            "kernel.shm_rmid_forced",
+            "kernel.msgmnb",
+            "kernel.sem",
+            "fs.mqueue.msg_max",
+            "net.core.somaxconn",
+            "net.ipv4.conf.all.rp_filter",
+        ] {
+            assert!(kind_of(name).is_ok(), "{name}");
+        }
+        for name in ["kernel.semx", "kernel.pid_max", "fs.mqueue", "net", "kernel.domainname"] {
+            assert!(kind_of(name).is_err(), "{name}");
+        }
+        assert!(check_sysctl("kernel.sem", "1\0", true, true).is_err());
+    }
+
+    #[test]
+    fn hostnames() {
+        for ok in ["web-0", "a", "a.b-c.d9", &"a".repeat(63), &format!("{}.b", "a".repeat(62))] {
+            assert!(check_hostname(ok).is_ok(), "{ok}");
+        }
+        let long = format!("{}.{}", "a".repeat(32), "b".repeat(32));
+        for bad in ["", "-a", "a-", "a..b", "a_b", "a b", ".a", &"a".repeat(64), &long] {
+            assert!(check_hostname(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn mountinfo_parsing() {
+        let mountinfo = "\
+27 1 254:0 / / rw,relatime - ext4 /dev/vda rw
+90 27 254:0 /st /run/my\\040state rw shared:5 - ext4 /dev/vda rw
+91 90 254:0 /st /run/my\\040state rw master:3 - ext4 /dev/vda rw
+";
+        let top = top_mount_at(mountinfo, Path::new("/run/my state")).unwrap();
+        assert_eq!((top.id, top.shared), (91, false));
+        assert!(top_mount_at(mountinfo, Path::new("/run")).is_none());
+        assert!(top_mount_at(mountinfo, Path::new("/")).is_some_and(|m| !m.shared));
+        assert_eq!(unescape("a\\134b\\999\\7"), Path::new("a\\b\\999\\7"));
+    }
+}

@@ -1,0 +1,151 @@
+//! The files a pod's containers get bind-mounted at /etc/hostname, /etc/hosts and
+//! /etc/resolv.conf, kept in the pod's directory so they survive a daemon restart.
+
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::pod::types::DnsConfig;
+
+const HOST_RESOLV_CONF: &str = "/etc/resolv.conf";
+const HOST_HOSTS: &str = "/etc/hosts";
+
+/// The hostname a pod's UTS namespace gets: the config's, or for a host-network pod the node's,
+/// or the pod's name (kubelet always sends one; crictl may not).
+pub fn hostname(configured: &str, host_network: bool, pod_name: &str) -> Result<String> {
+    let name = if !configured.is_empty() {
+        configured.to_string()
+    } else if host_network {
+        nix::unistd::gethostname()
+            .map_err(|err| Error::Internal(format!("reading the node's hostname: {err}")))?
+            .to_string_lossy()
+            .into_owned()
+    } else {
+        pod_name.to_string()
+    };
+    validate_hostname(&name)?;
+    Ok(name)
+}
+
+fn validate_hostname(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "hostname {name:?} is not a valid DNS name of at most 64 bytes"
+        )))
+    }
+}
+
+/// resolv.conf from the pod's DNS config; the node's own when the config says nothing, as
+/// containerd does.
+pub fn resolv_conf(dns: Option<&DnsConfig>) -> Result<String> {
+    let dns = match dns {
+        Some(dns)
+            if !(dns.servers.is_empty() && dns.searches.is_empty() && dns.options.is_empty()) =>
+        {
+            dns
+        }
+        _ => {
+            return match std::fs::read_to_string(HOST_RESOLV_CONF) {
+                Ok(text) => Ok(text),
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+                Err(err) => Err(Error::io("reading", HOST_RESOLV_CONF)(err)),
+            };
+        }
+    };
+    for value in dns.servers.iter().chain(&dns.searches).chain(&dns.options) {
+        if value.contains(['\n', '\r']) {
+            return Err(Error::InvalidArgument(format!(
+                "DNS config value {value:?} has a line break"
+            )));
+        }
+    }
+    let mut text = String::new();
+    if !dns.searches.is_empty() {
+        text.push_str(&format!("search {}\n", dns.searches.join(" ")));
+    }
+    for server in &dns.servers {
+        server.parse::<std::net::IpAddr>().map_err(|_| {
+            Error::InvalidArgument(format!("DNS server {server:?} is not an IP address"))
+        })?;
+        text.push_str(&format!("nameserver {server}\n"));
+    }
+    if !dns.options.is_empty() {
+        text.push_str(&format!("options {}\n", dns.options.join(" ")));
+    }
+    Ok(text)
+}
+
+/// /etc/hosts: the node's for a host-network pod; otherwise the usual loopback entries and
+/// the pod's own address under its hostname.
+pub fn hosts(host_network: bool, hostname: &str, ips: &[String]) -> Result<String> {
+    if host_network {
+        return match std::fs::read_to_string(HOST_HOSTS) {
+            Ok(text) => Ok(text),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+            Err(err) => Err(Error::io("reading", HOST_HOSTS)(err)),
+        };
+    }
+    let mut text = String::from(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\n\
+         ff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n",
+    );
+    for ip in ips {
+        text.push_str(&format!("{ip}\t{hostname}\n"));
+    }
+    Ok(text)
+}
+
+pub fn write(dir: &Path, name: &str, content: &str) -> Result<()> {
+    berth_images::fsutil::atomic_write(&dir.join(name), content.as_bytes())
+        .map_err(|err| Error::Internal(err.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolv_conf_from_the_config() {
+        let dns = DnsConfig {
+            servers: vec!["10.96.0.10".into()],
+            searches: vec!["ns.svc.cluster.local".into(), "svc.cluster.local".into()],
+            options: vec!["ndots:5".into()],
+        };
+        assert_eq!(
+            resolv_conf(Some(&dns)).unwrap(),
+            "search ns.svc.cluster.local svc.cluster.local\nnameserver 10.96.0.10\noptions ndots:5\n"
+        );
+        let bad = DnsConfig { servers: vec!["not-an-ip".into()], ..Default::default() };
+        assert!(resolv_conf(Some(&bad)).is_err());
+        let injected =
+            DnsConfig { options: vec!["ndots:1\nnameserver 6.6.6.6".into()], ..Default::default() };
+        assert!(resolv_conf(Some(&injected)).is_err());
+        // No config: the node's file, whatever it holds.
+        assert!(resolv_conf(None).is_ok());
+    }
+
+    #[test]
+    fn hostnames() {
+        assert_eq!(hostname("web-0", false, "p").unwrap(), "web-0");
+        assert_eq!(hostname("", false, "pod-a").unwrap(), "pod-a");
+        assert!(hostname("bad_name", false, "p").is_err());
+        assert!(hostname(&"a".repeat(65), false, "p").is_err());
+        assert!(!hostname("", true, "p").unwrap().is_empty());
+    }
+
+    #[test]
+    fn hosts_has_the_pod_address() {
+        let text = hosts(false, "web-0", &["10.88.0.5".into()]).unwrap();
+        assert!(text.starts_with("127.0.0.1\tlocalhost\n"));
+        assert!(text.ends_with("10.88.0.5\tweb-0\n"));
+    }
+}

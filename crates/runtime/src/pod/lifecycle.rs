@@ -1,0 +1,408 @@
+//! RunPodSandbox, StopPodSandbox, RemovePodSandbox and the queries, over the pod store.
+//!
+//! Order of a pod's setup: the record is written first, as NotReady (so that a crash in the
+//! middle leaves a pod that Stop and Remove can finish off), then the files, the cgroup, the
+//! namespaces, /dev/shm and the network; the record turns Ready last. When a step fails, what
+//! the earlier steps took is given back in reverse order and the pod is gone.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crate::cgroups::CgroupLayout;
+use crate::cni::{Cni, PodNetworkRequest};
+use crate::error::{Error, Result};
+use crate::namespaces::{self, NamespaceRequest, NsKind, PodNamespaces};
+use crate::pod::store::{new_id, PodStore};
+use crate::pod::types::*;
+use crate::pod::{cgroup, files};
+
+/// The size of a pod's /dev/shm, as docker and containerd default it.
+const SHM_SIZE: u64 = 64 << 20;
+/// The interface CNI creates in the pod.
+const IFNAME: &str = "eth0";
+
+pub struct Pods {
+    store: PodStore,
+    /// `<state>/pods`: namespace handles and /dev/shm, gone on reboot.
+    state_dir: PathBuf,
+    cgroups: Arc<CgroupLayout>,
+    nest: bool,
+    cni: Cni,
+    handlers: Vec<String>,
+    pod_cidr: Mutex<Option<String>>,
+}
+
+/// What PodSandboxStatus reports beyond the record.
+pub struct PodDetails {
+    pub record: PodRecord,
+    pub netns: Option<PathBuf>,
+    pub cgroup_dirs: Vec<PathBuf>,
+}
+
+impl Pods {
+    /// Loads the pods of an earlier berthd. A pod whose namespaces are gone (the node
+    /// rebooted: the state dir is empty) is NotReady from now on.
+    pub fn open(
+        root: &Path,
+        state: &Path,
+        cgroups: Arc<CgroupLayout>,
+        nest: bool,
+        cni: Cni,
+        handlers: Vec<String>,
+    ) -> Result<Pods> {
+        let state_dir = state.join("pods");
+        std::fs::create_dir_all(&state_dir).map_err(Error::io("creating", &state_dir))?;
+        namespaces::prepare_state_dir(&state_dir)?;
+        let store = PodStore::open(&root.join("pods"))?;
+        let pods =
+            Pods { store, state_dir, cgroups, nest, cni, handlers, pod_cidr: Mutex::new(None) };
+        for entry in pods.store.all() {
+            let Ok(mut record) = entry.record.try_lock() else { continue };
+            if record.state == PodState::Ready && !pods.namespaces_held(&record) {
+                tracing::warn!(pod_id = %record.id, "pod namespaces are gone (node reboot?): marking it NotReady");
+                record.state = PodState::NotReady;
+                pods.store.save(&record)?;
+            }
+        }
+        Ok(pods)
+    }
+
+    fn ns_dir(&self, id: &str) -> PathBuf {
+        self.state_dir.join(id).join("ns")
+    }
+
+    fn shm_dir(&self, id: &str) -> PathBuf {
+        self.state_dir.join(id).join("shm")
+    }
+
+    /// The held namespaces of a pod, as far as its config asked for them.
+    fn namespaces_of(&self, record: &PodRecord) -> PodNamespaces {
+        let dir = self.ns_dir(&record.id);
+        let ns = &record.config.namespaces;
+        PodNamespaces {
+            net: (ns.network != NamespaceMode::Node).then(|| dir.join("net")),
+            ipc: (ns.ipc != NamespaceMode::Node).then(|| dir.join("ipc")),
+            uts: (ns.network != NamespaceMode::Node).then(|| dir.join("uts")),
+            dir,
+        }
+    }
+
+    fn namespaces_held(&self, record: &PodRecord) -> bool {
+        let ns = self.namespaces_of(record);
+        [ns.net, ns.ipc, ns.uts].iter().flatten().all(|path| namespaces::is_held(path))
+    }
+
+    pub fn set_pod_cidr(&self, cidr: &str) {
+        let mut current = self.pod_cidr.lock().unwrap_or_else(|p| p.into_inner());
+        *current = (!cidr.is_empty()).then(|| cidr.to_string());
+    }
+
+    pub async fn run(&self, config: PodConfig) -> Result<String> {
+        if !self.handlers.contains(&config.runtime_handler) {
+            return Err(Error::InvalidArgument(format!(
+                "runtime handler {:?} is not configured (have: {})",
+                config.runtime_handler,
+                self.handlers.iter().map(|h| format!("{h:?}")).collect::<Vec<_>>().join(", ")
+            )));
+        }
+        // Everything that can be checked before anything is taken.
+        bandwidth(&config)?;
+        let id = new_id()?;
+        let key = config.metadata.key();
+        self.store.reserve_name(&key, &id)?;
+        match self.set_up(&id, config).await {
+            Ok(record) => {
+                tracing::info!(pod_id = %id, name = %key, ips = ?record.network.as_ref().map(|n| &n.ips), "pod sandbox ready");
+                self.store.insert(record);
+                Ok(id)
+            }
+            Err(err) => {
+                self.store.release_name(&key, &id);
+                Err(err)
+            }
+        }
+    }
+
+    async fn set_up(&self, id: &str, config: PodConfig) -> Result<PodRecord> {
+        let host_network = config.namespaces.network == NamespaceMode::Node;
+        let hostname = files::hostname(&config.hostname, host_network, &config.metadata.name)?;
+        let resolv = files::resolv_conf(config.dns.as_ref())?;
+        let mut record = PodRecord {
+            version: RECORD_VERSION,
+            id: id.to_string(),
+            cgroup: cgroup::pod_cgroup(&config.cgroup_parent, id),
+            config,
+            created_at_nanos: now_nanos(),
+            state: PodState::NotReady,
+            network: None,
+            cgroup_created: Vec::new(),
+        };
+        self.store.save(&record)?;
+        let mut taken = Taken::default();
+        match self.take(&mut record, &mut taken, &hostname, &resolv).await {
+            Ok(()) => Ok(record),
+            Err(err) => {
+                tracing::warn!(pod_id = %id, error = %err, "pod setup failed: rolling back");
+                if let Err(undo) = self.give_back(&record, taken).await {
+                    tracing::error!(pod_id = %id, error = %undo, "rolling back a failed pod setup");
+                }
+                if let Err(undo) = self.store.delete(id) {
+                    tracing::error!(pod_id = %id, error = %undo, "removing a failed pod's files");
+                }
+                Err(err)
+            }
+        }
+    }
+
+    async fn take(
+        &self,
+        record: &mut PodRecord,
+        taken: &mut Taken,
+        hostname: &str,
+        resolv: &str,
+    ) -> Result<()> {
+        let id = record.id.clone();
+        let pod_dir = self.store.pod_dir(&id);
+        let host_network = record.config.namespaces.network == NamespaceMode::Node;
+        files::write(&pod_dir, "hostname", &format!("{hostname}\n"))?;
+        files::write(&pod_dir, "resolv.conf", resolv)?;
+        files::write(&pod_dir, "hosts", &files::hosts(host_network, hostname, &[])?)?;
+        failpoint("pod.files")?;
+
+        let (layout, path, nest) = (self.cgroups.clone(), record.cgroup.clone(), self.nest);
+        record.cgroup_created = blocking(move || cgroup::create(&layout, &path, nest)).await?;
+        taken.cgroup = true;
+        self.store.save(record)?;
+        failpoint("pod.cgroup")?;
+
+        let wanted = self.namespaces_of(record);
+        let request = NamespaceRequest {
+            net: wanted.net.is_some(),
+            ipc: wanted.ipc.is_some(),
+            uts: wanted.uts.is_some(),
+            hostname: wanted.uts.is_some().then(|| hostname.to_string()),
+            sysctls: record.config.sysctls.clone(),
+        };
+        let dir = wanted.dir.clone();
+        let held = blocking(move || namespaces::create(&dir, &request)).await?;
+        taken.namespaces = Some(held.clone());
+        failpoint("pod.namespaces")?;
+
+        if record.config.namespaces.ipc != NamespaceMode::Node {
+            let shm = self.shm_dir(&id);
+            blocking(move || {
+                std::fs::create_dir_all(&shm).map_err(Error::io("creating", &shm))?;
+                namespaces::mount_shm(&shm, SHM_SIZE)
+            })
+            .await?;
+            taken.shm = true;
+        }
+        failpoint("pod.shm")?;
+
+        if let Some(netns) = &held.net {
+            taken.network = true;
+            let result = self.cni.add(&self.network_request(record, netns)?).await?;
+            let ips: Vec<String> = result.ips.iter().map(|ip| ip.to_string()).collect();
+            files::write(&pod_dir, "hosts", &files::hosts(false, hostname, &ips)?)?;
+            record.network = Some(PodNetwork { ips, cni_result: result.raw });
+        }
+        failpoint("pod.network")?;
+
+        record.state = PodState::Ready;
+        self.store.save(record)
+    }
+
+    fn network_request(&self, record: &PodRecord, netns: &Path) -> Result<PodNetworkRequest> {
+        let meta = &record.config.metadata;
+        Ok(PodNetworkRequest {
+            container_id: record.id.clone(),
+            netns: netns.to_path_buf(),
+            ifname: IFNAME.into(),
+            pod_namespace: meta.namespace.clone(),
+            pod_name: meta.name.clone(),
+            pod_uid: meta.uid.clone(),
+            port_mappings: record.config.port_mappings.clone(),
+            bandwidth: bandwidth(&record.config)?,
+            pod_cidr: self.pod_cidr.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        })
+    }
+
+    /// Undoes the steps of a failed setup, in reverse.
+    async fn give_back(&self, record: &PodRecord, taken: Taken) -> Result<()> {
+        let mut first_error = None;
+        let mut note = |result: Result<()>| {
+            if let Err(err) = result {
+                first_error.get_or_insert(err);
+            }
+        };
+        if taken.network {
+            if let Some(ns) = &taken.namespaces {
+                note(self.cni.del(&record.id, ns.net.as_deref(), IFNAME).await);
+            }
+        }
+        if taken.shm {
+            let shm = self.shm_dir(&record.id);
+            note(blocking(move || namespaces::unmount(&shm)).await);
+        }
+        if let Some(ns) = taken.namespaces {
+            note(blocking(move || namespaces::release(&ns)).await);
+        }
+        if taken.cgroup {
+            let (layout, created, nest) =
+                (self.cgroups.clone(), record.cgroup_created.clone(), self.nest);
+            note(blocking(move || cgroup::remove(&layout, &created, nest)).await);
+        }
+        let state = self.state_dir.join(&record.id);
+        note(remove_dir(&state));
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// StopPodSandbox: the network goes, then /dev/shm and the namespaces. Every step is
+    /// idempotent, so a stop that failed half way is finished by the next one.
+    pub async fn stop(&self, id: &str) -> Result<()> {
+        let entry = self.store.get(id)?;
+        let mut record = entry.record.lock().await;
+        if record.state == PodState::Ready {
+            record.state = PodState::NotReady;
+            self.store.save(&record)?;
+        }
+        self.tear_down(&mut record).await?;
+        tracing::info!(pod_id = %record.id, "pod sandbox stopped");
+        Ok(())
+    }
+
+    async fn tear_down(&self, record: &mut PodRecord) -> Result<()> {
+        let held = self.namespaces_of(record);
+        let cached = self.cni.cache_dir().join(format!("{}.json", record.id)).exists();
+        if held.net.is_some() && (record.network.is_some() || cached) {
+            let netns = held.net.clone().filter(|path| namespaces::is_held(path));
+            self.cni.del(&record.id, netns.as_deref(), IFNAME).await?;
+            record.network = None;
+            self.store.save(record)?;
+        }
+        let shm = self.shm_dir(&record.id);
+        blocking(move || namespaces::unmount(&shm)).await?;
+        blocking(move || namespaces::release(&held)).await?;
+        Ok(())
+    }
+
+    /// RemovePodSandbox: stops it if needed, then removes everything of it. An unknown pod is
+    /// fine: removing twice is not an error.
+    pub async fn remove(&self, id: &str) -> Result<()> {
+        let Some(entry) = self.store.find(id)? else { return Ok(()) };
+        let mut record = entry.record.lock().await;
+        if record.state == PodState::Ready {
+            record.state = PodState::NotReady;
+            self.store.save(&record)?;
+        }
+        self.tear_down(&mut record).await?;
+        let (layout, created, nest) =
+            (self.cgroups.clone(), record.cgroup_created.clone(), self.nest);
+        blocking(move || cgroup::remove(&layout, &created, nest)).await?;
+        remove_dir(&self.state_dir.join(&record.id))?;
+        self.store.delete(&record.id)?;
+        self.store.forget(&record.id);
+        self.store.release_name(&record.config.metadata.key(), &record.id);
+        tracing::info!(pod_id = %record.id, "pod sandbox removed");
+        Ok(())
+    }
+
+    pub async fn status(&self, id: &str) -> Result<PodDetails> {
+        let entry = self.store.get(id)?;
+        let record = entry.record.lock().await.clone();
+        let netns = self.namespaces_of(&record).net.filter(|path| namespaces::is_held(path));
+        let cgroup_dirs = self
+            .cgroups
+            .dirs(Path::new(&record.cgroup), self.nest)?
+            .into_iter()
+            .map(|(_, dir)| dir)
+            .collect();
+        Ok(PodDetails { record, netns, cgroup_dirs })
+    }
+
+    pub async fn list(&self, filter: &PodFilter) -> Vec<PodRecord> {
+        let mut pods = Vec::new();
+        for entry in self.store.all() {
+            let record = entry.record.lock().await;
+            if filter.matches(&record) {
+                pods.push(record.clone());
+            }
+        }
+        pods.sort_by_key(|pod| pod.created_at_nanos);
+        pods
+    }
+
+    /// The namespace files of a ready pod, for containers to join.
+    pub async fn namespace_paths(&self, id: &str) -> Result<Vec<(NsKind, PathBuf)>> {
+        let entry = self.store.get(id)?;
+        let record = entry.record.lock().await;
+        if record.state != PodState::Ready {
+            return Err(Error::FailedPrecondition(format!(
+                "pod sandbox {} is not ready",
+                record.id
+            )));
+        }
+        let ns = self.namespaces_of(&record);
+        Ok([(NsKind::Net, ns.net), (NsKind::Ipc, ns.ipc), (NsKind::Uts, ns.uts)]
+            .into_iter()
+            .filter_map(|(kind, path)| path.map(|p| (kind, p)))
+            .collect())
+    }
+}
+
+/// What a setup has taken so far, for its rollback.
+#[derive(Default)]
+struct Taken {
+    cgroup: bool,
+    namespaces: Option<PodNamespaces>,
+    shm: bool,
+    network: bool,
+}
+
+/// The pod's bandwidth limits, from kubelet's annotations.
+fn bandwidth(config: &PodConfig) -> Result<Option<crate::cni::Bandwidth>> {
+    let annotations: std::collections::HashMap<String, String> =
+        config.annotations.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    crate::cni::Bandwidth::from_annotations(&annotations)
+}
+
+fn remove_dir(dir: &Path) -> Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+            Err(Error::io("removing", dir)(err))
+        }
+        _ => Ok(()),
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|err| Error::Internal(format!("blocking task failed: {err}")))?
+}
+
+fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// Failure injection for the rollback tests: in debug builds, `BERTH_FAILPOINTS=pod.cgroup,…`
+/// makes the named steps fail. Release builds have no failpoints.
+fn failpoint(name: &str) -> Result<()> {
+    #[cfg(debug_assertions)]
+    {
+        static POINTS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+        let points = POINTS.get_or_init(|| {
+            std::env::var("BERTH_FAILPOINTS")
+                .map(|v| v.split(',').map(str::to_string).collect())
+                .unwrap_or_default()
+        });
+        if points.iter().any(|p| p == name) {
+            return Err(Error::Internal(format!("failpoint {name}")));
+        }
+    }
+    let _ = name;
+    Ok(())
+}
