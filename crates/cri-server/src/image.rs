@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use berth_images::auth::AuthConfig;
 use berth_images::metadata::ImageRecord;
 
+use crate::clock::now_nanos;
 use crate::error::{CriError, CriResult};
 use crate::proto::{
     FilesystemIdentifier, FilesystemUsage, Image, ImageFsInfoRequest, ImageFsInfoResponse,
@@ -103,10 +104,7 @@ pub async fn image_fs_info(
     _request: ImageFsInfoRequest,
 ) -> CriResult<ImageFsInfoResponse> {
     let usage = cri.images.fs_usage().await?;
-    let timestamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0);
+    let timestamp = now_nanos();
     let filesystem = FilesystemUsage {
         timestamp,
         fs_id: Some(FilesystemIdentifier { mountpoint: usage.mountpoint.display().to_string() }),

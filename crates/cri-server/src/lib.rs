@@ -4,6 +4,7 @@
 //! thin: they translate a request into calls on `berth_runtime` / `berth_images` and the answer
 //! back; every error becomes a status code in one place, [`error`].
 
+mod clock;
 pub mod config;
 pub mod daemon;
 pub mod error;

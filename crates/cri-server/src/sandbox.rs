@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use berth_runtime::pod::{self, PodFilter, PodRecord, PodState};
 
+use crate::clock::now_nanos;
 use crate::error::{CriError, CriResult};
 use crate::proto::{
     self, LinuxPodSandboxStatus, ListPodSandboxRequest, ListPodSandboxResponse, Namespace,
@@ -258,11 +259,4 @@ fn state(state: PodState) -> proto::PodSandboxState {
 
 fn to_map(map: &std::collections::BTreeMap<String, String>) -> HashMap<String, String> {
     map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
-}
-
-fn now_nanos() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
 }

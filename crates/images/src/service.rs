@@ -422,8 +422,8 @@ impl ImageService {
         .await
     }
 
-    /// Usage of the image filesystem, for ImageFsInfo. Walks the stores: keep calls to a few
-    /// seconds apart (the kubelet's period is 10 s and more).
+    /// Usage of the image filesystem, for ImageFsInfo: the usage each snapshot recorded when it
+    /// was committed, plus the (small) content store, so that polling it stays cheap.
     pub async fn fs_usage(&self) -> Result<FsUsage> {
         let (snapshots, content, root) =
             (self.snapshots.clone(), self.content.clone(), self.root.clone());

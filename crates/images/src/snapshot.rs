@@ -57,6 +57,12 @@ pub struct SnapshotInfo {
     /// Of the uncompressed layer.
     pub size: u64,
     pub created_unix: i64,
+    /// Space and inodes the unpacked layer takes, measured once at commit so that
+    /// ImageFsInfo, which the kubelet polls, need not walk every layer each time.
+    #[serde(default)]
+    pub disk_bytes: u64,
+    #[serde(default)]
+    pub inodes: u64,
 }
 
 /// One per process: opening removes every temp dir in the root, including those of a pull in
@@ -165,11 +171,17 @@ impl SnapshotStore {
         let fs_dir = File::open(&fs).map_err(Error::io("opening", &fs))?;
         nix::unistd::syncfs(&fs_dir).map_err(|errno| Error::io("syncing", &fs)(errno.into()))?;
 
+        let fs_root = File::open(&fs).map_err(Error::io("opening", &fs))?;
+        let (disk_bytes, inodes) = tree_usage(fs_root).map_err(Error::io("measuring", &fs))?;
+        // The walk counts what is below fs/; the snapshot's dir, fs/ and snapshot.json too.
+        let inodes = inodes + 3;
         let info = SnapshotInfo {
             chain_id: chain_id.clone(),
             parent: parent.cloned(),
             diff_id: stats.diff_id,
             size: stats.uncompressed_size,
+            disk_bytes,
+            inodes,
             created_unix: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
@@ -256,9 +268,23 @@ impl SnapshotStore {
     /// Bytes (allocated blocks) and inodes used under the root, for ImageFsInfo; pulls in
     /// progress count too, since they use the disk. Hard links count once; symlinks are not
     /// followed.
+    /// From the usage each snapshot recorded at commit; a snapshot without a record (an older
+    /// berth's) is measured. Unpacks in progress are not counted.
     pub fn usage(&self) -> Result<(u64, u64)> {
-        let root = self.open_root()?;
-        tree_usage(root).map_err(Error::io("measuring", &self.root))
+        let (mut bytes, mut inodes) = (0, 0);
+        for info in self.list()? {
+            let (b, i) = if info.inodes == 0 {
+                let fs = self.layer_dir(&info.chain_id);
+                let dir = File::open(&fs).map_err(Error::io("opening", &fs))?;
+                let (b, i) = tree_usage(dir).map_err(Error::io("measuring", &fs))?;
+                (b, i + 3)
+            } else {
+                (info.disk_bytes, info.inodes)
+            };
+            bytes += b;
+            inodes += i;
+        }
+        Ok((bytes, inodes))
     }
 
     fn info_path(&self, chain_id: &Digest) -> PathBuf {

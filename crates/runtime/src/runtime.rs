@@ -13,6 +13,10 @@ use crate::Result;
 /// The name the CRI uses for "the runtime's default handler" (an empty `runtime_handler`).
 pub const DEFAULT_HANDLER: &str = "";
 
+/// The default handler answers to both the empty name and "default", as kubelet and crictl
+/// users write either.
+const HANDLERS: [&str; 2] = [DEFAULT_HANDLER, "default"];
+
 #[derive(Debug, Clone)]
 pub struct RuntimeOptions {
     pub root: PathBuf,
@@ -63,7 +67,7 @@ impl Runtime {
             options.cni.bin_dirs.clone(),
             options.root.join("cni-cache"),
         );
-        let handlers = [DEFAULT_HANDLER, "default"].map(String::from).to_vec();
+        let handlers = HANDLERS.map(String::from).to_vec();
         let pods = Pods::open(
             &options.root,
             &options.state,
@@ -105,10 +109,9 @@ impl Runtime {
         }
     }
 
-    /// The handlers a pod may name in `runtime_handler`. The default one answers to both the
-    /// empty name and "default", as kubelet and crictl users write either.
+    /// The handlers a pod may name in `runtime_handler`.
     pub fn handlers(&self) -> Vec<HandlerInfo> {
-        [DEFAULT_HANDLER, "default"]
+        HANDLERS
             .into_iter()
             .map(|name| HandlerInfo {
                 name: name.to_string(),

@@ -7,9 +7,12 @@ use std::path::{Path, PathBuf};
 use crate::cgroups::{CgroupLayout, CgroupVersion};
 use crate::error::{Error, Result};
 
+/// The parent of the pods that have no `cgroup_parent`: berth's own, shared by those pods.
+const DEFAULT_PARENT: &str = "/berth";
+
 pub fn pod_cgroup(parent: &str, pod_id: &str) -> String {
     if parent.is_empty() {
-        format!("/berth/{pod_id}")
+        format!("{DEFAULT_PARENT}/{pod_id}")
     } else {
         parent.to_string()
     }
@@ -46,21 +49,32 @@ pub fn create(layout: &CgroupLayout, path: &str, nest: bool) -> Result<Vec<Strin
                 }
             }
         }
-        if made_here {
+        // berth's own parent counts as made for every pod under it, so that whichever of
+        // them goes last takes it along (see `remove`).
+        if made_here || cgroup == DEFAULT_PARENT {
             created.push(cgroup.clone());
         }
     }
     Ok(created)
 }
 
-/// Removes the cgroups `create` made, deepest first. Missing ones are fine; a cgroup that
-/// still has processes or children is an error naming it.
+/// Removes the cgroups `create` made, deepest first. Missing ones are fine; a pod cgroup
+/// that still has processes or children is an error naming it. A parent made along with it
+/// may hold other pods' cgroups by now: it stays, for the last of them.
 pub fn remove(layout: &CgroupLayout, created: &[String], nest: bool) -> Result<()> {
-    for cgroup in created.iter().rev() {
+    for (i, cgroup) in created.iter().enumerate().rev() {
+        let parent = i + 1 < created.len();
         for (_, dir) in layout.dirs(Path::new(cgroup), nest)? {
             match std::fs::remove_dir(&dir) {
                 Ok(()) => {}
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err)
+                    if parent
+                        && matches!(
+                            err.kind(),
+                            std::io::ErrorKind::ResourceBusy
+                                | std::io::ErrorKind::DirectoryNotEmpty
+                        ) => {}
                 Err(err) => return Err(Error::io("removing cgroup", dir)(err)),
             }
         }
@@ -80,4 +94,90 @@ fn inherit_cpuset(dir: &Path) -> Result<()> {
         std::fs::write(&to, value.trim()).map_err(Error::io("writing", &to))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fake host: a v1 cpuset and memory hierarchy, or a v2 one, mounted in a temp dir, with
+    /// berthd in `/berthd` of each.
+    fn fake(v2: bool) -> (tempfile::TempDir, CgroupLayout) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().display().to_string();
+        let (mountinfo, cgroup) = if v2 {
+            (
+                format!("30 1 0:26 / {root}/unified rw - cgroup2 cgroup2 rw\n"),
+                "0::/berthd\n".to_string(),
+            )
+        } else {
+            (
+                format!(
+                    "31 1 0:27 / {root}/cpuset rw - cgroup cgroup rw,cpuset\n\
+                     32 1 0:28 / {root}/memory rw - cgroup cgroup rw,memory\n"
+                ),
+                "3:cpuset:/berthd\n4:memory:/berthd\n".to_string(),
+            )
+        };
+        let layout = CgroupLayout::parse(&mountinfo, &cgroup).unwrap();
+        for h in &layout.hierarchies {
+            let own = h.mountpoint.join("berthd");
+            std::fs::create_dir_all(&own).unwrap();
+            // A v1 cpuset cgroup has these from the kernel; the fake gives them by hand.
+            if h.controllers.iter().any(|c| c == "cpuset") {
+                std::fs::write(own.join("cpuset.cpus"), "0-1\n").unwrap();
+                std::fs::write(own.join("cpuset.mems"), "0\n").unwrap();
+            }
+        }
+        (dir, layout)
+    }
+
+    #[test]
+    fn creates_the_missing_part_nested_and_removes_only_that() {
+        for v2 in [false, true] {
+            let (_dir, layout) = fake(v2);
+            // The kubelet made /kubepods already; berth makes the rest.
+            for (_, dir) in layout.dirs(Path::new("/kubepods"), true).unwrap() {
+                std::fs::create_dir_all(&dir).unwrap();
+                if dir.starts_with(layout.hierarchies[0].mountpoint.clone()) && !v2 {
+                    std::fs::write(dir.join("cpuset.cpus"), "0-1").unwrap();
+                    std::fs::write(dir.join("cpuset.mems"), "0").unwrap();
+                }
+            }
+            let path = "/kubepods/burstable/pod-1";
+            let created = create(&layout, path, true).unwrap();
+            assert_eq!(created, vec!["/kubepods/burstable", "/kubepods/burstable/pod-1"]);
+            for (h, dir) in layout.dirs(Path::new(path), true).unwrap() {
+                assert!(dir.starts_with(h.mountpoint.join("berthd/kubepods")), "{dir:?}");
+                assert!(dir.is_dir());
+                if h.controllers.iter().any(|c| c == "cpuset") {
+                    assert_eq!(std::fs::read_to_string(dir.join("cpuset.cpus")).unwrap(), "0-1");
+                }
+            }
+            // Again: nothing new is made.
+            assert!(create(&layout, path, true).unwrap().is_empty());
+            // On cgroupfs a directory's control files go with it; plain files in the fake
+            // tree would stop rmdir.
+            for (_, dir) in layout.dirs(Path::new("/kubepods/burstable"), true).unwrap() {
+                for file in ["cpuset.cpus", "cpuset.mems", "pod-1/cpuset.cpus", "pod-1/cpuset.mems"]
+                {
+                    let _ = std::fs::remove_file(dir.join(file));
+                }
+            }
+            remove(&layout, &created, true).unwrap();
+            for (_, dir) in layout.dirs(Path::new("/kubepods"), true).unwrap() {
+                assert!(dir.is_dir(), "the kubelet's cgroup stays");
+                assert!(!dir.join("burstable").exists());
+            }
+            remove(&layout, &created, true).unwrap();
+        }
+    }
+
+    #[test]
+    fn default_path_and_bad_paths() {
+        assert_eq!(pod_cgroup("", "abc"), "/berth/abc");
+        assert_eq!(pod_cgroup("/kubepods/pod1", "abc"), "/kubepods/pod1");
+        let (_dir, layout) = fake(true);
+        assert!(create(&layout, "/../escape", true).is_err());
+    }
 }
