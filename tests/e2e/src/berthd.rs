@@ -61,6 +61,13 @@ pub struct Options {
     pub root: Option<PathBuf>,
     /// Another socket path (for stale socket tests).
     pub socket: Option<PathBuf>,
+    /// Another daemon's state dir (for restart tests).
+    pub state: Option<PathBuf>,
+    /// Environment variables for berthd, such as `BERTH_FAILPOINTS`.
+    pub env: Vec<(String, String)>,
+    /// Plugin directories searched after the harness's (`/usr/lib/cni`, `/opt/cni/bin`) in
+    /// the generated config: for test plugins.
+    pub cni_bin_dirs: Vec<PathBuf>,
 }
 
 pub struct Berthd {
@@ -91,14 +98,21 @@ impl Berthd {
         let dir = node.dir().join(format!("berthd-{n}"));
         std::fs::create_dir_all(dir.join("cni/net.d")).expect("creating the daemon's directory");
         let root = options.root.clone().unwrap_or_else(|| dir.join("root"));
-        let state = dir.join("state");
+        let state = options.state.clone().unwrap_or_else(|| dir.join("state"));
         let socket = options.socket.clone().unwrap_or_else(|| dir.join("berth.sock"));
         let config_file = options.config_path.clone().unwrap_or_else(|| dir.join("config.toml"));
         let config = options.config.clone().unwrap_or_else(|| {
+            let bin_dirs: Vec<String> =
+                [PathBuf::from("/usr/lib/cni"), PathBuf::from("/opt/cni/bin")]
+                    .iter()
+                    .chain(&options.cni_bin_dirs)
+                    .map(|dir| format!("{:?}", dir.display().to_string()))
+                    .collect();
             format!(
                 "[log]\nlevel = \"debug\"\n\n[cgroup]\nnest_under_self = true\n\n\
-                 [cni]\nconf_dir = {conf:?}\nbin_dirs = [\"/usr/lib/cni\", \"/opt/cni/bin\"]\n\n{extra}",
+                 [cni]\nconf_dir = {conf:?}\nbin_dirs = [{bin_dirs}]\n\n{extra}",
                 conf = dir.join("cni/net.d"),
+                bin_dirs = bin_dirs.join(", "),
                 extra = options.extra_config,
             )
         });
@@ -118,12 +132,29 @@ impl Berthd {
             .arg("--listen")
             .arg(format!("unix://{}", socket.display()))
             .args(&options.args)
+            .envs(options.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("daemon log"))
             .stderr(log_file)
             .spawn()
             .expect("starting berthd");
         Berthd { child: Some(child), dir, root, state, socket, config_file, log }
+    }
+
+    /// The CNI configuration directory of the generated config, `<dir>/cni/net.d`; empty at
+    /// start, so the network is not ready until a test installs a config (see `crate::cni`).
+    pub fn cni_conf_dir(&self) -> PathBuf {
+        self.dir.join("cni/net.d")
+    }
+
+    /// SIGTERM, then waits for a clean exit: for restart tests.
+    pub async fn stop(&mut self) {
+        if self.child.is_none() {
+            return;
+        }
+        self.signal(Signal::SIGTERM);
+        let status = self.wait_exit(Duration::from_secs(30)).await;
+        assert!(status.success(), "berthd exited with {status}:\n{}", self.log_text());
     }
 
     pub fn pid(&self) -> Pid {
@@ -162,6 +193,8 @@ impl Berthd {
     }
 
     pub fn signal(&self, signal: Signal) {
+        // Without a child, pid() is 0, and kill(0, …) would signal the test's process group.
+        assert!(self.child.is_some(), "signalling a berthd that has already exited");
         kill(self.pid(), signal).expect("signalling berthd");
     }
 

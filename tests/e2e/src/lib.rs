@@ -3,6 +3,7 @@
 //! cleans up on drop, also when a test fails.
 
 pub mod berthd;
+pub mod cni;
 pub mod crafted;
 pub mod cri;
 pub mod images;

@@ -87,9 +87,13 @@ impl Pods {
         }
     }
 
+    /// Whether what the pod keeps in the state dir is still there: its namespace files, and
+    /// the directory itself, which is all a reboot takes from a pod that shares every
+    /// namespace with the node.
     fn namespaces_held(&self, record: &PodRecord) -> bool {
         let ns = self.namespaces_of(record);
-        [ns.net, ns.ipc, ns.uts].iter().flatten().all(|path| namespaces::is_held(path))
+        self.state_dir.join(&record.id).is_dir()
+            && [ns.net, ns.ipc, ns.uts].iter().flatten().all(|path| namespaces::is_held(path))
     }
 
     pub fn set_pod_cidr(&self, cidr: &str) {
@@ -164,6 +168,10 @@ impl Pods {
         let id = record.id.clone();
         let pod_dir = self.store.pod_dir(&id);
         let host_network = record.config.namespaces.network == NamespaceMode::Node;
+        // Made for every pod, also one with nothing to hold there: its being gone tells a
+        // later berthd that the node rebooted.
+        let state = self.state_dir.join(&id);
+        std::fs::create_dir_all(&state).map_err(Error::io("creating", &state))?;
         files::write(&pod_dir, "hostname", &format!("{hostname}\n"))?;
         files::write(&pod_dir, "resolv.conf", resolv)?;
         files::write(&pod_dir, "hosts", &files::hosts(host_network, hostname, &[])?)?;
