@@ -57,7 +57,7 @@ impl Pods {
         let pods =
             Pods { store, state_dir, cgroups, nest, cni, handlers, pod_cidr: Mutex::new(None) };
         for entry in pods.store.all() {
-            let Ok(mut record) = entry.record.try_lock() else { continue };
+            let mut record = entry.record();
             if record.state == PodState::Ready && !pods.namespaces_held(&record) {
                 tracing::warn!(pod_id = %record.id, "pod namespaces are gone (node reboot?): marking it NotReady");
                 record.state = PodState::NotReady;
@@ -269,7 +269,12 @@ impl Pods {
     /// idempotent, so a stop that failed half way is finished by the next one.
     pub async fn stop(&self, id: &str) -> Result<()> {
         let entry = self.store.get(id)?;
-        let mut record = entry.record.lock().await;
+        let _step = entry.step.lock().await;
+        // Removed while this call waited for its turn: nothing of it may be written again.
+        if !self.store.contains(&entry.id) {
+            return Err(Error::NotFound(format!("pod sandbox {id:?} not found")));
+        }
+        let mut record = entry.record();
         if record.state == PodState::Ready {
             record.state = PodState::NotReady;
             self.store.save(&record)?;
@@ -298,7 +303,11 @@ impl Pods {
     /// fine: removing twice is not an error.
     pub async fn remove(&self, id: &str) -> Result<()> {
         let Some(entry) = self.store.find(id)? else { return Ok(()) };
-        let mut record = entry.record.lock().await;
+        let _step = entry.step.lock().await;
+        if !self.store.contains(&entry.id) {
+            return Ok(());
+        }
+        let mut record = entry.record();
         if record.state == PodState::Ready {
             record.state = PodState::NotReady;
             self.store.save(&record)?;
@@ -317,7 +326,7 @@ impl Pods {
 
     pub async fn status(&self, id: &str) -> Result<PodDetails> {
         let entry = self.store.get(id)?;
-        let record = entry.record.lock().await.clone();
+        let record = entry.record();
         let netns = self.namespaces_of(&record).net.filter(|path| namespaces::is_held(path));
         let cgroup_dirs = self
             .cgroups
@@ -331,9 +340,9 @@ impl Pods {
     pub async fn list(&self, filter: &PodFilter) -> Vec<PodRecord> {
         let mut pods = Vec::new();
         for entry in self.store.all() {
-            let record = entry.record.lock().await;
+            let record = entry.record();
             if filter.matches(&record) {
-                pods.push(record.clone());
+                pods.push(record);
             }
         }
         pods.sort_by_key(|pod| pod.created_at_nanos);
@@ -343,7 +352,7 @@ impl Pods {
     /// The namespace files of a ready pod, for containers to join.
     pub async fn namespace_paths(&self, id: &str) -> Result<Vec<(NsKind, PathBuf)>> {
         let entry = self.store.get(id)?;
-        let record = entry.record.lock().await;
+        let record = entry.record();
         if record.state != PodState::Ready {
             return Err(Error::FailedPrecondition(format!(
                 "pod sandbox {} is not ready",

@@ -8,11 +8,28 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crate::error::{Error, Result};
 use crate::pod::types::{PodRecord, RECORD_VERSION};
 
-/// One pod. Its record has a lock of its own, held for a whole lifecycle step (which may be
-/// slow: CNI, mounts), so that steps of one pod never interleave while other pods go on.
+/// One pod. A lifecycle step (which may be slow: CNI, mounts) holds `step` throughout, so that
+/// steps of one pod never interleave while other pods go on; readers (the kubelet's frequent
+/// ListPodSandbox and PodSandboxStatus) see the last saved record without waiting for a step.
 pub struct PodEntry {
     pub id: String,
-    pub record: tokio::sync::Mutex<PodRecord>,
+    pub step: tokio::sync::Mutex<()>,
+    saved: Mutex<PodRecord>,
+}
+
+impl PodEntry {
+    fn new(record: PodRecord) -> PodEntry {
+        PodEntry {
+            id: record.id.clone(),
+            step: tokio::sync::Mutex::new(()),
+            saved: Mutex::new(record),
+        }
+    }
+
+    /// The record as last saved.
+    pub fn record(&self) -> PodRecord {
+        lock(&self.saved).clone()
+    }
 }
 
 pub struct PodStore {
@@ -48,8 +65,7 @@ impl PodStore {
             match record {
                 Ok(record) => {
                     lock(&store.names).insert(record.config.metadata.key(), record.id.clone());
-                    let entry =
-                        PodEntry { id: record.id.clone(), record: tokio::sync::Mutex::new(record) };
+                    let entry = PodEntry::new(record);
                     lock(&store.pods).insert(entry.id.clone(), Arc::new(entry));
                 }
                 Err(reason) => {
@@ -85,8 +101,7 @@ impl PodStore {
     }
 
     pub fn insert(&self, record: PodRecord) -> Arc<PodEntry> {
-        let entry =
-            Arc::new(PodEntry { id: record.id.clone(), record: tokio::sync::Mutex::new(record) });
+        let entry = Arc::new(PodEntry::new(record));
         lock(&self.pods).insert(entry.id.clone(), entry.clone());
         entry
     }
@@ -119,18 +134,27 @@ impl PodStore {
         }
     }
 
+    pub fn contains(&self, id: &str) -> bool {
+        lock(&self.pods).contains_key(id)
+    }
+
     pub fn all(&self) -> Vec<Arc<PodEntry>> {
         lock(&self.pods).values().cloned().collect()
     }
 
-    /// Writes the record atomically: a crash leaves the old record or the new one.
+    /// Writes the record atomically (a crash leaves the old record or the new one), then
+    /// shows it to readers.
     pub fn save(&self, record: &PodRecord) -> Result<()> {
         let dir = self.pod_dir(&record.id);
         std::fs::create_dir_all(&dir).map_err(Error::io("creating", &dir))?;
         let bytes = serde_json::to_vec_pretty(record)
             .map_err(|err| Error::Internal(format!("encoding pod record: {err}")))?;
         berth_images::fsutil::atomic_write(&dir.join("pod.json"), &bytes)
-            .map_err(|err| Error::Internal(err.to_string()))
+            .map_err(|err| Error::Internal(err.to_string()))?;
+        if let Some(entry) = lock(&self.pods).get(&record.id) {
+            *lock(&entry.saved) = record.clone();
+        }
+        Ok(())
     }
 
     /// Deletes the pod's directory and everything in it.
