@@ -15,6 +15,8 @@ use crate::node::Node;
 pub const NETWORK: &str = "berth-e2e";
 pub const BRIDGE: &str = "berth0";
 pub const SUBNET: &str = "10.88.0.0/16";
+/// The IPv6 range of the dual-stack network (unique local addresses, inside the node only).
+pub const SUBNET_V6: &str = "fd00:88::/64";
 /// The bridge's address in the node: every pod's gateway.
 pub const GATEWAY: &str = "10.88.0.1";
 /// The conflist's file name in the daemon's conf dir.
@@ -36,6 +38,14 @@ impl BridgeNetwork {
     /// portmap and loopback.
     pub fn conflist(&self) -> String {
         self.conflist_with(serde_json::json!({"ranges": [[{"subnet": SUBNET}]]}))
+    }
+
+    /// An IPv4 and an IPv6 range: every pod gets one address of each.
+    pub fn conflist_dual_stack(&self) -> String {
+        self.conflist_with(serde_json::json!({
+            "ranges": [[{"subnet": SUBNET}], [{"subnet": SUBNET_V6}]],
+            "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}],
+        }))
     }
 
     /// The conflist with no range of its own: host-local takes the pod CIDR that

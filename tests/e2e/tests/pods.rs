@@ -809,3 +809,21 @@ async fn update_runtime_config_hands_the_pod_cidr_to_cni() {
     assert!(err.message().contains("no IP ranges"), "{}", err.message());
     env.assert_nothing_left();
 }
+
+#[tokio::test]
+async fn a_dual_stack_pod_reports_its_ipv4_first_and_its_ipv6_as_additional() {
+    let mut env = Env::start().await;
+    env.node.run(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=0"]);
+    berth_e2e::cni::install(&env.daemon, &env.net.conflist_dual_stack());
+    let id = env.cri.run_pod(&pod("dual")).await.expect("RunPodSandbox");
+    let status = env.status(&id).await;
+    let network = status.network.expect("a pod network");
+    let v4: std::net::Ipv4Addr = network.ip.parse().expect("the primary address is IPv4");
+    assert_eq!(v4.octets()[..2], [10, 88]);
+    assert_eq!(network.additional_ips.len(), 1, "{:?}", network.additional_ips);
+    let v6: std::net::Ipv6Addr = network.additional_ips[0].ip.parse().expect("an IPv6 address");
+    assert_eq!(v6.segments()[..2], [0xfd00, 0x88]);
+    env.cri.stop_pod(&id).await.unwrap();
+    env.cri.remove_pod(&id).await.unwrap();
+    assert!(env.net.leases().is_empty(), "both leases released: {:?}", env.net.leases());
+}

@@ -19,6 +19,21 @@
 //! Everything the bench starts (node, registry, daemon, temporary directories) goes when it
 //! exits, also on SIGINT/SIGTERM.
 //!
+//! `berth-bench pods [--runs 50] [--parallel 50]` starts a test node and a berthd whose CNI
+//! config is the bridge network of the harness (bridge + host-local + portmap + loopback, all
+//! inside the node), runs one untimed warm-up pod (the first ADD creates the bridge), then
+//! `runs` RunPodSandbox calls one after the other, each a new pod, and `runs` StopPodSandbox +
+//! RemovePodSandbox pairs; it prints their times (`run_pod_sandbox`,
+//! `stop_remove_pod_sandbox`, ms). Then it starts `parallel` pods at once (concurrent
+//! RunPodSandbox calls) and prints the wall time until the last is up (`parallel_run`, s), the
+//! daemon's VmRSS with them up (`daemon_rss_with_pods`) and right after it started
+//! (`idle`/`daemon_rss`), and removes them. Every pod is checked Ready with an IP; with
+//! berthd, no veth, lease or pod record may be left at the end. `--save-log FILE` as for pull.
+//! `--endpoint unix:///…` measures another runtime (whose own CNI config is its business), its
+//! RSS only with `--daemon-pid PID`; its pods live in the namespace `berth-bench`, labelled
+//! with the bench run, and are stopped and removed even when the bench fails or is
+//! interrupted.
+//!
 //! Build and run: `cargo build --release -p berth-e2e --bin berth-bench &&
 //! sudo target/release/berth-bench pull --mb 200 --layers 5 --runs 3`.
 
@@ -28,7 +43,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use berth_cri_server::proto::{ListPodSandboxRequest, PodSandboxState};
+use berth_e2e::cni::{self, BridgeNetwork};
 use berth_e2e::crafted;
+use berth_e2e::cri::{filter_labels, pod, Pod};
 use berth_e2e::images;
 use berth_e2e::{Berthd, Cri, Node, Registry};
 use clap::{Parser, Subcommand};
@@ -46,6 +64,8 @@ struct Cli {
 enum Bench {
     /// Cold pulls of a big image of random data from a loopback registry.
     Pull(PullArgs),
+    /// Pod sandboxes with a CNI bridge network: run, stop + remove, many at once.
+    Pods(PodsArgs),
 }
 
 #[derive(clap::Args)]
@@ -73,6 +93,25 @@ struct PullArgs {
     save_log: Option<PathBuf>,
 }
 
+#[derive(clap::Args)]
+struct PodsArgs {
+    /// Pods run one after the other (then stopped and removed one after the other).
+    #[arg(long, default_value_t = 50, value_parser = at_least_one())]
+    runs: usize,
+    /// Pods started at once.
+    #[arg(long, default_value_t = 50, value_parser = at_least_one())]
+    parallel: usize,
+    /// CRI socket of another runtime (`unix:///path`); without it, a berthd on a test node.
+    #[arg(long)]
+    endpoint: Option<String>,
+    /// With --endpoint: the daemon's pid, to report its RSS.
+    #[arg(long, requires = "endpoint")]
+    daemon_pid: Option<i32>,
+    /// Copy berthd's log here before it is deleted with the node.
+    #[arg(long, conflicts_with = "endpoint")]
+    save_log: Option<PathBuf>,
+}
+
 fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
     clap::builder::RangedU64ValueParser::new().range(1..)
 }
@@ -84,8 +123,11 @@ static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 fn main() {
     let cli = Cli::parse();
-    let Bench::Pull(args) = cli.command;
-    if args.endpoint.is_none() {
+    let endpoint = match &cli.command {
+        Bench::Pull(args) => &args.endpoint,
+        Bench::Pods(args) => &args.endpoint,
+    };
+    if endpoint.is_none() {
         if let Err(err) = prepare_berthd() {
             eprintln!("berth-bench: {err}");
             std::process::exit(1);
@@ -100,12 +142,20 @@ fn main() {
         eprintln!("berth-bench: installing signal handlers: {err}");
         std::process::exit(1);
     }
-    let result = match &args.endpoint {
-        None => bench_berthd(&runtime, &interrupt, &args),
-        Some(endpoint) => bench_endpoint(&runtime, &interrupt, &args, endpoint),
+    let started = Instant::now();
+    let result = match &cli.command {
+        Bench::Pull(args) => match &args.endpoint {
+            None => bench_berthd(&runtime, &interrupt, args),
+            Some(endpoint) => bench_endpoint(&runtime, &interrupt, args, endpoint),
+        },
+        Bench::Pods(args) => match &args.endpoint {
+            None => pods_berthd(&runtime, &interrupt, args),
+            Some(endpoint) => pods_endpoint(&runtime, &interrupt, args, endpoint),
+        },
     };
     // Every guard has dropped by now.
     drop(runtime);
+    eprintln!("berth-bench: done in {:.1} s", started.elapsed().as_secs_f64());
     if let Err(err) = result {
         eprintln!("berth-bench: {err}");
         std::process::exit(if INTERRUPTED.load(Ordering::SeqCst) { 130 } else { 1 });
@@ -373,6 +423,297 @@ fn count_snapshots(dir: &Path) -> usize {
         .unwrap_or(0)
 }
 
+/// The label every pod of one bench run carries (value: [`run_tag`]), so that a cleanup finds
+/// them all, also those whose RunPodSandbox was cut short.
+const RUN_LABEL: &str = "berth-bench.run";
+/// The Kubernetes namespace of the bench's pods.
+const POD_NAMESPACE: &str = "berth-bench";
+
+/// What tells this bench run's pods from any other's: the bench's pid and start time.
+fn run_tag() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    format!("bench-{}-{secs}", std::process::id())
+}
+
+/// The default pods bench: a berthd on a test node, with the harness's bridge network.
+fn pods_berthd(
+    runtime: &tokio::runtime::Runtime,
+    interrupt: &Notify,
+    args: &PodsArgs,
+) -> Result<(), Error> {
+    // Drops after the daemon (inside the async part): kills and removes all that is left.
+    let node = Node::start();
+    check_interrupted()?;
+    let tag = run_tag();
+    let (timings, idle) = runtime.block_on(interruptible(interrupt, async {
+        let started = Instant::now();
+        let daemon = Berthd::start(&node).await;
+        let net = BridgeNetwork::for_daemon(&daemon);
+        net.install(&daemon);
+        let pid = daemon.pid().as_raw();
+        eprintln!(
+            "berth-bench: berthd (pid {pid}) serving in {:.0} ms",
+            started.elapsed().as_secs_f64() * 1000.0
+        );
+        let idle = read_status_kib(pid, "VmRSS")?;
+        let mut cri = daemon.client().await;
+        let result = pod_runs(&mut cri, args, &tag, Some(pid)).await;
+        if let Some(path) = &args.save_log {
+            std::fs::copy(&daemon.log, path)
+                .map_err(|err| format!("copying the log to {}: {err}", path.display()))?;
+        }
+        let timings = result?;
+        // Nothing of the pods may be left: records, veths, leases.
+        let records = std::fs::read_dir(daemon.root.join("pods")).map(|d| d.count()).unwrap_or(0);
+        if records != 0 {
+            return Err(format!("{records} pod records left after RemovePodSandbox").into());
+        }
+        let veths = cni::node_veths(&node);
+        if !veths.is_empty() {
+            return Err(format!("veths left after RemovePodSandbox: {veths:?}").into());
+        }
+        let leases = net.leases();
+        if !leases.is_empty() {
+            return Err(format!("IP leases left after RemovePodSandbox: {leases:?}").into());
+        }
+        Ok((timings, Some(idle)))
+    }))?;
+    report_pods(args, &timings, idle);
+    drop(node);
+    Ok(())
+}
+
+/// Another runtime on `endpoint`, with whatever network it is configured for.
+fn pods_endpoint(
+    runtime: &tokio::runtime::Runtime,
+    interrupt: &Notify,
+    args: &PodsArgs,
+    endpoint: &str,
+) -> Result<(), Error> {
+    let socket = endpoint
+        .strip_prefix("unix://")
+        .ok_or_else(|| format!("--endpoint {endpoint:?}: only unix:///path is supported"))?;
+    let socket = PathBuf::from(socket);
+    let tag = run_tag();
+    let cri = runtime.block_on(interruptible(interrupt, async {
+        let mut cri = Cri::connect(&socket)
+            .await
+            .map_err(|err| format!("connecting to {}: {err}", socket.display()))?;
+        let version = cri.version().await?;
+        eprintln!(
+            "berth-bench: {} {} on {endpoint}",
+            version.runtime_name, version.runtime_version
+        );
+        Ok(cri)
+    }))?;
+    let result = runtime.block_on(interruptible(interrupt, async {
+        let mut cri = cri.clone();
+        let idle = args.daemon_pid.map(|pid| read_status_kib(pid, "VmRSS")).transpose()?;
+        let timings = pod_runs(&mut cri, args, &tag, args.daemon_pid).await?;
+        Ok((timings, idle))
+    }));
+    // Whatever happened, no pod of this run stays on the other runtime.
+    let cleanup = runtime.block_on(async {
+        let mut cri = cri.clone();
+        tokio::time::timeout(Duration::from_secs(120), remove_tagged_pods(&mut cri, &tag)).await
+    });
+    match cleanup {
+        Ok(Ok(0)) => {}
+        Ok(Ok(n)) => eprintln!("berth-bench: removed {n} pods left by this run"),
+        Ok(Err(err)) => eprintln!("berth-bench: removing the pods of this run ({tag}): {err}"),
+        Err(_) => eprintln!("berth-bench: removing the pods of this run ({tag}) timed out"),
+    }
+    let (timings, idle) = result?;
+    report_pods(args, &timings, idle);
+    Ok(())
+}
+
+/// Stops and removes every pod labelled with `tag`; returns how many there were.
+async fn remove_tagged_pods(cri: &mut Cri, tag: &str) -> Result<usize, Error> {
+    let filter = Some(filter_labels(&[(RUN_LABEL, tag)]));
+    let pods = cri.runtime.list_pod_sandbox(ListPodSandboxRequest { filter }).await?;
+    let pods = pods.into_inner().items;
+    for pod in &pods {
+        cri.stop_pod(&pod.id).await?;
+        cri.remove_pod(&pod.id).await?;
+    }
+    Ok(pods.len())
+}
+
+struct PodTimings {
+    /// Each sequential RunPodSandbox, ms.
+    runs: Vec<f64>,
+    /// Each sequential StopPodSandbox + RemovePodSandbox, ms.
+    stop_removes: Vec<f64>,
+    /// From the first of the concurrent RunPodSandbox calls to the end of the last, s.
+    parallel_wall: f64,
+    /// The daemon's VmRSS with the concurrent pods up, KiB.
+    rss_with_pods: Option<u64>,
+}
+
+fn millis(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1000.0
+}
+
+/// The warm-up pod, the sequential runs, stops and removals, then the concurrent pods.
+async fn pod_runs(
+    cri: &mut Cri,
+    args: &PodsArgs,
+    tag: &str,
+    pid: Option<i32>,
+) -> Result<PodTimings, Error> {
+    let new_pod =
+        |name: &str| pod(&format!("{tag}-{name}")).namespace(POD_NAMESPACE).label(RUN_LABEL, tag);
+
+    // The first pod on a node creates the bridge, and another runtime may pull its pause image.
+    let started = Instant::now();
+    let id = cri.run_pod(&new_pod("warmup")).await?;
+    let run = millis(started);
+    check_ready(cri, &id).await?;
+    let started = Instant::now();
+    cri.stop_pod(&id).await?;
+    cri.remove_pod(&id).await?;
+    eprintln!("berth-bench: warm-up pod: run {run:.1} ms, stop + remove {:.1} ms", millis(started));
+
+    let mut runs = Vec::with_capacity(args.runs);
+    let mut ids = Vec::with_capacity(args.runs);
+    for n in 1..=args.runs {
+        check_interrupted()?;
+        let pod = new_pod(&format!("seq-{n}"));
+        let started = Instant::now();
+        let id = cri.run_pod(&pod).await?;
+        runs.push(millis(started));
+        // Untimed, as the kubelet's own PodSandboxStatus after a run.
+        check_ready(cri, &id).await?;
+        ids.push(id);
+    }
+    eprintln!("berth-bench: {} pods run, p50 {:.1} ms", args.runs, percentile(&runs, 0.5));
+    let mut stop_removes = Vec::with_capacity(args.runs);
+    for id in &ids {
+        check_interrupted()?;
+        let started = Instant::now();
+        cri.stop_pod(id).await?;
+        cri.remove_pod(id).await?;
+        stop_removes.push(millis(started));
+    }
+    eprintln!(
+        "berth-bench: {} pods stopped and removed, p50 {:.1} ms",
+        args.runs,
+        percentile(&stop_removes, 0.5)
+    );
+
+    check_interrupted()?;
+    let pods: Vec<Pod> = (1..=args.parallel).map(|n| new_pod(&format!("par-{n}"))).collect();
+    // Dropped (on an interrupt) it aborts the calls still running.
+    let mut calls = tokio::task::JoinSet::new();
+    let started = Instant::now();
+    for pod in pods {
+        let mut cri = cri.clone();
+        calls.spawn(async move {
+            let started = Instant::now();
+            let result = cri.run_pod(&pod).await;
+            (result, millis(started))
+        });
+    }
+    let mut ids = Vec::with_capacity(args.parallel);
+    let mut latencies = Vec::with_capacity(args.parallel);
+    let mut failure = None;
+    while let Some(joined) = calls.join_next().await {
+        let (result, latency) = joined?;
+        match result {
+            Ok(id) => {
+                ids.push(id);
+                latencies.push(latency);
+            }
+            Err(status) => {
+                failure.get_or_insert(status);
+            }
+        }
+    }
+    let parallel_wall = started.elapsed().as_secs_f64();
+    if let Some(status) = failure {
+        let failed = args.parallel - ids.len();
+        return Err(format!(
+            "{failed} of {} concurrent RunPodSandbox failed: {status}",
+            args.parallel
+        )
+        .into());
+    }
+    eprintln!(
+        "berth-bench: {} pods at once in {parallel_wall:.3} s (each call p50 {:.0} ms, max {:.0} ms)",
+        args.parallel,
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 1.0)
+    );
+    for id in &ids {
+        check_ready(cri, id).await?;
+    }
+    let rss_with_pods = pid.map(|pid| read_status_kib(pid, "VmRSS")).transpose()?;
+
+    let started = Instant::now();
+    let mut calls = tokio::task::JoinSet::new();
+    for id in ids {
+        let mut cri = cri.clone();
+        calls.spawn(async move {
+            cri.stop_pod(&id).await?;
+            cri.remove_pod(&id).await
+        });
+    }
+    while let Some(joined) = calls.join_next().await {
+        joined??;
+    }
+    eprintln!(
+        "berth-bench: {} pods stopped and removed at once in {:.3} s",
+        args.parallel,
+        started.elapsed().as_secs_f64()
+    );
+    if let Some(pid) = pid {
+        let rss = read_status_kib(pid, "VmRSS")?;
+        eprintln!("berth-bench: daemon RSS after the removals {:.1} MiB", rss as f64 / 1024.0);
+    }
+    Ok(PodTimings { runs, stop_removes, parallel_wall, rss_with_pods })
+}
+
+/// The pod is Ready and has an address.
+async fn check_ready(cri: &mut Cri, id: &str) -> Result<(), Error> {
+    let status = cri.pod_status(id, false).await?.status.ok_or("PodSandboxStatus: no status")?;
+    if status.state != PodSandboxState::SandboxReady as i32 {
+        return Err(format!("pod {id} is not ready after RunPodSandbox").into());
+    }
+    let ip = status.network.map(|n| n.ip).unwrap_or_default();
+    if ip.is_empty() {
+        return Err(format!("pod {id} has no IP after RunPodSandbox").into());
+    }
+    Ok(())
+}
+
+fn report_pods(args: &PodsArgs, timings: &PodTimings, idle: Option<u64>) {
+    print(&Line { stats: Some(Stats::of(&timings.runs)), ..line("pods", "run_pod_sandbox", "ms") });
+    print(&Line {
+        stats: Some(Stats::of(&timings.stop_removes)),
+        ..line("pods", "stop_remove_pod_sandbox", "ms")
+    });
+    print(&Line {
+        n: Some(args.parallel),
+        value: Some(round(timings.parallel_wall, 4)),
+        ..line("pods", "parallel_run", "s")
+    });
+    let mib = |kib: u64| Some(round(kib as f64 / 1024.0, 1));
+    if let Some(rss) = timings.rss_with_pods {
+        print(&Line {
+            n: Some(args.parallel),
+            value: mib(rss),
+            ..line("pods", "daemon_rss_with_pods", "MiB")
+        });
+    }
+    if let Some(idle) = idle {
+        print(&Line { value: mib(idle), ..line("idle", "daemon_rss", "MiB") });
+    }
+}
+
 /// One line of output. Fields in the order of the contract's example: what, then numbers.
 #[derive(Serialize)]
 struct Line<'a> {
@@ -381,6 +722,9 @@ struct Line<'a> {
     unit: &'a str,
     #[serde(flatten)]
     stats: Option<Stats>,
+    /// How many things `value` is about, when it is one figure (pods started at once).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    n: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     value: Option<f64>,
     #[serde(flatten)]
@@ -418,13 +762,16 @@ impl Stats {
     }
 }
 
+/// A line with only what it is about; fill in the rest with `..line(…)`.
+fn line<'a>(bench: &'a str, metric: &'a str, unit: &'a str) -> Line<'a> {
+    Line { bench, metric, unit, stats: None, n: None, value: None, image: None }
+}
+
 fn print(line: &Line) {
     println!("{}", serde_json::to_string(line).expect("a line serialises"));
 }
 
 fn report(args: &PullArgs, image: &Pushed, timings: &Timings, rss: Option<(u64, u64)>) {
-    let line =
-        |bench, metric, unit| Line { bench, metric, unit, stats: None, value: None, image: None };
     print(&Line {
         stats: Some(Stats::of(&timings.pulls)),
         image: Some(ImageFields {
