@@ -827,3 +827,14 @@ async fn a_dual_stack_pod_reports_its_ipv4_first_and_its_ipv6_as_additional() {
     env.cri.remove_pod(&id).await.unwrap();
     assert!(env.net.leases().is_empty(), "both leases released: {:?}", env.net.leases());
 }
+
+#[tokio::test]
+async fn sysctls_of_the_pod_interface_apply_once_cni_made_it() {
+    let mut env = Env::start().await;
+    let config = pod("iface").sysctl("net.ipv4.conf.eth0.accept_local", "1");
+    let id = env.cri.run_pod(&config).await.expect("RunPodSandbox");
+    let value = env.in_pod(&id, "net", &["cat", "/proc/sys/net/ipv4/conf/eth0/accept_local"]);
+    assert_eq!(value.trim(), "1");
+    env.cri.stop_pod(&id).await.unwrap();
+    env.cri.remove_pod(&id).await.unwrap();
+}

@@ -19,8 +19,19 @@ pub fn pod_cgroup(parent: &str, pod_id: &str) -> String {
 }
 
 /// Makes `path` in every managed hierarchy; returns the paths this call created, parents
-/// first, so that removal takes exactly those.
+/// first, so that removal takes exactly those. On failure, what it made is removed again.
 pub fn create(layout: &CgroupLayout, path: &str, nest: bool) -> Result<Vec<String>> {
+    // The last pod under berth's own parent may be removing it at this very moment: the
+    // chain is then made again from the top.
+    match try_create(layout, path, nest) {
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            try_create(layout, path, nest)
+        }
+        other => other,
+    }
+}
+
+fn try_create(layout: &CgroupLayout, path: &str, nest: bool) -> Result<Vec<String>> {
     // The chain of cgroup paths from the top: "/a", "/a/b", "/a/b/c".
     let clean = crate::cgroups::clean_cgroup_path(Path::new(path))?;
     let mut chain = Vec::new();
@@ -31,31 +42,41 @@ pub fn create(layout: &CgroupLayout, path: &str, nest: bool) -> Result<Vec<Strin
     }
     let mut created = Vec::new();
     for cgroup in &chain {
-        let mut made_here = false;
-        for (hierarchy, dir) in layout.dirs(Path::new(cgroup), nest)? {
-            match std::fs::create_dir(&dir) {
-                Ok(()) => {
-                    made_here = true;
-                    if hierarchy.version == CgroupVersion::V1
-                        && hierarchy.controllers.iter().any(|c| c == "cpuset")
-                    {
-                        inherit_cpuset(&dir)?;
-                    }
-                }
-                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(err) => {
-                    let _ = remove(layout, &created, nest);
-                    return Err(Error::io("creating cgroup", dir)(err));
-                }
-            }
-        }
-        // berth's own parent counts as made for every pod under it, so that whichever of
-        // them goes last takes it along (see `remove`).
-        if made_here || cgroup == DEFAULT_PARENT {
+        // Recorded before it is made, so that a failure part way through this level (in
+        // another hierarchy, or copying cpuset) removes it too.
+        let record = cgroup == DEFAULT_PARENT || !exists_everywhere(layout, cgroup, nest)?;
+        if record {
             created.push(cgroup.clone());
         }
+        if let Err(err) = make(layout, cgroup, nest) {
+            let _ = remove(layout, &created, nest);
+            return Err(err);
+        }
     }
+    // berth's own parent counts as made for every pod under it, so that whichever of them
+    // goes last takes it along (see `remove`).
     Ok(created)
+}
+
+fn exists_everywhere(layout: &CgroupLayout, cgroup: &str, nest: bool) -> Result<bool> {
+    Ok(layout.dirs(Path::new(cgroup), nest)?.iter().all(|(_, dir)| dir.is_dir()))
+}
+
+fn make(layout: &CgroupLayout, cgroup: &str, nest: bool) -> Result<()> {
+    for (hierarchy, dir) in layout.dirs(Path::new(cgroup), nest)? {
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {
+                if hierarchy.version == CgroupVersion::V1
+                    && hierarchy.controllers.iter().any(|c| c == "cpuset")
+                {
+                    inherit_cpuset(&dir)?;
+                }
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(err) => return Err(Error::io("creating cgroup", dir)(err)),
+        }
+    }
+    Ok(())
 }
 
 /// Removes the cgroups `create` made, deepest first. Missing ones are fine; a pod cgroup

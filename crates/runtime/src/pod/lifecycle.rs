@@ -5,6 +5,7 @@
 //! namespaces, /dev/shm and the network; the record turns Ready last. When a step fails, what
 //! the earlier steps took is given back in reverse order and the pod is gone.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -21,7 +22,13 @@ const SHM_SIZE: u64 = 64 << 20;
 /// The interface CNI creates in the pod.
 const IFNAME: &str = "eth0";
 
+/// The pod service. Its work runs in tasks of its own (see [`Pods::run`]), so it is a cheap
+/// handle on shared state.
 pub struct Pods {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     store: PodStore,
     /// `<state>/pods`: namespace handles and /dev/shm, gone on reboot.
     state_dir: PathBuf,
@@ -55,7 +62,7 @@ impl Pods {
         namespaces::prepare_state_dir(&state_dir)?;
         let store = PodStore::open(&root.join("pods"))?;
         let pods =
-            Pods { store, state_dir, cgroups, nest, cni, handlers, pod_cidr: Mutex::new(None) };
+            Inner { store, state_dir, cgroups, nest, cni, handlers, pod_cidr: Mutex::new(None) };
         for entry in pods.store.all() {
             let mut record = entry.record();
             if record.state == PodState::Ready && !pods.namespaces_held(&record) {
@@ -64,9 +71,52 @@ impl Pods {
                 pods.store.save(&record)?;
             }
         }
-        Ok(pods)
+        Ok(Pods { inner: Arc::new(pods) })
     }
 
+    pub fn set_pod_cidr(&self, cidr: &str) {
+        self.inner.set_pod_cidr(cidr)
+    }
+
+    /// RunPodSandbox. The setup runs in a task of its own: a client that gives up (a deadline,
+    /// a ^C) must not leave a pod half set up, so the setup and, if it fails, its rollback
+    /// always run to the end.
+    pub async fn run(&self, config: PodConfig) -> Result<String> {
+        let inner = self.inner.clone();
+        tokio::spawn(async move { inner.run(config).await })
+            .await
+            .map_err(|err| Error::Internal(format!("pod setup task failed: {err}")))?
+    }
+
+    pub async fn stop(&self, id: &str) -> Result<()> {
+        let (inner, id) = (self.inner.clone(), id.to_string());
+        tokio::spawn(async move { inner.stop(&id).await })
+            .await
+            .map_err(|err| Error::Internal(format!("pod stop task failed: {err}")))?
+    }
+
+    pub async fn remove(&self, id: &str) -> Result<()> {
+        let (inner, id) = (self.inner.clone(), id.to_string());
+        tokio::spawn(async move { inner.remove(&id).await })
+            .await
+            .map_err(|err| Error::Internal(format!("pod removal task failed: {err}")))?
+    }
+
+    pub async fn status(&self, id: &str) -> Result<PodDetails> {
+        self.inner.status(id)
+    }
+
+    pub async fn list(&self, filter: &PodFilter) -> Vec<PodRecord> {
+        self.inner.list(filter)
+    }
+
+    /// The namespace files of a ready pod, for containers to join.
+    pub async fn namespace_paths(&self, id: &str) -> Result<Vec<(NsKind, PathBuf)>> {
+        self.inner.namespace_paths(id)
+    }
+}
+
+impl Inner {
     fn ns_dir(&self, id: &str) -> PathBuf {
         self.state_dir.join(id).join("ns")
     }
@@ -96,12 +146,12 @@ impl Pods {
             && [ns.net, ns.ipc, ns.uts].iter().flatten().all(|path| namespaces::is_held(path))
     }
 
-    pub fn set_pod_cidr(&self, cidr: &str) {
+    fn set_pod_cidr(&self, cidr: &str) {
         let mut current = self.pod_cidr.lock().unwrap_or_else(|p| p.into_inner());
         *current = (!cidr.is_empty()).then(|| cidr.to_string());
     }
 
-    pub async fn run(&self, config: PodConfig) -> Result<String> {
+    async fn run(&self, config: PodConfig) -> Result<String> {
         if !self.handlers.contains(&config.runtime_handler) {
             return Err(Error::InvalidArgument(format!(
                 "runtime handler {:?} is not configured (have: {})",
@@ -111,47 +161,56 @@ impl Pods {
         }
         // Everything that can be checked before anything is taken.
         bandwidth(&config)?;
-        let id = new_id()?;
-        let key = config.metadata.key();
-        self.store.reserve_name(&key, &id)?;
-        match self.set_up(&id, config).await {
-            Ok(record) => {
-                tracing::info!(pod_id = %id, name = %key, ips = ?record.network.as_ref().map(|n| &n.ips), "pod sandbox ready");
-                self.store.insert(record);
-                Ok(id)
-            }
-            Err(err) => {
-                self.store.release_name(&key, &id);
-                Err(err)
-            }
-        }
-    }
-
-    async fn set_up(&self, id: &str, config: PodConfig) -> Result<PodRecord> {
         let host_network = config.namespaces.network == NamespaceMode::Node;
         let hostname = files::hostname(&config.hostname, host_network, &config.metadata.name)?;
         let resolv = files::resolv_conf(config.dns.as_ref())?;
-        let mut record = PodRecord {
+        let id = new_id()?;
+        let key = config.metadata.key();
+        self.store.reserve_name(&key, &id)?;
+        let record = PodRecord {
             version: RECORD_VERSION,
-            id: id.to_string(),
-            cgroup: cgroup::pod_cgroup(&config.cgroup_parent, id),
+            id: id.clone(),
+            cgroup: cgroup::pod_cgroup(&config.cgroup_parent, &id),
             config,
             created_at_nanos: now_nanos(),
             state: PodState::NotReady,
             network: None,
+            network_pending: false,
             cgroup_created: Vec::new(),
         };
-        self.store.save(&record)?;
+        if let Err(err) = self.store.save(&record) {
+            self.store.release_name(&key, &id);
+            let _ = self.store.delete(&id);
+            return Err(err);
+        }
+        // Listed (NotReady) from now on, and Stop and Remove wait for the setup to end.
+        let entry = self.store.insert(record.clone());
+        let _step = entry.step.lock().await;
+        let mut record = record;
         let mut taken = Taken::default();
         match self.take(&mut record, &mut taken, &hostname, &resolv).await {
-            Ok(()) => Ok(record),
+            Ok(()) => {
+                let ips = record.network.as_ref().map(|n| &n.ips);
+                tracing::info!(pod_id = %id, name = %key, ?ips, "pod sandbox ready");
+                Ok(id)
+            }
             Err(err) => {
                 tracing::warn!(pod_id = %id, error = %err, "pod setup failed: rolling back");
-                if let Err(undo) = self.give_back(&record, taken).await {
-                    tracing::error!(pod_id = %id, error = %undo, "rolling back a failed pod setup");
-                }
-                if let Err(undo) = self.store.delete(id) {
-                    tracing::error!(pod_id = %id, error = %undo, "removing a failed pod's files");
+                match self.give_back(&record, taken).await {
+                    Ok(()) => {
+                        self.store.forget(&id);
+                        self.store.release_name(&key, &id);
+                        if let Err(undo) = self.store.delete(&id) {
+                            tracing::error!(pod_id = %id, error = %undo, "removing a failed pod's files");
+                        }
+                    }
+                    // What could not be given back stays recorded on a NotReady pod, which
+                    // the kubelet's StopPodSandbox and RemovePodSandbox finish off.
+                    Err(undo) => tracing::error!(
+                        pod_id = %id,
+                        error = %undo,
+                        "rolling back a failed pod setup; the pod stays NotReady for removal"
+                    ),
                 }
                 Err(err)
             }
@@ -184,12 +243,19 @@ impl Pods {
         failpoint("pod.cgroup")?;
 
         let wanted = self.namespaces_of(record);
+        // Sysctls of the pod's interface can only be written once CNI has made it.
+        let (after_network, before_network): (BTreeMap<_, _>, BTreeMap<_, _>) = record
+            .config
+            .sysctls
+            .clone()
+            .into_iter()
+            .partition(|(name, _)| name.split(['.', '/']).any(|part| part == IFNAME));
         let request = NamespaceRequest {
             net: wanted.net.is_some(),
             ipc: wanted.ipc.is_some(),
             uts: wanted.uts.is_some(),
             hostname: wanted.uts.is_some().then(|| hostname.to_string()),
-            sysctls: record.config.sysctls.clone(),
+            sysctls: before_network.clone(),
         };
         let dir = wanted.dir.clone();
         let held = blocking(move || namespaces::create(&dir, &request)).await?;
@@ -208,11 +274,19 @@ impl Pods {
         failpoint("pod.shm")?;
 
         if let Some(netns) = &held.net {
+            let request = self.network_request(record, netns)?;
+            record.network_pending = true;
+            self.store.save(record)?;
+            // A failed ADD has already run DEL for itself.
+            let result = self.cni.add(&request).await?;
             taken.network = true;
-            let result = self.cni.add(&self.network_request(record, netns)?).await?;
             let ips: Vec<String> = result.ips.iter().map(|ip| ip.to_string()).collect();
             files::write(&pod_dir, "hosts", &files::hosts(false, hostname, &ips)?)?;
             record.network = Some(PodNetwork { ips, cni_result: result.raw });
+        }
+        if !after_network.is_empty() {
+            let ns = held.clone();
+            blocking(move || namespaces::apply_sysctls(&ns, &after_network)).await?;
         }
         failpoint("pod.network")?;
 
@@ -267,7 +341,7 @@ impl Pods {
 
     /// StopPodSandbox: the network goes, then /dev/shm and the namespaces. Every step is
     /// idempotent, so a stop that failed half way is finished by the next one.
-    pub async fn stop(&self, id: &str) -> Result<()> {
+    async fn stop(&self, id: &str) -> Result<()> {
         let entry = self.store.get(id)?;
         let _step = entry.step.lock().await;
         // Removed while this call waited for its turn: nothing of it may be written again.
@@ -286,11 +360,11 @@ impl Pods {
 
     async fn tear_down(&self, record: &mut PodRecord) -> Result<()> {
         let held = self.namespaces_of(record);
-        let cached = self.cni.cache_dir().join(format!("{}.json", record.id)).exists();
-        if held.net.is_some() && (record.network.is_some() || cached) {
+        if held.net.is_some() && (record.network_pending || record.network.is_some()) {
             let netns = held.net.clone().filter(|path| namespaces::is_held(path));
             self.cni.del(&record.id, netns.as_deref(), IFNAME).await?;
             record.network = None;
+            record.network_pending = false;
             self.store.save(record)?;
         }
         let shm = self.shm_dir(&record.id);
@@ -301,7 +375,7 @@ impl Pods {
 
     /// RemovePodSandbox: stops it if needed, then removes everything of it. An unknown pod is
     /// fine: removing twice is not an error.
-    pub async fn remove(&self, id: &str) -> Result<()> {
+    async fn remove(&self, id: &str) -> Result<()> {
         let Some(entry) = self.store.find(id)? else { return Ok(()) };
         let _step = entry.step.lock().await;
         if !self.store.contains(&entry.id) {
@@ -324,7 +398,7 @@ impl Pods {
         Ok(())
     }
 
-    pub async fn status(&self, id: &str) -> Result<PodDetails> {
+    fn status(&self, id: &str) -> Result<PodDetails> {
         let entry = self.store.get(id)?;
         let record = entry.record();
         let netns = self.namespaces_of(&record).net.filter(|path| namespaces::is_held(path));
@@ -337,7 +411,7 @@ impl Pods {
         Ok(PodDetails { record, netns, cgroup_dirs })
     }
 
-    pub async fn list(&self, filter: &PodFilter) -> Vec<PodRecord> {
+    fn list(&self, filter: &PodFilter) -> Vec<PodRecord> {
         let mut pods = Vec::new();
         for entry in self.store.all() {
             let record = entry.record();
@@ -349,8 +423,7 @@ impl Pods {
         pods
     }
 
-    /// The namespace files of a ready pod, for containers to join.
-    pub async fn namespace_paths(&self, id: &str) -> Result<Vec<(NsKind, PathBuf)>> {
+    fn namespace_paths(&self, id: &str) -> Result<Vec<(NsKind, PathBuf)>> {
         let entry = self.store.get(id)?;
         let record = entry.record();
         if record.state != PodState::Ready {

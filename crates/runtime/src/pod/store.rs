@@ -204,6 +204,7 @@ mod tests {
             created_at_nanos: 1,
             state: PodState::Ready,
             network: None,
+            network_pending: false,
             cgroup: "/berth/x".into(),
             cgroup_created: vec![],
         }

@@ -97,6 +97,10 @@ pub struct PodRecord {
     pub state: PodState,
     /// Empty while networking is not set up (host network, stopped, or not yet).
     pub network: Option<PodNetwork>,
+    /// A CNI ADD was started and no DEL has completed since: set before ADD, so that an ADD
+    /// cut short (by a crash) is still undone by the next stop.
+    #[serde(default)]
+    pub network_pending: bool,
     /// The pod's cgroup, relative to each hierarchy's root (before nesting).
     pub cgroup: String,
     /// The cgroup directories berth made for the pod (and so removes), parents first; the
