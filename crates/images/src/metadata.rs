@@ -148,6 +148,10 @@ impl ImageIndex {
             other.repo_digests.retain(|name| record.repo_digests.binary_search(name).is_err());
         }
         records.insert(record.id.clone(), record.clone());
+        // A re-pull of an image already present changes nothing: no write, no fsync.
+        if records == self.records {
+            return Ok(record);
+        }
         self.commit(records)?;
         Ok(record)
     }
@@ -447,6 +451,31 @@ mod tests {
         let chains = reopened.referenced_chain_ids();
         assert!(chains.contains(&layer(1).chain_id));
         assert!(chains.contains(&layer(3).chain_id));
+    }
+
+    #[test]
+    fn an_upsert_that_changes_nothing_does_not_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("images.json");
+        let mut index = ImageIndex::open(&path).unwrap();
+        let stored = index.upsert(image("a", &[BUSYBOX], &[])).unwrap();
+        // Gone from the disk: only a write would bring it back.
+        fs::remove_file(&path).unwrap();
+
+        let mut again = image("a", &[BUSYBOX], &[]);
+        again.created_unix_nanos += 5;
+        assert_eq!(index.upsert(again).unwrap(), stored);
+        assert!(!path.exists());
+
+        // A new name is a change.
+        let tagged = index.upsert(image("a", &["x.io/a:1"], &[])).unwrap();
+        assert_eq!(tagged.repo_tags, ["docker.io/library/busybox:latest", "x.io/a:1"]);
+        assert_eq!(ImageIndex::open(&path).unwrap().list(), [tagged]);
+        // So is a tag moving off another image, even when the upserted record is unchanged.
+        let b = index.upsert(image("b", &["x.io/b:1"], &[])).unwrap();
+        index.upsert(image("a", &["x.io/b:1"], &[])).unwrap();
+        index.upsert(b.clone()).unwrap();
+        assert_eq!(ImageIndex::open(&path).unwrap().resolve("x.io/b:1").unwrap().id, b.id);
     }
 
     #[test]

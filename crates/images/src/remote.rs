@@ -67,10 +67,18 @@ impl Remote {
     fn client(&self, endpoint: &Endpoint, auth: &RegistryAuth) -> Result<Arc<Client>> {
         let settings = format!("{:?}", Endpoint { repository: String::new(), ..endpoint.clone() });
         let key = format!("{settings} {}", credentials_fingerprint(auth));
-        let mut clients = self
-            .clients
-            .lock()
-            .map_err(|_| Error::Internal("registry clients lock poisoned".into()))?;
+        if let Some(client) = self.clients()?.get(&key) {
+            return Ok(client.clone());
+        }
+        // Built outside the lock: it reads CA and client certificate files, and other pulls
+        // must not wait for that.
+        let mut config = endpoint.client_config()?;
+        config.connect_timeout = Some(self.stall);
+        // No read timeout here: the stall timer on every read is ours, so that a wedged
+        // download is reported as a stall and not as a decoding error.
+        let client = Arc::new(Client::new(config));
+        let mut clients = self.clients()?;
+        // Another pull may have built one meanwhile: keep the first, and its tokens.
         if let Some(client) = clients.get(&key) {
             return Ok(client.clone());
         }
@@ -78,13 +86,12 @@ impl Remote {
         if clients.len() >= MAX_CLIENTS {
             clients.clear();
         }
-        let mut config = endpoint.client_config()?;
-        config.connect_timeout = Some(self.stall);
-        // No read timeout here: the stall timer on every read is ours, so that a wedged
-        // download is reported as a stall and not as a decoding error.
-        let client = Arc::new(Client::new(config));
         clients.insert(key, client.clone());
         Ok(client)
+    }
+
+    fn clients(&self) -> Result<std::sync::MutexGuard<'_, HashMap<String, Arc<Client>>>> {
+        self.clients.lock().map_err(|_| Error::Internal("registry clients lock poisoned".into()))
     }
 
     /// Finds the image's manifest for this node's platform, trying each endpoint in order.
@@ -111,8 +118,21 @@ impl Remote {
                     continue;
                 }
             };
+            // So is a TLS configuration that cannot be loaded (a missing CA file, say): the
+            // next endpoint may not need it.
+            let client = match self.client(&endpoint, &auth) {
+                Ok(client) => client,
+                Err(err) => {
+                    tracing::warn!(
+                        host = %endpoint.host, mirror = endpoint.mirror, error = %err,
+                        "cannot set up a client for this endpoint"
+                    );
+                    failures.push((endpoint, err));
+                    continue;
+                }
+            };
             let source = Source {
-                client: self.client(&endpoint, &auth)?,
+                client,
                 image: endpoint.reference(reference),
                 endpoint,
                 auth,
@@ -258,7 +278,9 @@ impl Source {
     }
 
     /// A blob as a stream of chunks; the stream fails with `Stalled` when nothing arrives for
-    /// the stall timeout. The caller verifies digest and size over what it receives.
+    /// the stall timeout. The digest is verified here (by oci-client's `pull_blob_stream`):
+    /// the stream ends only after every byte hashed to the descriptor's digest, and a blob
+    /// that does not ends with a `DigestMismatch` error instead. The caller checks the size.
     pub async fn blob(
         &self,
         what: &str,
@@ -354,12 +376,17 @@ fn classify(host: &str, what: &str, err: OciDistributionError) -> Error {
         OciDistributionError::ServerError { code: 401 | 403, url, .. } => {
             unauthorized(format!("access to {url} denied"))
         }
-        OciDistributionError::ServerError { code, url, message } if code >= 500 => {
+        // Rate limited, timed out, or the server's own trouble: worth retrying later.
+        OciDistributionError::ServerError { code, url, message } if is_transient(code) => {
             unavailable(format!("{url}: HTTP {code}: {message}"))
         }
         OciDistributionError::RegistryError { envelope, url } => {
             let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
-            if codes.iter().any(|c| {
+            // A 429 comes with an envelope (Docker Hub's pull limit, TOOMANYREQUESTS): the
+            // status is then lost, the code says it.
+            if codes.iter().any(|c| is_transient_code(c)) {
+                unavailable(format!("{url}: {envelope}"))
+            } else if codes.iter().any(|c| {
                 matches!(
                     c,
                     OciErrorCode::ManifestUnknown
@@ -387,6 +414,25 @@ fn classify(host: &str, what: &str, err: OciDistributionError) -> Error {
     }
 }
 
+/// HTTP statuses that say "not now" rather than "no": too many requests, request timeout,
+/// and the server errors.
+fn is_transient(code: u16) -> bool {
+    matches!(code, 408 | 429) || (500..600).contains(&code)
+}
+
+/// Error envelope codes that say the same: the OCI spec's TOOMANYREQUESTS, and the
+/// UNAVAILABLE some registries send with a 503.
+fn is_transient_code(code: &OciErrorCode) -> bool {
+    match code {
+        OciErrorCode::Toomanyrequests => true,
+        OciErrorCode::Other(other) => matches!(
+            other.to_ascii_uppercase().as_str(),
+            "TOO_MANY_REQUESTS" | "UNAVAILABLE" | "SERVICE_UNAVAILABLE"
+        ),
+        _ => false,
+    }
+}
+
 /// reqwest's Display stops at "error sending request"; the cause (connection refused, TLS)
 /// is what a user needs.
 fn describe_request_error(err: &(dyn std::error::Error + 'static)) -> String {
@@ -398,4 +444,90 @@ fn describe_request_error(err: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{HostConfig, MirrorConfig, RegistryConfig};
+    use crate::error::REGISTRY_UNAVAILABLE;
+
+    fn envelope(json: &str) -> OciDistributionError {
+        OciDistributionError::RegistryError {
+            envelope: serde_json::from_str(json).unwrap(),
+            url: "https://r.io/v2/x/manifests/1".into(),
+        }
+    }
+
+    fn server(code: u16, message: &str) -> OciDistributionError {
+        OciDistributionError::ServerError {
+            code,
+            url: "https://r.io/v2/x/manifests/1".into(),
+            message: message.into(),
+        }
+    }
+
+    #[test]
+    fn rate_limits_and_server_errors_are_registry_unavailable() {
+        let hub_limit = r#"{"errors":[{"code":"TOOMANYREQUESTS","message":"pull rate limit"}]}"#;
+        let unavailable = r#"{"errors":[{"code":"UNAVAILABLE","message":"try later"}]}"#;
+        for err in [
+            envelope(hub_limit),
+            envelope(unavailable),
+            server(429, "slow down"),
+            server(408, ""),
+            server(500, "oops"),
+            server(502, "<html>bad gateway</html>"),
+            server(503, r#"{"errors":[{"code":"UNAVAILABLE","message":"maintenance"}]}"#),
+        ] {
+            let shown = format!("{err:?}");
+            let err = classify("r.io", "r.io/x:1", err);
+            assert!(matches!(err, Error::RegistryUnavailable { .. }), "{shown}: {err:?}");
+            assert!(err.to_string().starts_with(REGISTRY_UNAVAILABLE), "{err}");
+        }
+    }
+
+    #[test]
+    fn other_answers_keep_their_meaning() {
+        let unknown = r#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"no such tag"}]}"#;
+        let denied = r#"{"errors":[{"code":"DENIED","message":"no"}]}"#;
+        let invalid = r#"{"errors":[{"code":"MANIFEST_INVALID","message":"bad"}]}"#;
+        let classified = |err| classify("r.io", "r.io/x:1", err);
+        assert!(matches!(classified(envelope(unknown)), Error::NotFound { .. }));
+        assert!(matches!(classified(envelope(denied)), Error::Unauthorized { .. }));
+        assert!(matches!(classified(envelope(invalid)), Error::BadManifest { .. }));
+        assert!(matches!(classified(server(404, "")), Error::NotFound { .. }));
+        assert!(matches!(classified(server(403, "")), Error::Unauthorized { .. }));
+        assert!(matches!(classified(server(400, "")), Error::BadManifest { .. }));
+    }
+
+    #[tokio::test]
+    async fn an_endpoint_whose_tls_cannot_be_set_up_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        // Nothing listens on port 1: the origin answers "connection refused", quickly.
+        let reference: Reference = "127.0.0.1:1/x:1".parse().unwrap();
+        let mut config = RegistryConfig::default();
+        config.hosts.insert(
+            "127.0.0.1:1".into(),
+            HostConfig {
+                mirrors: vec![MirrorConfig {
+                    host: "127.0.0.1:2".into(),
+                    ca_file: Some(dir.path().join("missing-ca.pem")),
+                    ..MirrorConfig::default()
+                }],
+                plain_http: Some(true),
+                ..HostConfig::default()
+            },
+        );
+        let remote = Remote::new(RegistryHosts::new(&config), Duration::from_secs(10));
+        let err = match remote.resolve(&reference, |_| None).await {
+            Ok(_) => panic!("nothing serves {reference}"),
+            Err(err) => err,
+        };
+        // The origin was tried, and its answer is the one reported.
+        assert!(
+            matches!(err, Error::RegistryUnavailable { ref registry, .. } if registry == "127.0.0.1:1"),
+            "{err}"
+        );
+    }
 }

@@ -2,20 +2,27 @@
 //! records kubelet lists, inspects and removes.
 //!
 //! Concurrency: pulls of one reference queue on its key, and layer downloads on their chain
-//! id, so shared work happens once; the garbage collector takes `gc_lock` for writing, pulls
-//! for reading, so that it never sees a pull's fresh snapshots before their image is recorded.
+//! id, so shared work happens once. A pull registers the chain ids and blobs it works on in
+//! [`InUse`] before it looks at the stores, and the garbage collector spares them; neither waits
+//! for the other's long part. The only lock they share, `gc_lock`, is held for GC's decision
+//! and detaching (renames and unlinks, not the recursive deletes), and for a pull's final check
+//! that its snapshots are there and the record's write: so a GC that decided before the pull
+//! registered cannot remove a snapshot between the pull's "exists" check and its record.
 
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures::StreamExt;
-use tokio::sync::{RwLock, Semaphore};
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use tokio::sync::{mpsc, Semaphore};
 
 use crate::auth::{AuthConfig, Credentials, CredentialsFile};
 use crate::config::RegistryConfig;
 use crate::content::ContentStore;
-use crate::digest::{Digest, Hasher};
+use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::hosts::RegistryHosts;
 use crate::keyed::KeyedLocks;
@@ -29,6 +36,11 @@ use crate::unpack::UnpackOptions;
 /// Chunks in flight between the download and the unpacking thread: enough to keep both busy,
 /// small enough that a layer is never held in memory.
 const UNPACK_QUEUE: usize = 16;
+
+/// A GC that started before a pull registered its layers may remove one the pull found
+/// present; the pull then fetches it again. After one round its layers are registered, so a
+/// second is enough; the third is for safety.
+const COMMIT_ATTEMPTS: usize = 3;
 
 #[derive(Debug, Clone)]
 pub struct ImageServiceOptions {
@@ -53,7 +65,10 @@ pub struct ImageService {
     downloads: Arc<Semaphore>,
     pulls: KeyedLocks,
     layers: Arc<KeyedLocks>,
-    gc_lock: RwLock<()>,
+    /// What pulls in progress own: the GC spares it.
+    in_use: Arc<InUse>,
+    /// Taken on blocking threads only, never across an await: see the module doc.
+    gc_lock: Arc<Mutex<()>>,
 }
 
 /// An image and, when asked, its config for `ImageStatus` verbose.
@@ -71,7 +86,8 @@ pub struct FsUsage {
 }
 
 impl ImageService {
-    /// Opens (or creates) the stores; blocking, called once at start.
+    /// Opens (or creates) the stores and collects what no image uses (leftovers of a crash
+    /// between a removal and its GC, or of failed pulls); blocking, called once at start.
     pub fn open(options: ImageServiceOptions) -> Result<ImageService> {
         let root = options.root;
         std::fs::create_dir_all(&root).map_err(Error::io("creating", &root))?;
@@ -88,7 +104,7 @@ impl ImageService {
                 pinned.push(reference.with_digest(digest));
             }
         }
-        Ok(ImageService {
+        let service = ImageService {
             content: Arc::new(content),
             snapshots: Arc::new(snapshots),
             index: Arc::new(Mutex::new(index)),
@@ -99,9 +115,25 @@ impl ImageService {
             downloads: Arc::new(Semaphore::new(downloads)),
             pulls: KeyedLocks::default(),
             layers: Arc::new(KeyedLocks::default()),
-            gc_lock: RwLock::new(()),
+            in_use: Arc::default(),
+            gc_lock: Arc::default(),
             root,
-        })
+        };
+        // Only space is at stake: a failure is retried at the next RemoveImage.
+        if let Err(err) = service.collector().run() {
+            tracing::warn!(error = %err, "cannot collect unused images at start");
+        }
+        Ok(service)
+    }
+
+    fn collector(&self) -> Collector {
+        Collector {
+            content: self.content.clone(),
+            snapshots: self.snapshots.clone(),
+            index: self.index.clone(),
+            in_use: self.in_use.clone(),
+            lock: self.gc_lock.clone(),
+        }
     }
 
     fn index(&self) -> Result<std::sync::MutexGuard<'_, ImageIndex>> {
@@ -116,7 +148,6 @@ impl ImageService {
             None => None,
         };
         let _same_image = self.pulls.lock(&reference.to_string()).await;
-        let _no_gc = self.gc_lock.read().await;
 
         let file = CredentialsFile::load(&self.credentials_file)?;
         let origin = reference.registry.clone();
@@ -149,11 +180,20 @@ impl ImageService {
         let what = reference.to_string();
         let manifest = &resolved.manifest;
         let config_descriptor = &manifest.config;
-        let config_bytes = match self.content.contains(&config_descriptor.digest) {
-            true => self.content.get(&config_descriptor.digest)?,
-            false => {
+        // Registered before the stores are looked at, and until the image is recorded or the
+        // pull fails: the GC leaves alone what this pull found present or is fetching.
+        let mut in_use = self.in_use.guard();
+        in_use.hold_blobs([
+            config_descriptor.digest.clone(),
+            resolved.manifest_digest.clone(),
+            resolved.top_digest.clone(),
+        ]);
+        let config_bytes = match self.content.get(&config_descriptor.digest) {
+            Ok(bytes) => bytes,
+            Err(Error::NotFound { .. }) => {
                 resolved.source.small_blob(&format!("config of {what}"), config_descriptor).await?
             }
+            Err(err) => return Err(err),
         };
         let config = manifest::parse_config(&what, &config_bytes)?;
         let diff_ids = &config.rootfs.diff_ids;
@@ -168,20 +208,8 @@ impl ImageService {
             });
         }
         let chains = chain_ids(diff_ids);
+        in_use.hold_chains(chains.iter().cloned());
 
-        // Every layer not yet unpacked, in parallel up to the download limit; each layer
-        // unpacks into a directory of its own, so order does not matter.
-        let mut jobs = Vec::new();
-        for (i, layer) in manifest.layers.iter().enumerate() {
-            let parent = i.checked_sub(1).map(|p| chains[p].clone());
-            jobs.push(self.fetch_layer(resolved, &what, layer, &chains[i], parent, &diff_ids[i]));
-        }
-        for result in futures::future::join_all(jobs).await {
-            result?;
-        }
-
-        // Metadata last: once the image is recorded, everything it names is on disk.
-        let content = self.content.clone();
         let blobs: Vec<(Digest, Vec<u8>)> = [
             Some((config_descriptor.digest.clone(), config_bytes.clone())),
             Some((resolved.manifest_digest.clone(), resolved.manifest_bytes.clone())),
@@ -190,11 +218,6 @@ impl ImageService {
         .into_iter()
         .flatten()
         .collect();
-        spawn_blocking(move || {
-            blobs.iter().try_for_each(|(digest, bytes)| content.put(digest, None, bytes))
-        })
-        .await?;
-
         let layers = manifest
             .layers
             .iter()
@@ -220,24 +243,54 @@ impl ImageService {
             created_unix_nanos: now_nanos(),
             pinned: false,
         };
-        let index = self.index.clone();
-        spawn_blocking(move || {
-            let mut index =
-                index.lock().map_err(|_| Error::Internal("image index lock poisoned".into()))?;
-            index.upsert(record)
-        })
-        .await
+
+        for attempt in 1..=COMMIT_ATTEMPTS {
+            // Every layer not yet unpacked, in parallel up to the download limit; each layer
+            // unpacks into a directory of its own, so order does not matter. The first failure
+            // drops the others, which cancels their downloads; their unpackers then find their
+            // pipes closed, and stop.
+            let (unpacking, mut unpackers_gone) = mpsc::channel::<()>(1);
+            let jobs = manifest.layers.iter().enumerate().map(|(i, layer)| {
+                let job = LayerJob {
+                    layer,
+                    chain_id: &chains[i],
+                    parent: i.checked_sub(1).map(|p| chains[p].clone()),
+                    diff_id: &diff_ids[i],
+                };
+                self.fetch_layer(resolved, &what, job, unpacking.clone())
+            });
+            let fetched = futures::future::try_join_all(jobs).await;
+            // Each unpacker holds a sender until it returns, having removed its temp dir: a
+            // failed pull leaves nothing half unpacked behind when it answers.
+            drop(unpacking);
+            while unpackers_gone.recv().await.is_some() {}
+            fetched?;
+
+            // Metadata last: once the image is recorded, everything it names is on disk.
+            let recorded =
+                commit(self.collector(), chains.clone(), blobs.clone(), record.clone()).await?;
+            match recorded {
+                Some(record) => return Ok(record),
+                None => tracing::warn!(
+                    image = %what,
+                    attempt,
+                    "a layer was collected before the image was recorded; fetching it again"
+                ),
+            }
+        }
+        Err(Error::Internal(format!(
+            "{what}: its layers were collected {COMMIT_ATTEMPTS} times before it was recorded"
+        )))
     }
 
     async fn fetch_layer(
         &self,
         resolved: &Resolved,
         image: &str,
-        layer: &Descriptor,
-        chain_id: &Digest,
-        parent: Option<Digest>,
-        diff_id: &Digest,
+        job: LayerJob<'_>,
+        unpacking: mpsc::Sender<()>,
     ) -> Result<()> {
+        let LayerJob { layer, chain_id, parent, diff_id } = job;
         let _same_layer = self.layers.lock(chain_id.hex()).await;
         if self.snapshots.exists(chain_id) {
             return Ok(());
@@ -248,13 +301,16 @@ impl ImageService {
             .await
             .map_err(|_| Error::Internal("download limit closed".into()))?;
         let what = format!("layer {} of {image}", layer.digest);
-        let mut stream = resolved.source.blob(&what, layer).await?;
+        // oci-client verifies the blob's digest: the stream ends only once every byte hashed
+        // to the descriptor's digest, and a mismatch is its last item, an error.
+        let stream = resolved.source.blob(&what, layer).await?;
 
-        let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(UNPACK_QUEUE);
+        let (tx, rx) = mpsc::channel::<Piece>(UNPACK_QUEUE);
         let snapshots = self.snapshots.clone();
         let (chain, expected_diff, options, name) =
             (chain_id.clone(), diff_id.clone(), self.unpack.clone(), what.clone());
         let unpacking = tokio::task::spawn_blocking(move || {
+            let _running = unpacking;
             snapshots.unpack(
                 &chain,
                 parent.as_ref(),
@@ -264,64 +320,16 @@ impl ImageService {
                 &options,
             )
         });
-
-        let mut hasher = Hasher::new();
-        let mut failure: Option<Error> = None;
-        let mut unpacker_open = true;
-        while let Some(chunk) = stream.next().await {
-            match chunk {
-                Ok(chunk) => {
-                    hasher.update(&chunk);
-                    if hasher.len() > layer.size {
-                        failure = Some(Error::SizeMismatch {
-                            what: what.clone(),
-                            expected: layer.size,
-                            actual: hasher.len(),
-                        });
-                        break;
-                    }
-                    // Once the unpacker has stopped (a layer it refuses or cannot read), the
-                    // rest is still hashed: a corrupt blob is best reported as what it is.
-                    if unpacker_open && tx.send(Ok(chunk)).await.is_err() {
-                        unpacker_open = false;
-                    }
-                }
-                Err(err) => {
-                    failure = Some(err);
-                    break;
-                }
-            }
-        }
-        // The unpacker commits only after reading to the end of the stream, and the end is
-        // sent only once the blob's size and digest are right: a bad blob never becomes a
-        // snapshot, even when its uncompressed content happens to be fine.
-        if failure.is_none() {
-            let len = hasher.len();
-            let actual = hasher.finish();
-            if len != layer.size {
-                failure = Some(Error::SizeMismatch {
-                    what: what.clone(),
-                    expected: layer.size,
-                    actual: len,
-                });
-            } else if actual != layer.digest {
-                failure = Some(Error::DigestMismatch {
-                    what: what.clone(),
-                    expected: layer.digest.to_string(),
-                    actual: actual.to_string(),
-                });
-            }
-        }
-        if let Some(err) = &failure {
-            let _ = tx.send(Err(std::io::Error::other(err.to_string()))).await;
-        }
-        drop(tx);
+        let pumped = pump(stream, tx, &what, layer.size).await;
         let unpacked =
             unpacking.await.map_err(|err| Error::Internal(format!("unpacking {what}: {err}")))?;
-        match (failure, unpacked) {
-            (Some(err), _) => Err(err),
-            (None, Err(err)) => Err(err),
-            (None, Ok(info)) => {
+        match (pumped, unpacked) {
+            // What the download found wrong is the cause of whatever the unpacker then said.
+            (Pumped::Failed(err), _) => Err(err),
+            // An unpacker that stopped early explains itself (or found the layer committed by
+            // another pull meanwhile).
+            (_, Err(err)) => Err(err),
+            (_, Ok(info)) => {
                 tracing::debug!(layer = %layer.digest, chain_id = %info.chain_id, size = info.size, "layer fetched");
                 Ok(())
             }
@@ -372,9 +380,9 @@ impl ImageService {
     }
 
     /// Removes the image `image` names (by tag: that tag; by id or digest: the whole image),
-    /// then collects what no image uses any more. Unknown images are not an error.
+    /// then collects what no image uses any more. Unknown images are not an error, and still
+    /// collect: the kubelet retries a removal whose GC failed.
     pub async fn remove(&self, image: &str) -> Result<()> {
-        let _exclusive = self.gc_lock.write().await;
         let removed = {
             let mut index = self.index()?;
             let mut removed = None;
@@ -388,38 +396,14 @@ impl ImageService {
         };
         if let Some(record) = removed {
             tracing::info!(id = %record.id, "image removed");
-            self.collect_garbage_locked().await?;
         }
-        Ok(())
+        self.collect_garbage().await
     }
 
-    /// Removes snapshots and blobs that no image references.
+    /// Removes snapshots and blobs that no image references and no pull in progress uses.
     pub async fn collect_garbage(&self) -> Result<()> {
-        let _exclusive = self.gc_lock.write().await;
-        self.collect_garbage_locked().await
-    }
-
-    async fn collect_garbage_locked(&self) -> Result<()> {
-        let (chains, blobs) = {
-            let index = self.index()?;
-            (index.referenced_chain_ids(), index.referenced_blobs())
-        };
-        let (snapshots, content) = (self.snapshots.clone(), self.content.clone());
-        spawn_blocking(move || {
-            for info in snapshots.list()? {
-                if !chains.contains(&info.chain_id) {
-                    tracing::debug!(chain_id = %info.chain_id, "removing unused snapshot");
-                    snapshots.remove(&info.chain_id)?;
-                }
-            }
-            for digest in content.list()? {
-                if !blobs.contains(&digest) {
-                    content.remove(&digest)?;
-                }
-            }
-            Ok(())
-        })
-        .await
+        let collector = self.collector();
+        spawn_blocking(move || collector.run()).await
     }
 
     /// Usage of the image filesystem, for ImageFsInfo: the usage each snapshot recorded when it
@@ -441,25 +425,183 @@ impl ImageService {
     }
 }
 
-/// The keys an image name may be stored under, most specific first.
+/// One layer for [`ImageService::fetch_layer`].
+struct LayerJob<'a> {
+    layer: &'a Descriptor,
+    chain_id: &'a Digest,
+    parent: Option<Digest>,
+    diff_id: &'a Digest,
+}
+
+/// The keys an image name may be stored under, most specific first. The name as given comes
+/// first: [`ImageIndex::resolve`] takes ids, bare hex ids and unique id prefixes (what
+/// `crictl rmi` passes) as they are. A reference with a digest names that digest only: its
+/// tag must not find another image when the digest is absent.
 fn lookup_keys(image: &str) -> Vec<String> {
-    let mut keys = Vec::new();
-    let hex_id = image.len() == 64 && image.bytes().all(|b| b.is_ascii_hexdigit());
-    if hex_id {
-        keys.push(format!("sha256:{image}"));
-    }
-    if image.parse::<Digest>().is_ok() {
-        keys.push(image.to_string());
-    }
+    let mut keys = vec![image.to_string()];
     if let Ok(reference) = image.parse::<Reference>() {
-        if let Some(digest) = &reference.digest {
-            keys.push(reference.with_digest(digest));
-        }
-        if let Some(tagged) = reference.tagged() {
-            keys.push(tagged);
+        match &reference.digest {
+            Some(digest) => keys.push(reference.with_digest(digest)),
+            None => keys.extend(reference.tagged()),
         }
     }
+    let mut seen = HashSet::new();
+    keys.retain(|key| seen.insert(key.clone()));
     keys
+}
+
+/// What the GC needs, owned, to run on a blocking thread.
+struct Collector {
+    content: Arc<ContentStore>,
+    snapshots: Arc<SnapshotStore>,
+    index: Arc<Mutex<ImageIndex>>,
+    in_use: Arc<InUse>,
+    lock: Arc<Mutex<()>>,
+}
+
+impl Collector {
+    /// Blocking. Decides and detaches under the lock; deletes the detached snapshots after.
+    fn run(&self) -> Result<()> {
+        let mut detached: Vec<OsString> = Vec::new();
+        let decided = self.detach_unused(&mut detached);
+        // Purge what was detached even if detaching the rest failed; what cannot go now is
+        // removed when the store next opens.
+        let mut purged = Ok(());
+        for name in &detached {
+            if let Err(err) = self.snapshots.purge(name) {
+                tracing::warn!(error = %err, "cannot delete a collected snapshot");
+                purged = purged.and(Err(err));
+            }
+        }
+        decided.and(purged)
+    }
+
+    fn detach_unused(&self, detached: &mut Vec<OsString>) -> Result<()> {
+        let _locked = lock_ignoring_poison(&self.lock);
+        // Listed before the pulls in progress are read: a snapshot a pull commits is
+        // registered before it appears, so one listed here is seen as in use.
+        let snapshots = self.snapshots.list()?;
+        let blobs = self.content.list()?;
+        let (referenced_chains, referenced_blobs) = {
+            let index = self
+                .index
+                .lock()
+                .map_err(|_| Error::Internal("image index lock poisoned".into()))?;
+            (index.referenced_chain_ids(), index.referenced_blobs())
+        };
+        let (busy_chains, busy_blobs) = self.in_use.held();
+        for info in snapshots {
+            let chain = &info.chain_id;
+            if referenced_chains.contains(chain) || busy_chains.contains(chain) {
+                continue;
+            }
+            tracing::debug!(chain_id = %chain, "removing unused snapshot");
+            detached.extend(self.snapshots.detach(chain)?);
+        }
+        for digest in blobs {
+            if !referenced_blobs.contains(&digest) && !busy_blobs.contains(&digest) {
+                self.content.remove(&digest)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A pull's last step: under the GC lock, checks that its snapshots are (still) there and
+/// records the image. None when one is missing: the pull fetches it again.
+async fn commit(
+    stores: Collector,
+    chains: Vec<Digest>,
+    blobs: Vec<(Digest, Vec<u8>)>,
+    record: ImageRecord,
+) -> Result<Option<ImageRecord>> {
+    spawn_blocking(move || {
+        // Written before the lock, so that the lock is not held over fsyncs; written again
+        // (a stat, usually) under it, in case a GC that decided before the pull registered
+        // them has just removed them.
+        let put = |(digest, bytes): &(Digest, Vec<u8>)| stores.content.put(digest, None, bytes);
+        blobs.iter().try_for_each(put)?;
+        let _no_gc = lock_ignoring_poison(&stores.lock);
+        if let Some(missing) = chains.iter().find(|chain| !stores.snapshots.exists(chain)) {
+            tracing::debug!(chain_id = %missing, "snapshot collected before its image was recorded");
+            return Ok(None);
+        }
+        blobs.iter().try_for_each(put)?;
+        let mut index =
+            stores.index.lock().map_err(|_| Error::Internal("image index lock poisoned".into()))?;
+        index.upsert(record).map(Some)
+    })
+    .await
+}
+
+fn lock_ignoring_poison<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The chain ids and blobs that pulls in progress own, counted: two pulls may share a layer.
+#[derive(Default)]
+struct InUse {
+    held: Mutex<Held>,
+}
+
+#[derive(Default)]
+struct Held {
+    chains: HashMap<Digest, usize>,
+    blobs: HashMap<Digest, usize>,
+}
+
+impl InUse {
+    fn guard(self: &Arc<Self>) -> InUseGuard {
+        InUseGuard { owner: self.clone(), chains: Vec::new(), blobs: Vec::new() }
+    }
+
+    /// The chain ids and the blobs held now.
+    fn held(&self) -> (HashSet<Digest>, HashSet<Digest>) {
+        let held = lock_ignoring_poison(&self.held);
+        (held.chains.keys().cloned().collect(), held.blobs.keys().cloned().collect())
+    }
+}
+
+/// One pull's registrations, released when it is dropped.
+struct InUseGuard {
+    owner: Arc<InUse>,
+    chains: Vec<Digest>,
+    blobs: Vec<Digest>,
+}
+
+impl InUseGuard {
+    fn hold_chains(&mut self, chains: impl IntoIterator<Item = Digest>) {
+        let mut held = lock_ignoring_poison(&self.owner.held);
+        for chain in chains {
+            *held.chains.entry(chain.clone()).or_default() += 1;
+            self.chains.push(chain);
+        }
+    }
+
+    fn hold_blobs(&mut self, blobs: impl IntoIterator<Item = Digest>) {
+        let mut held = lock_ignoring_poison(&self.owner.held);
+        for blob in blobs {
+            *held.blobs.entry(blob.clone()).or_default() += 1;
+            self.blobs.push(blob);
+        }
+    }
+}
+
+impl Drop for InUseGuard {
+    fn drop(&mut self) {
+        let mut held = lock_ignoring_poison(&self.owner.held);
+        let held = &mut *held;
+        for (mine, counts) in [(&self.chains, &mut held.chains), (&self.blobs, &mut held.blobs)] {
+            for digest in mine {
+                if let Some(count) = counts.get_mut(digest) {
+                    *count -= 1;
+                    if *count == 0 {
+                        counts.remove(digest);
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn now_nanos() -> i64 {
@@ -476,55 +618,145 @@ async fn spawn_blocking<T: Send + 'static>(
 
 /// The mount point of the filesystem holding `path`: the longest mount point that prefixes it.
 fn mountpoint_of(path: &Path) -> Result<PathBuf> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+    // Bytes: a mount elsewhere on the host may have a path that is not UTF-8.
+    let mountinfo = std::fs::read("/proc/self/mountinfo")
         .map_err(Error::io("reading", "/proc/self/mountinfo"))?;
     let path = path.canonicalize().map_err(Error::io("resolving", path))?;
-    let best = mountinfo
-        .lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .map(unescape_mount_path)
-        .filter(|mount| path.starts_with(mount))
-        .max_by_key(|mount| mount.as_os_str().len());
-    Ok(best.unwrap_or_else(|| PathBuf::from("/")))
+    Ok(mountpoint_in(&mountinfo, &path))
 }
 
-fn unescape_mount_path(field: &str) -> PathBuf {
+fn mountpoint_in(mountinfo: &[u8], path: &Path) -> PathBuf {
+    mountinfo
+        .split(|&b| b == b'\n')
+        .filter_map(|line| line.split(|&b| b == b' ').nth(4))
+        .map(unescape_mount_path)
+        .filter(|mount| path.starts_with(mount))
+        .max_by_key(|mount| mount.as_os_str().len())
+        .unwrap_or_else(|| PathBuf::from("/"))
+}
+
+/// Undoes the kernel's octal escapes (`\040` for a space) in a mountinfo path.
+fn unescape_mount_path(field: &[u8]) -> PathBuf {
     let mut out = Vec::with_capacity(field.len());
-    let bytes = field.as_bytes();
     let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 3 < bytes.len() {
-            if let Ok(value) = u8::from_str_radix(&field[i + 1..i + 4], 8) {
-                out.push(value);
-                i += 4;
-                continue;
+    while i < field.len() {
+        if field[i] == b'\\' && i + 3 < field.len() {
+            let digits = &field[i + 1..i + 4];
+            if digits.iter().all(|d| (b'0'..=b'7').contains(d)) {
+                let value = digits.iter().fold(0u16, |value, d| value * 8 + u16::from(d - b'0'));
+                if let Ok(byte) = u8::try_from(value) {
+                    out.push(byte);
+                    i += 4;
+                    continue;
+                }
             }
         }
-        out.push(bytes[i]);
+        out.push(field[i]);
         i += 1;
     }
-    PathBuf::from(<std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(out))
+    PathBuf::from(<OsString as std::os::unix::ffi::OsStringExt>::from_vec(out))
+}
+
+/// What goes down the download → unpack pipe. The end is said explicitly, and only once the
+/// whole blob is verified: a channel that closes without it (a download dropped or failed) is
+/// an error to the unpacker, never the end of a complete layer.
+enum Piece {
+    Chunk(Bytes),
+    End,
+    Fail(std::io::Error),
+}
+
+/// What became of a blob's download.
+enum Pumped {
+    /// Every byte was sent, the size and digest are right, and the end was sent.
+    Complete,
+    Failed(Error),
+    /// The unpacker stopped reading (it failed, or found the layer committed meanwhile); the
+    /// rest was not downloaded.
+    UnpackerStopped,
+}
+
+/// Feeds a blob's stream to the unpacker. The stream verifies the digest (see
+/// [`crate::remote::Source::blob`]); this checks the size, and stops at the first byte beyond
+/// it. The end is sent only after the stream ended cleanly with exactly `size` bytes.
+async fn pump(
+    stream: impl Stream<Item = Result<Bytes>>,
+    tx: mpsc::Sender<Piece>,
+    what: &str,
+    size: u64,
+) -> Pumped {
+    let mut stream = std::pin::pin!(stream);
+    let mut received: u64 = 0;
+    let failure = loop {
+        match stream.next().await {
+            None if received == size => break None,
+            None => {
+                break Some(Error::SizeMismatch {
+                    what: what.into(),
+                    expected: size,
+                    actual: received,
+                })
+            }
+            Some(Err(err)) => break Some(err),
+            Some(Ok(chunk)) => {
+                received += chunk.len() as u64;
+                if received > size {
+                    break Some(Error::SizeMismatch {
+                        what: what.into(),
+                        expected: size,
+                        actual: received,
+                    });
+                }
+                if tx.send(Piece::Chunk(chunk)).await.is_err() {
+                    return Pumped::UnpackerStopped;
+                }
+            }
+        }
+    };
+    match failure {
+        Some(err) => {
+            let _ = tx.send(Piece::Fail(std::io::Error::other(err.to_string()))).await;
+            Pumped::Failed(err)
+        }
+        None => match tx.send(Piece::End).await {
+            Ok(()) => Pumped::Complete,
+            Err(_) => Pumped::UnpackerStopped,
+        },
+    }
 }
 
 /// The blocking side of the download → unpack pipe.
 struct ChannelReader {
-    rx: tokio::sync::mpsc::Receiver<std::io::Result<bytes::Bytes>>,
-    current: bytes::Bytes,
+    rx: mpsc::Receiver<Piece>,
+    current: Bytes,
+    ended: bool,
 }
 
 impl ChannelReader {
-    fn new(rx: tokio::sync::mpsc::Receiver<std::io::Result<bytes::Bytes>>) -> Self {
-        ChannelReader { rx, current: bytes::Bytes::new() }
+    fn new(rx: mpsc::Receiver<Piece>) -> Self {
+        ChannelReader { rx, current: Bytes::new(), ended: false }
     }
 }
 
 impl std::io::Read for ChannelReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
         while self.current.is_empty() {
+            if self.ended {
+                return Ok(0);
+            }
             match self.rx.blocking_recv() {
-                Some(Ok(chunk)) => self.current = chunk,
-                Some(Err(err)) => return Err(err),
-                None => return Ok(0),
+                Some(Piece::Chunk(chunk)) => self.current = chunk,
+                Some(Piece::End) => self.ended = true,
+                Some(Piece::Fail(err)) => return Err(err),
+                None => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the layer's download stopped before the end of the blob",
+                    ))
+                }
             }
         }
         let n = buf.len().min(self.current.len());
@@ -536,20 +768,326 @@ impl std::io::Read for ChannelReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    const HEX: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
     #[test]
     fn lookup_keys_cover_ids_tags_and_digests() {
-        let hex = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
-        assert_eq!(lookup_keys(hex), vec![format!("sha256:{hex}")]);
-        assert_eq!(lookup_keys(&format!("sha256:{hex}"))[0], format!("sha256:{hex}"));
+        assert_eq!(lookup_keys(HEX)[0], HEX);
+        assert_eq!(lookup_keys(&format!("sha256:{HEX}"))[0], format!("sha256:{HEX}"));
         assert!(lookup_keys("busybox").contains(&"docker.io/library/busybox:latest".to_string()));
-        let keys = lookup_keys(&format!("busybox@sha256:{hex}"));
-        assert!(keys.contains(&format!("docker.io/library/busybox@sha256:{hex}")), "{keys:?}");
+        let keys = lookup_keys(&format!("busybox@sha256:{HEX}"));
+        assert!(keys.contains(&format!("docker.io/library/busybox@sha256:{HEX}")), "{keys:?}");
+        // An id prefix as crictl shows it is passed through for the index to resolve.
+        assert_eq!(lookup_keys(&HEX[..13])[0], &HEX[..13]);
+        // Exact names once.
+        assert_eq!(lookup_keys("docker.io/library/busybox:latest").len(), 1);
+    }
+
+    #[test]
+    fn a_reference_with_a_digest_does_not_fall_back_to_its_tag() {
+        let keys = lookup_keys(&format!("busybox:1.36@sha256:{HEX}"));
+        assert!(keys.contains(&format!("docker.io/library/busybox@sha256:{HEX}")), "{keys:?}");
+        assert!(!keys.iter().any(|key| key.ends_with(":1.36")), "{keys:?}");
     }
 
     #[test]
     fn mount_paths_unescape() {
-        assert_eq!(unescape_mount_path("/a\\040b"), PathBuf::from("/a b"));
+        assert_eq!(unescape_mount_path(b"/a\\040b"), PathBuf::from("/a b"));
+        assert_eq!(unescape_mount_path(b"/a\\134"), PathBuf::from("/a\\"));
+        // Not an escape: left as it is.
+        assert_eq!(unescape_mount_path(b"/a\\09x"), PathBuf::from("/a\\09x"));
+        assert_eq!(unescape_mount_path(b"/a\\777"), PathBuf::from("/a\\777"));
         assert_eq!(mountpoint_of(Path::new("/proc/self")).unwrap(), PathBuf::from("/proc"));
+    }
+
+    #[test]
+    fn a_mount_path_that_is_not_utf8_does_not_matter() {
+        let mut mountinfo = b"22 1 8:1 / / rw - ext4 /dev/sda1 rw\n".to_vec();
+        mountinfo.extend_from_slice(b"30 22 8:2 / /mnt/\xff\xfe rw - ext4 /dev/sdb1 rw\n");
+        mountinfo.extend_from_slice(b"31 22 8:3 / /var/lib/berth rw - xfs /dev/sdc1 rw\n");
+        let path = Path::new("/var/lib/berth/images");
+        assert_eq!(mountpoint_in(&mountinfo, path), PathBuf::from("/var/lib/berth"));
+        assert_eq!(mountpoint_in(&mountinfo, Path::new("/etc")), PathBuf::from("/"));
+        let odd = PathBuf::from(<OsString as std::os::unix::ffi::OsStringExt>::from_vec(
+            b"/mnt/\xff\xfe/x".to_vec(),
+        ));
+        let mount = PathBuf::from(<OsString as std::os::unix::ffi::OsStringExt>::from_vec(
+            b"/mnt/\xff\xfe".to_vec(),
+        ));
+        assert_eq!(mountpoint_in(&mountinfo, &odd), mount);
+    }
+
+    /// Reads everything a ChannelReader gives, on a blocking thread.
+    fn read_all(rx: mpsc::Receiver<Piece>) -> tokio::task::JoinHandle<std::io::Result<Vec<u8>>> {
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            ChannelReader::new(rx).read_to_end(&mut out).map(|_| out)
+        })
+    }
+
+    #[tokio::test]
+    async fn a_channel_closed_without_its_end_is_an_error() {
+        let (tx, rx) = mpsc::channel(4);
+        let reading = read_all(rx);
+        tx.send(Piece::Chunk(Bytes::from_static(b"half a layer"))).await.unwrap();
+        drop(tx);
+        let err = reading.await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
+
+        let (tx, rx) = mpsc::channel(4);
+        let reading = read_all(rx);
+        tx.send(Piece::Chunk(Bytes::from_static(b"a "))).await.unwrap();
+        tx.send(Piece::Chunk(Bytes::new())).await.unwrap();
+        tx.send(Piece::Chunk(Bytes::from_static(b"layer"))).await.unwrap();
+        tx.send(Piece::End).await.unwrap();
+        drop(tx);
+        assert_eq!(reading.await.unwrap().unwrap(), b"a layer");
+
+        let (tx, rx) = mpsc::channel(4);
+        let reading = read_all(rx);
+        tx.send(Piece::Fail(std::io::Error::other("bad blob"))).await.unwrap();
+        assert_eq!(reading.await.unwrap().unwrap_err().to_string(), "bad blob");
+    }
+
+    fn chunks(items: Vec<Result<&'static [u8]>>) -> impl Stream<Item = Result<Bytes>> {
+        futures::stream::iter(items.into_iter().map(|item| item.map(Bytes::from_static)))
+    }
+
+    /// Pumps `stream` into a reader and returns both ends' results.
+    async fn pump_into_reader(
+        stream: impl Stream<Item = Result<Bytes>>,
+        size: u64,
+    ) -> (Pumped, std::io::Result<Vec<u8>>) {
+        let (tx, rx) = mpsc::channel(2);
+        let reading = read_all(rx);
+        let pumped = pump(stream, tx, "blob", size).await;
+        (pumped, reading.await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn the_end_is_sent_only_for_a_whole_verified_blob() {
+        let (pumped, read) = pump_into_reader(chunks(vec![Ok(b"abc"), Ok(b"def")]), 6).await;
+        assert!(matches!(pumped, Pumped::Complete));
+        assert_eq!(read.unwrap(), b"abcdef");
+
+        // A digest mismatch comes as the stream's last item: the reader fails.
+        let mismatch = Error::DigestMismatch {
+            what: "blob".into(),
+            expected: "sha256:a".into(),
+            actual: "sha256:b".into(),
+        };
+        let (pumped, read) =
+            pump_into_reader(chunks(vec![Ok(b"abc"), Ok(b"def"), Err(mismatch)]), 6).await;
+        assert!(matches!(pumped, Pumped::Failed(Error::DigestMismatch { .. })));
+        assert!(read.unwrap_err().to_string().contains("digest mismatch"));
+
+        // Short.
+        let (pumped, read) = pump_into_reader(chunks(vec![Ok(b"abc")]), 6).await;
+        assert!(matches!(pumped, Pumped::Failed(Error::SizeMismatch { actual: 3, .. })));
+        assert!(read.is_err());
+
+        // Long: refused at the first byte too many, the rest not read.
+        let polled = Arc::new(AtomicUsize::new(0));
+        let counting = {
+            let polled = polled.clone();
+            futures::stream::repeat_with(move || {
+                polled.fetch_add(1, Ordering::SeqCst);
+                Ok(Bytes::from_static(b"abcd"))
+            })
+        };
+        let (pumped, read) = pump_into_reader(counting, 6).await;
+        assert!(matches!(pumped, Pumped::Failed(Error::SizeMismatch { actual: 8, .. })));
+        assert!(read.is_err());
+        assert_eq!(polled.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_stopped_unpacker_stops_the_download() {
+        let polled = Arc::new(AtomicUsize::new(0));
+        let endless = {
+            let polled = polled.clone();
+            futures::stream::repeat_with(move || {
+                polled.fetch_add(1, Ordering::SeqCst);
+                Ok(Bytes::from_static(b"abcd"))
+            })
+        };
+        let (tx, rx) = mpsc::channel(2);
+        // An unpacker that reads a little and gives up.
+        let unpacker = tokio::task::spawn_blocking(move || {
+            let mut reader = ChannelReader::new(rx);
+            let mut buf = [0u8; 4];
+            reader.read_exact(&mut buf).unwrap();
+        });
+        let pumped = pump(endless, tx, "blob", u64::MAX).await;
+        unpacker.await.unwrap();
+        assert!(matches!(pumped, Pumped::UnpackerStopped));
+        // What the channel holds, and the chunk that found it closed.
+        assert!(polled.load(Ordering::SeqCst) <= 4, "{}", polled.load(Ordering::SeqCst));
+    }
+
+    fn service(root: &Path) -> ImageService {
+        ImageService::open(ImageServiceOptions {
+            root: root.to_path_buf(),
+            registry: RegistryConfig::default(),
+            pinned: Vec::new(),
+            unpack: UnpackOptions::default(),
+        })
+        .unwrap()
+    }
+
+    /// A one-file layer as a snapshot; returns its chain id.
+    fn snapshot(service: &ImageService, name: &str) -> Digest {
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_mode(0o644);
+        header.set_size(name.len() as u64);
+        builder.append_data(&mut header, name, name.as_bytes()).unwrap();
+        let tar = builder.into_inner().unwrap();
+        let diff_id = Digest::of(&tar);
+        let options = UnpackOptions::default();
+        service.snapshots.unpack(&diff_id, None, &diff_id, &tar[..], name, &options).unwrap();
+        diff_id
+    }
+
+    /// Blobs and a record for an image on `chain`.
+    fn record(service: &ImageService, name: &str, chain: &Digest) -> ImageRecord {
+        let config = format!("{{\"config\":\"{name}\"}}").into_bytes();
+        let manifest = format!("{{\"manifest\":\"{name}\"}}").into_bytes();
+        let (id, manifest_digest) = (Digest::of(&config), Digest::of(&manifest));
+        service.content.put(&id, None, &config).unwrap();
+        service.content.put(&manifest_digest, None, &manifest).unwrap();
+        ImageRecord {
+            id: id.clone(),
+            repo_tags: vec![format!("x.io/{name}:1")],
+            repo_digests: vec![format!("x.io/{name}@{manifest_digest}")],
+            manifest_digest,
+            config_digest: id,
+            layers: vec![LayerRecord {
+                digest: Digest::of(name.as_bytes()),
+                diff_id: chain.clone(),
+                chain_id: chain.clone(),
+                size: 1,
+                media_type: "application/vnd.oci.image.layer.v1.tar".into(),
+            }],
+            size: 1,
+            user: String::new(),
+            created_unix_nanos: 1,
+            pinned: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn open_collects_what_no_image_uses() {
+        let dir = tempfile::tempdir().unwrap();
+        let (kept, kept_chain, orphan, orphan_blob) = {
+            let service = service(dir.path());
+            let kept_chain = snapshot(&service, "kept");
+            let kept = service.index().unwrap().upsert(record(&service, "kept", &kept_chain));
+            // What a failed pull, or a crash between a removal and its GC, leaves.
+            let orphan = snapshot(&service, "orphan");
+            let orphan_blob = Digest::of(b"orphan");
+            service.content.put(&orphan_blob, None, b"orphan").unwrap();
+            (kept.unwrap(), kept_chain, orphan, orphan_blob)
+        };
+        let service = service(dir.path());
+        assert!(service.snapshots.exists(&kept_chain));
+        assert!(!service.snapshots.exists(&orphan));
+        assert!(!service.content.contains(&orphan_blob));
+        assert!(
+            service.content.contains(&kept.id) && service.content.contains(&kept.manifest_digest)
+        );
+        assert_eq!(service.list().unwrap(), [kept]);
+    }
+
+    #[tokio::test]
+    async fn removing_an_unknown_image_still_collects() {
+        let dir = tempfile::tempdir().unwrap();
+        let service = service(dir.path());
+        let orphan = snapshot(&service, "orphan");
+        service.remove("x.io/nothing:1").await.unwrap();
+        assert!(!service.snapshots.exists(&orphan));
+    }
+
+    #[tokio::test]
+    async fn gc_spares_what_a_pull_in_progress_holds_without_waiting_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let service = service(dir.path());
+        let chain = snapshot(&service, "pulling");
+        let blob = Digest::of(b"config being pulled");
+        service.content.put(&blob, None, b"config being pulled").unwrap();
+        let mut pull = service.in_use.guard();
+        pull.hold_chains([chain.clone()]);
+        pull.hold_blobs([blob.clone()]);
+        let mut other = service.in_use.guard();
+        other.hold_chains([chain.clone()]);
+
+        tokio::time::timeout(Duration::from_secs(10), service.collect_garbage())
+            .await
+            .expect("GC does not wait for pulls")
+            .unwrap();
+        assert!(service.snapshots.exists(&chain) && service.content.contains(&blob));
+        // Held until the last holder lets go.
+        drop(pull);
+        service.collect_garbage().await.unwrap();
+        assert!(service.snapshots.exists(&chain) && !service.content.contains(&blob));
+        drop(other);
+        assert_eq!(service.in_use.held(), (HashSet::new(), HashSet::new()));
+        service.collect_garbage().await.unwrap();
+        assert!(!service.snapshots.exists(&chain));
+    }
+
+    #[tokio::test]
+    async fn commit_records_only_when_every_snapshot_is_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let service = service(dir.path());
+        let chain = snapshot(&service, "a");
+        let image = record(&service, "a", &chain);
+        let config = service.content.get(&image.id).unwrap();
+        let blobs = vec![(image.id.clone(), config)];
+        // Collected since the pull found it: not recorded, and the pull fetches it again.
+        let detached = service.snapshots.detach(&chain).unwrap().unwrap();
+        service.content.remove(&image.id).unwrap();
+        let chains = vec![chain.clone()];
+        let recorded =
+            commit(service.collector(), chains.clone(), blobs.clone(), image.clone()).await;
+        assert_eq!(recorded.unwrap(), None);
+        assert!(service.list().unwrap().is_empty());
+        service.snapshots.purge(&detached).unwrap();
+
+        snapshot(&service, "a");
+        let recorded = commit(service.collector(), chains, blobs, image.clone()).await.unwrap();
+        assert_eq!(recorded.as_ref(), Some(&image));
+        assert!(service.content.contains(&image.id));
+        assert_eq!(service.list().unwrap(), [image]);
+    }
+
+    #[tokio::test]
+    async fn find_and_remove_by_id_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let service = service(dir.path());
+        let chain = snapshot(&service, "a");
+        let image = service.index().unwrap().upsert(record(&service, "a", &chain)).unwrap();
+        let prefix = &image.id.hex()[..13];
+        assert_eq!(service.find(prefix).unwrap().map(|r| r.id), Some(image.id.clone()));
+        assert_eq!(service.find(&image.id.hex()[..11]).unwrap(), None);
+        service.remove(prefix).await.unwrap();
+        assert!(service.list().unwrap().is_empty());
+        assert!(!service.snapshots.exists(&chain));
+        assert!(!service.content.contains(&image.id));
+    }
+
+    #[tokio::test]
+    async fn a_digest_reference_does_not_find_the_image_its_tag_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let service = service(dir.path());
+        let chain = snapshot(&service, "a");
+        let image = service.index().unwrap().upsert(record(&service, "a", &chain)).unwrap();
+        assert!(service.find("x.io/a:1").unwrap().is_some());
+        assert_eq!(service.find(&format!("x.io/a:1@sha256:{HEX}")).unwrap(), None);
+        let by_digest = format!("x.io/a:1@{}", image.manifest_digest);
+        assert_eq!(service.find(&by_digest).unwrap().map(|r| r.id), Some(image.id));
     }
 }

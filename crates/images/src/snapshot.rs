@@ -241,6 +241,17 @@ impl SnapshotStore {
     /// half snapshot looking valid, then removed without following symlinks. Missing is Ok.
     /// The caller makes sure no mount uses it.
     pub fn remove(&self, chain_id: &Digest) -> Result<()> {
+        match self.detach(chain_id)? {
+            Some(detached) => self.purge(&detached),
+            None => Ok(()),
+        }
+    }
+
+    /// The quick half of [`remove`](Self::remove): renames the snapshot out of sight (it no
+    /// longer exists for [`exists`](Self::exists), [`get`](Self::get) or [`list`](Self::list))
+    /// and returns the temp name to hand to [`purge`](Self::purge); None if it was not there.
+    /// A detached dir a crash leaves behind is removed when the store next opens.
+    pub fn detach(&self, chain_id: &Digest) -> Result<Option<OsString>> {
         let root = self.open_root()?;
         let path = self.root.join(chain_id.hex());
         let mut attempt = 0;
@@ -254,14 +265,28 @@ impl SnapshotStore {
                 RenameFlags::RENAME_NOREPLACE,
             ) {
                 Ok(()) => break name,
-                Err(Errno::ENOENT) => return Ok(()),
+                Err(Errno::ENOENT) => return Ok(None),
                 Err(Errno::EEXIST) if attempt < 8 => attempt += 1,
                 Err(errno) => return Err(Error::io("removing", path)(errno.into())),
             }
         };
         sync_dir(&self.root)?;
-        remove_all_at(&root, &name).map_err(Error::io("removing", self.root.join(&name)))?;
-        debug!(%chain_id, "snapshot removed");
+        debug!(%chain_id, "snapshot detached");
+        Ok(Some(name))
+    }
+
+    /// The slow half of [`remove`](Self::remove): deletes what [`detach`](Self::detach)
+    /// renamed away.
+    pub fn purge(&self, detached: &OsStr) -> Result<()> {
+        if !detached.as_bytes().starts_with(TEMP_PREFIX.as_bytes()) {
+            return Err(Error::Internal(format!(
+                "{} is not a detached snapshot",
+                self.root.join(detached).display()
+            )));
+        }
+        let root = self.open_root()?;
+        remove_all_at(&root, detached).map_err(Error::io("removing", self.root.join(detached)))?;
+        debug!(path = %self.root.join(detached).display(), "detached snapshot removed");
         Ok(())
     }
 
@@ -523,6 +548,31 @@ mod tests {
         store.remove(&chain2).unwrap();
         assert!(entries(&store.root).is_empty());
         assert_eq!(store.usage().unwrap(), (0, 0));
+    }
+
+    #[test]
+    fn detach_hides_at_once_and_purge_deletes() {
+        let (temp, store) = store();
+        let tar = base_layer();
+        let diff_id = Digest::of(&tar);
+        let options = UnpackOptions::default();
+        store.unpack(&diff_id, None, &diff_id, &tar[..], "l1", &options).unwrap();
+
+        let detached = store.detach(&diff_id).unwrap().unwrap();
+        assert!(!store.exists(&diff_id));
+        assert!(store.list().unwrap().is_empty());
+        assert_eq!(entries(&store.root), [detached.to_str().unwrap()]);
+        assert_eq!(store.detach(&diff_id).unwrap(), None);
+        // Only detached dirs are purged.
+        assert!(store.purge(OsStr::new(diff_id.hex())).is_err());
+        store.purge(&detached).unwrap();
+        assert!(entries(&store.root).is_empty());
+
+        // What a crash between the two leaves goes when the store opens.
+        store.unpack(&diff_id, None, &diff_id, &tar[..], "l1", &options).unwrap();
+        store.detach(&diff_id).unwrap().unwrap();
+        let reopened = SnapshotStore::open(&temp.path().join("snapshots")).unwrap();
+        assert!(entries(&reopened.root).is_empty());
     }
 
     #[test]
