@@ -158,6 +158,21 @@ impl Node {
         })
     }
 
+    /// Runs the future `make` returns to completion on a thread of its own inside the node's
+    /// network namespace (a current-thread runtime there): pushes to the node's registries.
+    pub fn block_on<T: Send, F: std::future::Future<Output = T>>(
+        &self,
+        make: impl FnOnce() -> F + Send,
+    ) -> T {
+        self.in_netns(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for the node's network namespace")
+                .block_on(make())
+        })
+    }
+
     /// Runs `f` on a detached thread inside the node's network namespace: a server the test
     /// keeps running on the node's loopback (it ends with the test process).
     pub fn spawn_in_netns(&self, f: impl FnOnce() + Send + 'static) {

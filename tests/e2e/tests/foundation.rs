@@ -246,39 +246,34 @@ async fn the_node_registry_serves_the_test_images() {
     let registry = Registry::start(&node);
     let addr = registry.addr.clone();
     let expected = TestImages::get();
-    node.in_netns(|| {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        runtime.block_on(async {
-            images::push_all(&addr).await.expect("pushing the test images");
-            let client = oci_client::Client::new(oci_client::client::ClientConfig {
-                protocol: oci_client::client::ClientProtocol::Http,
-                ..Default::default()
-            });
-            let auth = oci_client::secrets::RegistryAuth::Anonymous;
-            for image in [&expected.oci, &expected.docker] {
-                let reference: oci_client::Reference = image.reference_at(&addr).parse().unwrap();
-                let accept = [image.manifest.media_type.as_str()];
-                let (bytes, digest) =
-                    client.pull_manifest_raw(&reference, &auth, &accept).await.unwrap();
-                assert_eq!(digest, image.digest(), "{}", image.reference);
-                assert_eq!(bytes.as_ref(), image.manifest.bytes.as_slice());
-            }
-            // The index resolves to this node's platform.
-            let reference: oci_client::Reference =
-                expected.multiarch.reference_at(&addr).parse().unwrap();
-            let (bytes, digest) = client
-                .pull_manifest_raw(&reference, &auth, &[images::MEDIA_OCI_INDEX])
-                .await
-                .unwrap();
-            assert_eq!(digest, expected.multiarch.digest());
-            let index: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-            let arches: Vec<&str> = index["manifests"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter_map(|m| m["platform"]["architecture"].as_str())
-                .collect();
-            assert_eq!(arches, ["amd64", "arm64"]);
+    node.block_on(|| async {
+        images::push_all(&addr).await.expect("pushing the test images");
+        let client = oci_client::Client::new(oci_client::client::ClientConfig {
+            protocol: oci_client::client::ClientProtocol::Http,
+            ..Default::default()
         });
+        let auth = oci_client::secrets::RegistryAuth::Anonymous;
+        for image in [&expected.oci, &expected.docker] {
+            let reference: oci_client::Reference = image.reference_at(&addr).parse().unwrap();
+            let accept = [image.manifest.media_type.as_str()];
+            let (bytes, digest) =
+                client.pull_manifest_raw(&reference, &auth, &accept).await.unwrap();
+            assert_eq!(digest, image.digest(), "{}", image.reference);
+            assert_eq!(bytes.as_ref(), image.manifest.bytes.as_slice());
+        }
+        // The index resolves to this node's platform.
+        let reference: oci_client::Reference =
+            expected.multiarch.reference_at(&addr).parse().unwrap();
+        let (bytes, digest) =
+            client.pull_manifest_raw(&reference, &auth, &[images::MEDIA_OCI_INDEX]).await.unwrap();
+        assert_eq!(digest, expected.multiarch.digest());
+        let index: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        let arches: Vec<&str> = index["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|m| m["platform"]["architecture"].as_str())
+            .collect();
+        assert_eq!(arches, ["amd64", "arm64"]);
     });
 }

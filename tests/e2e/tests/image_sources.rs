@@ -17,19 +17,8 @@ use nix::sys::signal::Signal;
 use oci_client::secrets::RegistryAuth;
 use tonic::Code;
 
-/// Runs the future `make` returns inside the node's network namespace, where its registries are.
-fn block_on_in<T: Send, F: std::future::Future<Output = T>>(
-    node: &Node,
-    make: impl FnOnce() -> F + Send,
-) -> T {
-    node.in_netns(|| {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        runtime.block_on(make())
-    })
-}
-
 fn push(node: &Node, registry: &str, image: &TestImage) {
-    block_on_in(node, || images::push_image(registry, image)).expect("pushing a test image");
+    node.block_on(|| images::push_image(registry, image)).expect("pushing a test image");
 }
 
 /// `image` under another repository name, as a mirror with a namespace prefix holds it.
@@ -53,7 +42,7 @@ async fn zstd_and_uncompressed_layers_unpack_to_the_same_snapshots() {
     let node = Node::start();
     let registry = Registry::start(&node);
     let all = TestImages::get();
-    block_on_in(&node, || images::push_extra(&registry.addr)).unwrap();
+    node.block_on(|| images::push_extra(&registry.addr)).unwrap();
     push(&node, &registry.addr, &all.oci);
     let daemon = Berthd::start(&node).await;
     let mut cri = daemon.client().await;
@@ -73,7 +62,7 @@ async fn registry_credentials_from_the_request_or_the_node_file() {
     let locked = Registry::start_with_auth(&node, "127.0.0.1:5002", USER, PASSWORD);
     let oci = &TestImages::get().oci;
     let pusher = Pusher::with_auth(&locked.addr, RegistryAuth::Basic(USER.into(), PASSWORD.into()));
-    block_on_in(&node, || pusher.push(oci)).unwrap();
+    node.block_on(|| pusher.push(oci)).unwrap();
     let reference = oci.reference_at(&locked.addr);
 
     let daemon = Berthd::start(&node).await;
@@ -224,7 +213,7 @@ async fn a_pull_interrupted_by_kill_9_leaves_nothing_half_done() {
 async fn hostile_layers_are_refused_and_write_nothing_outside() {
     let node = Node::start();
     let registry = Registry::start(&node);
-    block_on_in(&node, || crafted::push_hostile(&registry.addr)).unwrap();
+    node.block_on(|| crafted::push_hostile(&registry.addr)).unwrap();
     let daemon = Berthd::start(&node).await;
     let mut cri = daemon.client().await;
     let shadow_links = std::fs::metadata("/etc/shadow").map(|m| m.nlink()).unwrap_or(0);

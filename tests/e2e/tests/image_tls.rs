@@ -22,11 +22,7 @@ fn setup() -> Setup {
     let (registry, ca) = Registry::start_with_tls(&node, TLS_REGISTRY_ADDR);
     let pusher = Pusher::with_tls(&registry.addr, ca.ca_pem.clone());
     let oci = oci();
-    node.in_netns(|| {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        runtime.block_on(pusher.push(oci))
-    })
-    .expect("pushing over HTTPS with the test CA");
+    node.block_on(|| pusher.push(oci)).expect("pushing over HTTPS with the test CA");
     Setup { registry, ca, node }
 }
 

@@ -66,10 +66,7 @@ impl Env {
 }
 
 fn push_all(node: &Node, addr: &str) {
-    node.in_netns(|| {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        runtime.block_on(images::push_all(addr)).expect("pushing the test images");
-    });
+    node.block_on(|| images::push_all(addr)).expect("pushing the test images");
 }
 
 #[tokio::test]

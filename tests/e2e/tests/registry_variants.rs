@@ -31,25 +31,21 @@ fn registry_variants_serve_what_the_pull_tests_need() {
     let oci = &images.oci;
     let many = crafted::many_files(1_500);
 
-    node.in_netns(|| {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        runtime.block_on(async {
-            // htpasswd over plain HTTP: no password, no push.
-            let err = images::push_image(&locked.addr, oci).await.unwrap_err();
-            assert!(format!("{err:?}").contains("401"), "{err:?}");
-            let wrong =
-                Pusher::with_auth(&locked.addr, RegistryAuth::Basic(USER.into(), "x".into()));
-            assert!(wrong.push(oci).await.is_err());
-            let right = Pusher::with_auth(
-                &locked.addr,
-                RegistryAuth::Basic(USER.to_owned(), PASSWORD.to_owned()),
-            );
-            right.push(oci).await.expect("pushing with the password");
+    node.block_on(|| async {
+        // htpasswd over plain HTTP: no password, no push.
+        let err = images::push_image(&locked.addr, oci).await.unwrap_err();
+        assert!(format!("{err:?}").contains("401"), "{err:?}");
+        let wrong = Pusher::with_auth(&locked.addr, RegistryAuth::Basic(USER.into(), "x".into()));
+        assert!(wrong.push(oci).await.is_err());
+        let right = Pusher::with_auth(
+            &locked.addr,
+            RegistryAuth::Basic(USER.to_owned(), PASSWORD.to_owned()),
+        );
+        right.push(oci).await.expect("pushing with the password");
 
-            images::push_extra(&mirror.addr).await.expect("pushing zstd and plain");
-            crafted::push_hostile(&mirror.addr).await.expect("pushing the hostile images");
-            images::push_image(&mirror.addr, &many.image).await.expect("pushing many-files");
-        });
+        images::push_extra(&mirror.addr).await.expect("pushing zstd and plain");
+        crafted::push_hostile(&mirror.addr).await.expect("pushing the hostile images");
+        images::push_image(&mirror.addr, &many.image).await.expect("pushing many-files");
     });
 
     // What the registries now serve, byte for byte.
