@@ -24,12 +24,14 @@ pub fn binary() -> &'static Path {
         if let Some(path) = std::env::var_os("BERTHD") {
             return PathBuf::from(path);
         }
-        // target/<profile>/deps/<test binary> → target/<profile>
+        // A test runs from target/<profile>/deps, a binary (the bench) from target/<profile>.
         let exe = std::env::current_exe().expect("locating the test binary");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("the test binary lives in target/<profile>/deps");
+        let dir = exe.parent().expect("the test binary lives in target/");
+        let profile_dir = if dir.file_name().is_some_and(|name| name == "deps") {
+            dir.parent().unwrap_or(dir)
+        } else {
+            dir
+        };
         let release = profile_dir.file_name().is_some_and(|name| name == "release");
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut build = std::process::Command::new(cargo);

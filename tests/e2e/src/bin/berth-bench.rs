@@ -205,37 +205,17 @@ async fn interruptible<T>(
 /// So build berthd here in the bench's own profile and hand it over in `BERTHD`, unless the
 /// caller already set that.
 fn prepare_berthd() -> Result<(), Error> {
-    if std::env::var_os("BERTHD").is_some() {
-        return Ok(());
-    }
-    let exe = std::env::current_exe()?;
-    let profile_dir = exe.parent().ok_or("the bench binary has no directory")?;
-    let release = profile_dir.file_name().is_some_and(|name| name == "release");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut build = Command::new(cargo);
-    build
-        .args(["build", "--quiet", "-p", "berth-cri-server", "--bin", "berthd"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-    if release {
-        build.arg("--release");
-    }
     let started = Instant::now();
-    let status = build.status().map_err(|err| format!("running cargo build for berthd: {err}"))?;
-    if !status.success() {
-        return Err("building berthd failed".into());
-    }
-    let binary = profile_dir.join("berthd");
+    // Built in the bench's own profile (a no-op when fresh); BERTHD=/path runs another.
+    let binary = berth_e2e::berthd::binary();
     if !binary.exists() {
-        return Err(format!("no berthd at {} after the build", binary.display()).into());
+        return Err(format!("no berthd at {}", binary.display()).into());
     }
     eprintln!(
-        "berth-bench: berthd {} ({} build, checked in {:.1} s)",
+        "berth-bench: berthd {} (checked in {:.1} s)",
         binary.display(),
-        if release { "release" } else { "debug" },
         started.elapsed().as_secs_f64()
     );
-    // SAFETY (edition 2021: not `unsafe` yet): no other thread runs so far.
-    std::env::set_var("BERTHD", &binary);
     Ok(())
 }
 
