@@ -10,6 +10,8 @@ packages=(
   busybox-static              # the test images are built from it
   runc crun                   # external OCI runtime handlers
   iproute2                    # the e2e nodes' network setup
+  iptables                    # portmap's rules inside the test nodes
+  procps util-linux           # sysctl, nsenter and mount in the e2e tests
 )
 
 missing=()
