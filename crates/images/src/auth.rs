@@ -431,29 +431,16 @@ const OAUTH_ERRORS: &[&str] = &[
 ];
 
 /// A client with the endpoint's connection settings, as oci-client makes from
-/// [`Endpoint::client_config`]: scheme, certificate checks and extra CA certificates.
+/// [`Endpoint::client_config`]: certificate checks and extra CA certificates, and the client
+/// certificate of an endpoint that has one.
 fn http_client(endpoint: &Endpoint, timeout: Duration) -> Result<reqwest::Client> {
-    let config = endpoint.client_config()?;
-    let certificates = config
-        .extra_root_certificates
-        .iter()
-        .map(reqwest::Certificate::try_from)
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|err| Error::Config(format!("CA certificates for {}: {err}", endpoint.host)))?;
-    reqwest::Client::builder()
-        .danger_accept_invalid_certs(config.accept_invalid_certificates)
-        .tls_certs_merge(certificates)
-        .user_agent(config.user_agent)
-        .connect_timeout(timeout)
-        .timeout(timeout)
-        .build()
-        .map_err(|err| {
-            Error::Config(format!("HTTP client for {}: {}", endpoint.host, describe(&err)))
-        })
+    endpoint.http_client_builder()?.connect_timeout(timeout).timeout(timeout).build().map_err(
+        |err| Error::Config(format!("HTTP client for {}: {}", endpoint.host, describe(&err))),
+    )
 }
 
 /// An error with its causes, which reqwest keeps out of its own message.
-fn describe(err: &reqwest::Error) -> String {
+pub(crate) fn describe(err: &reqwest::Error) -> String {
     if err.is_timeout() {
         return "timed out".into();
     }
@@ -489,14 +476,16 @@ fn form_urlencoded(fields: &[(&str, &str)]) -> String {
 
 /// Where a registry's `Bearer` challenge sends clients for a token.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct BearerChallenge {
-    realm: String,
+pub(crate) struct BearerChallenge {
+    pub(crate) realm: String,
     /// Empty when the challenge names none.
-    service: String,
+    pub(crate) service: String,
 }
 
 /// The first `Bearer` challenge with a realm among `WWW-Authenticate` header values.
-fn bearer_challenge<'a>(headers: impl IntoIterator<Item = &'a str>) -> Option<BearerChallenge> {
+pub(crate) fn bearer_challenge<'a>(
+    headers: impl IntoIterator<Item = &'a str>,
+) -> Option<BearerChallenge> {
     headers
         .into_iter()
         .flat_map(parse_challenges)
@@ -511,7 +500,7 @@ fn bearer_challenge<'a>(headers: impl IntoIterator<Item = &'a str>) -> Option<Be
 /// The challenges of one `WWW-Authenticate` value (RFC 9110 section 11.6.1): schemes, each
 /// with its parameters by lower-cased name. Values may be quoted strings, holding commas and
 /// escaped quotes, or bare tokens; a token68 after a scheme is skipped.
-fn parse_challenges(header: &str) -> Vec<(String, BTreeMap<String, String>)> {
+pub(crate) fn parse_challenges(header: &str) -> Vec<(String, BTreeMap<String, String>)> {
     let mut challenges: Vec<(String, BTreeMap<String, String>)> = Vec::new();
     let mut chars = header.chars().peekable();
     let is_delimiter = |c: char| c == ',' || c == '=' || c == '"' || c.is_whitespace();

@@ -122,15 +122,10 @@ impl RegistryHosts {
 
 impl Endpoint {
     /// oci-client settings for this endpoint. Reads the CA file, so call it when a client is
-    /// made, not per request.
+    /// made, not per request. oci-client has no client identity setting: an endpoint with a
+    /// client certificate is fetched from by [`crate::direct`] instead, whose client
+    /// [`Endpoint::http_client_builder`] sets up.
     pub fn client_config(&self) -> Result<ClientConfig> {
-        if let Some((cert, _)) = &self.client_cert {
-            return Err(Error::Config(format!(
-                "client_cert_file {} for {}: client certificates are not supported yet",
-                cert.display(),
-                self.host
-            )));
-        }
         let mut extra_root_certificates = Vec::new();
         if let Some(path) = &self.ca_file {
             let data = std::fs::read(path).map_err(Error::io("reading CA file", path))?;
@@ -149,6 +144,47 @@ impl Endpoint {
             accept_invalid_certificates: self.skip_verify,
             extra_root_certificates,
             ..ClientConfig::default()
+        })
+    }
+
+    /// A reqwest client builder with this endpoint's TLS settings: certificate checks, the CA
+    /// file, and the client certificate for mutual TLS. Reads those files.
+    pub fn http_client_builder(&self) -> Result<reqwest::ClientBuilder> {
+        let config = self.client_config()?;
+        let certificates = config
+            .extra_root_certificates
+            .iter()
+            .map(reqwest::Certificate::try_from)
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|err| Error::Config(format!("CA certificates for {}: {err}", self.host)))?;
+        let mut builder = reqwest::Client::builder()
+            .danger_accept_invalid_certs(config.accept_invalid_certificates)
+            .tls_certs_merge(certificates)
+            .user_agent(config.user_agent);
+        if let Some(identity) = self.identity()? {
+            builder = builder.identity(identity);
+        }
+        Ok(builder)
+    }
+
+    /// The client certificate and key, for mutual TLS: both PEM files, read and joined.
+    fn identity(&self) -> Result<Option<reqwest::Identity>> {
+        let Some((cert, key)) = &self.client_cert else { return Ok(None) };
+        let mut pem = std::fs::read(cert).map_err(Error::io("reading client_cert_file", cert))?;
+        if !pem.windows(CERT_PEM_MARKER.len()).any(|w| w == CERT_PEM_MARKER) {
+            return Err(Error::Corrupt {
+                path: cert.clone(),
+                reason: "no PEM certificate (-----BEGIN CERTIFICATE-----) in client_cert_file"
+                    .into(),
+            });
+        }
+        if !pem.ends_with(b"\n") {
+            pem.push(b'\n');
+        }
+        pem.extend(std::fs::read(key).map_err(Error::io("reading client_key_file", key))?);
+        reqwest::Identity::from_pem(&pem).map(Some).map_err(|err| Error::Corrupt {
+            path: key.clone(),
+            reason: format!("client certificate {} and key: {err}", cert.display()),
         })
     }
 
@@ -377,18 +413,26 @@ mod tests {
         let err = config_error(&bad).to_string();
         assert!(err.contains("junk.pem") && err.contains("no PEM certificate"), "{err}");
 
+        // A client certificate is no reason to refuse the oci-client settings.
         let mtls = Endpoint {
             client_cert: Some(("/c.pem".into(), "/k.pem".into())),
             ..origin("r.io", "x")
         };
-        let err = config_error(&mtls);
-        assert!(matches!(err, Error::Config(_)));
-        let err = err.to_string();
-        assert!(
-            err.contains("client_cert_file")
-                && err.contains("/c.pem")
-                && err.contains("not supported"),
-            "{err}"
-        );
+        assert!(mtls.client_config().is_ok());
+        // Its files are read when the direct client is set up, and named when missing.
+        let err = match mtls.http_client_builder() {
+            Ok(_) => panic!("no such client certificate"),
+            Err(err) => err.to_string(),
+        };
+        assert!(err.contains("/c.pem"), "{err}");
+        let cert = dir.path().join("c.pem");
+        std::fs::write(&cert, "not a certificate").unwrap();
+        let bad =
+            Endpoint { client_cert: Some((cert, dir.path().join("k.pem"))), ..origin("r.io", "x") };
+        let err = match bad.http_client_builder() {
+            Ok(_) => panic!("no client certificate"),
+            Err(err) => err.to_string(),
+        };
+        assert!(err.contains("c.pem") && err.contains("no PEM certificate"), "{err}");
     }
 }

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod config;
 pub mod content;
 pub mod digest;
+mod direct;
 pub mod error;
 pub mod fsutil;
 pub mod hosts;

@@ -15,6 +15,7 @@ use oci_client::Client;
 
 use crate::auth::{registry_auth, Credentials};
 use crate::digest::Digest;
+use crate::direct::Direct;
 use crate::error::{Error, Result};
 use crate::hosts::{Endpoint, RegistryHosts};
 use crate::manifest::{self, Descriptor, Fetched, Manifest, Platform};
@@ -37,10 +38,17 @@ pub struct Remote {
 /// Where an image resolved: blobs come from the same endpoint as its manifest.
 pub struct Source {
     pub endpoint: Endpoint,
-    client: Arc<Client>,
+    transport: Transport,
     image: oci_client::Reference,
-    auth: RegistryAuth,
     stall: Duration,
+}
+
+/// How an endpoint is fetched from: oci-client, or, for an endpoint with a client certificate
+/// (which oci-client cannot present), berth's own small client.
+#[derive(Clone)]
+enum Transport {
+    Oci { client: Arc<Client>, auth: RegistryAuth },
+    Direct(Arc<Direct>),
 }
 
 pub struct Resolved {
@@ -120,8 +128,13 @@ impl Remote {
             };
             // So is a TLS configuration that cannot be loaded (a missing CA file, say): the
             // next endpoint may not need it.
-            let client = match self.client(&endpoint, &auth) {
-                Ok(client) => client,
+            let transport = match endpoint.client_cert {
+                Some(_) => Direct::new(&endpoint, auth, self.stall)
+                    .map(|direct| Transport::Direct(Arc::new(direct))),
+                None => self.client(&endpoint, &auth).map(|client| Transport::Oci { client, auth }),
+            };
+            let transport = match transport {
+                Ok(transport) => transport,
                 Err(err) => {
                     tracing::warn!(
                         host = %endpoint.host, mirror = endpoint.mirror, error = %err,
@@ -132,10 +145,9 @@ impl Remote {
                 }
             };
             let source = Source {
-                client,
+                transport,
                 image: endpoint.reference(reference),
                 endpoint,
-                auth,
                 stall: self.stall,
             };
             match source.resolve(reference).await {
@@ -232,29 +244,47 @@ impl Source {
     fn clone_source(&self) -> Source {
         Source {
             endpoint: self.endpoint.clone(),
-            client: self.client.clone(),
+            transport: self.transport.clone(),
             image: self.image.clone(),
-            auth: self.auth.clone(),
             stall: self.stall,
         }
     }
 
     async fn manifest(&self, image: &oci_client::Reference) -> Result<(Vec<u8>, String)> {
-        let fetch = self.client.pull_manifest_raw(image, &self.auth, manifest::ACCEPTED);
-        let (bytes, content_type) = tokio::time::timeout(self.stall, fetch)
-            .await
-            .map_err(|_| Error::Stalled {
-                what: format!("manifest {image} from {}", self.endpoint.host),
-                secs: self.stall.as_secs(),
-            })?
-            .map_err(|err| classify(&self.endpoint.host, &image.whole(), err))?;
+        let stalled = || Error::Stalled {
+            what: format!("manifest {image} from {}", self.endpoint.host),
+            secs: self.stall.as_secs(),
+        };
+        let (bytes, content_type) = match &self.transport {
+            Transport::Oci { client, auth } => {
+                let fetch = client.pull_manifest_raw(image, auth, manifest::ACCEPTED);
+                let (bytes, content_type) = tokio::time::timeout(self.stall, fetch)
+                    .await
+                    .map_err(|_| stalled())?
+                    .map_err(|err| classify(&self.endpoint.host, &image.whole(), err))?;
+                (bytes.to_vec(), content_type)
+            }
+            Transport::Direct(direct) => {
+                // A digest names the manifest exactly; otherwise the tag.
+                let tag_or_digest = image.digest().or(image.tag()).unwrap_or("latest");
+                let whole = image.whole();
+                let fetch = direct.manifest(
+                    image.repository(),
+                    tag_or_digest,
+                    manifest::ACCEPTED,
+                    &whole,
+                    MAX_MANIFEST_BYTES,
+                );
+                tokio::time::timeout(self.stall, fetch).await.map_err(|_| stalled())??
+            }
+        };
         if bytes.len() > MAX_MANIFEST_BYTES {
             return Err(Error::BadManifest {
                 reference: image.whole(),
                 reason: format!("manifest of {} bytes is too large", bytes.len()),
             });
         }
-        Ok((bytes.to_vec(), content_type))
+        Ok((bytes, content_type))
     }
 
     /// A small blob (an image config), verified against its descriptor.
@@ -278,7 +308,8 @@ impl Source {
     }
 
     /// A blob as a stream of chunks; the stream fails with `Stalled` when nothing arrives for
-    /// the stall timeout. The digest is verified here (by oci-client's `pull_blob_stream`):
+    /// the stall timeout. The digest is verified here (by oci-client's `pull_blob_stream`, or
+    /// by [`Direct::blob`] for an endpoint with a client certificate):
     /// the stream ends only after every byte hashed to the descriptor's digest, and a blob
     /// that does not ends with a `DigestMismatch` error instead. The caller checks the size.
     pub async fn blob(
@@ -289,16 +320,28 @@ impl Source {
         let stall = self.stall;
         let host = self.endpoint.host.clone();
         let digest = descriptor.digest.to_string();
-        let open = self.client.pull_blob_stream(&self.image, digest.as_str());
-        let sized = tokio::time::timeout(stall, open)
-            .await
-            .map_err(|_| Error::Stalled {
-                what: format!("{what} from {host}"),
-                secs: stall.as_secs(),
-            })?
-            .map_err(|err| classify(&host, what, err))?;
+        let stalled =
+            || Error::Stalled { what: format!("{what} from {host}"), secs: stall.as_secs() };
+        let inner: BoxStream<'static, Result<Bytes>> = match &self.transport {
+            Transport::Oci { client, .. } => {
+                let open = client.pull_blob_stream(&self.image, digest.as_str());
+                let sized = tokio::time::timeout(stall, open)
+                    .await
+                    .map_err(|_| stalled())?
+                    .map_err(|err| classify(&host, what, err))?;
+                let (host, what) = (host.clone(), what.to_string());
+                sized
+                    .stream
+                    .map(move |item| item.map_err(|err| stream_error(&host, &what, err)))
+                    .boxed()
+            }
+            Transport::Direct(direct) => {
+                let open = direct.blob(self.image.repository(), &descriptor.digest, what);
+                tokio::time::timeout(stall, open).await.map_err(|_| stalled())??
+            }
+        };
         let what = what.to_string();
-        let chunks = futures::stream::unfold(Some(sized.stream), move |stream| {
+        let chunks = futures::stream::unfold(Some(inner), move |stream| {
             let what = what.clone();
             let host = host.clone();
             async move {
@@ -313,7 +356,7 @@ impl Source {
                     )),
                     Ok(None) => None,
                     Ok(Some(Ok(chunk))) => Some((Ok(chunk), Some(stream))),
-                    Ok(Some(Err(err))) => Some((Err(stream_error(&host, &what, err)), None)),
+                    Ok(Some(Err(err))) => Some((Err(err), None)),
                 }
             }
         });

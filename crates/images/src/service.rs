@@ -301,8 +301,9 @@ impl ImageService {
             .await
             .map_err(|_| Error::Internal("download limit closed".into()))?;
         let what = format!("layer {} of {image}", layer.digest);
-        // oci-client verifies the blob's digest: the stream ends only once every byte hashed
-        // to the descriptor's digest, and a mismatch is its last item, an error.
+        // The source verifies the blob's digest (oci-client, or direct.rs for mutual TLS): the
+        // stream ends only once every byte hashed to the descriptor's digest, and a mismatch
+        // is its last item, an error.
         let stream = resolved.source.blob(&what, layer).await?;
 
         let (tx, rx) = mpsc::channel::<Piece>(UNPACK_QUEUE);

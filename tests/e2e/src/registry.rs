@@ -4,7 +4,8 @@
 //! Besides the default one on [`REGISTRY_ADDR`] a test may start more on other loopback ports
 //! of the same node (a mirror, [`Registry::start_on`]), one that wants a password
 //! ([`Registry::start_with_auth`]), one that serves HTTPS only, with a certificate from a test
-//! CA ([`Registry::start_with_tls`]), tamper with the blobs a registry stores
+//! CA ([`Registry::start_with_tls`]; [`Registry::start_with_mtls`] also wants a client
+//! certificate), tamper with the blobs a registry stores
 //! ([`Registry::corrupt_blob`]), or point a client at [`down_addr`], where nothing listens.
 
 use std::io::{Read, Write};
@@ -64,6 +65,23 @@ pub struct TestCa {
     pub cert_file: PathBuf,
     /// The server's private key (PKCS#8).
     pub key_file: PathBuf,
+    /// The CA's private key (PKCS#8), to issue client certificates with
+    /// ([`TestCa::issue_client_cert`]).
+    pub ca_key_file: PathBuf,
+}
+
+/// The CA's parameters: the same each time, so that an issuer can be made again from the key.
+fn test_ca_params() -> rcgen::CertificateParams {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyUsagePurpose};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.distinguished_name.push(DnType::CommonName, "berth e2e test CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    ca_params
 }
 
 impl TestCa {
@@ -71,20 +89,13 @@ impl TestCa {
     /// [`TLS_SERVER_NAMES`], written to `dir` as `ca.pem`, `server.pem` and `server-key.pem`.
     pub fn generate(dir: &Path) -> TestCa {
         use rcgen::{
-            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-            KeyPair, KeyUsagePurpose,
+            CertificateParams, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair, KeyUsagePurpose,
         };
 
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        ca_params.distinguished_name.push(DnType::CommonName, "berth e2e test CA");
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
+        let ca_params = test_ca_params();
         let ca_key = KeyPair::generate().expect("generating the test CA key");
         let ca_cert = ca_params.self_signed(&ca_key).expect("self-signing the test CA");
+        let ca_key_pem = ca_key.serialize_pem();
         let issuer = Issuer::new(ca_params, ca_key);
 
         let names: Vec<String> = TLS_SERVER_NAMES.iter().map(|n| n.to_string()).collect();
@@ -103,11 +114,41 @@ impl TestCa {
             ca_pem: ca_cert.pem(),
             cert_file: dir.join("server.pem"),
             key_file: dir.join("server-key.pem"),
+            ca_key_file: dir.join("ca-key.pem"),
         };
+        std::fs::write(&ca.ca_key_file, ca_key_pem).expect("writing the CA key");
         std::fs::write(&ca.ca_file, &ca.ca_pem).expect("writing the CA certificate");
         std::fs::write(&ca.cert_file, server_cert.pem()).expect("writing the server certificate");
         std::fs::write(&ca.key_file, server_key.serialize_pem()).expect("writing the server key");
         ca
+    }
+}
+
+impl TestCa {
+    /// A client certificate (`CN=<name>`, clientAuth) signed by this CA, and its key, written
+    /// next to the CA as `<name>.pem` and `<name>-key.pem` (PKCS#8): what berthd's
+    /// `client_cert_file` and `client_key_file` name. Returns (certificate, key).
+    pub fn issue_client_cert(&self, name: &str) -> (PathBuf, PathBuf) {
+        use rcgen::{
+            CertificateParams, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair, KeyUsagePurpose,
+        };
+
+        let ca_key_pem = std::fs::read_to_string(&self.ca_key_file).expect("reading the CA key");
+        let ca_key = KeyPair::from_pem(&ca_key_pem).expect("the CA key");
+        let issuer = Issuer::new(test_ca_params(), ca_key);
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("client params");
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        let key = KeyPair::generate().expect("generating the client key");
+        let cert = params.signed_by(&key, &issuer).expect("signing the client certificate");
+        let dir = self.ca_file.parent().expect("the CA's directory");
+        let (cert_file, key_file) =
+            (dir.join(format!("{name}.pem")), dir.join(format!("{name}-key.pem")));
+        std::fs::write(&cert_file, cert.pem()).expect("writing the client certificate");
+        std::fs::write(&key_file, key.serialize_pem()).expect("writing the client key");
+        (cert_file, key_file)
     }
 }
 
@@ -140,7 +181,17 @@ impl Registry {
     /// with [`crate::images::Pusher::with_tls`] and the returned CA's `ca_pem`.
     pub fn start_with_tls(node: &Node, addr: &str) -> (Registry, TestCa) {
         let ca = TestCa::generate(&node.dir().join(registry_name(addr)).join("tls"));
-        (Registry::spawn(node, addr, None, Some(&ca)), ca)
+        (Registry::spawn(node, addr, None, Some((&ca, false))), ca)
+    }
+
+    /// As [`Registry::start_with_tls`], and the registry also wants a client certificate from
+    /// the same CA (`http.tls.clientcas`): a TLS handshake without one is refused. Issue one
+    /// with [`TestCa::issue_client_cert`]. Nothing can push to it (the pusher has no client
+    /// certificate): push to a [`Registry::start_with_tls`] registry on the same `addr` first,
+    /// drop it, and start this one, which serves the same storage.
+    pub fn start_with_mtls(node: &Node, addr: &str) -> (Registry, TestCa) {
+        let ca = TestCa::generate(&node.dir().join(registry_name(addr)).join("tls"));
+        (Registry::spawn(node, addr, None, Some((&ca, true))), ca)
     }
 
     /// Serves HTTPS only.
@@ -152,7 +203,7 @@ impl Registry {
         node: &Node,
         addr: &str,
         credentials: Option<(String, String)>,
-        tls: Option<&TestCa>,
+        tls: Option<(&TestCa, bool)>,
     ) -> Registry {
         let name = registry_name(addr);
         let dir = node.dir().join(&name);
@@ -171,12 +222,15 @@ impl Registry {
                 htpasswd.display()
             ));
         }
-        if let Some(ca) = tls {
+        if let Some((ca, client_certs)) = tls {
             config.push_str(&format!(
                 "  tls:\n    certificate: {}\n    key: {}\n",
                 ca.cert_file.display(),
                 ca.key_file.display()
             ));
+            if client_certs {
+                config.push_str(&format!("    clientcas:\n      - {}\n", ca.ca_file.display()));
+            }
         }
         let config_path = dir.join("config.yml");
         std::fs::write(&config_path, config).expect("writing the registry config");

@@ -1,10 +1,12 @@
 //! Pulls from a registry that serves HTTPS only, with a certificate from a CA made up for the
 //! test: trusted through `ca_file` (per host or in `[registry.default]`), not trusted at all,
 //! or not checked (`skip_verify`); and a loopback registry left at its plain-HTTP default,
-//! which must fail rather than be upgraded to HTTPS behind the user's back.
+//! which must fail rather than be upgraded to HTTPS behind the user's back. And a registry that
+//! also wants a client certificate (mutual TLS), which berthd presents from
+//! `client_cert_file` and `client_key_file`.
 
 use berth_e2e::berthd::Options;
-use berth_e2e::images::{Pusher, TestImage, TestImages};
+use berth_e2e::images::{self, Pusher, TestImage, TestImages};
 use berth_e2e::registry::{TestCa, TLS_REGISTRY_ADDR};
 use berth_e2e::{Berthd, Node, Registry};
 use tonic::Code;
@@ -110,4 +112,71 @@ async fn the_default_ca_file_applies_to_the_host() {
     let daemon = setup.berthd(config).await;
     let mut cri = daemon.client().await;
     assert_eq!(cri.pull(&setup.reference()).await.unwrap(), oci().config.digest);
+}
+
+/// A node with a registry on [`TLS_REGISTRY_ADDR`] that holds `busybox:oci` and wants a
+/// client certificate from its CA. The image is pushed to a TLS-only registry on the same
+/// storage first: the pusher has no client certificate.
+fn mtls_setup() -> Setup {
+    let node = Node::start();
+    {
+        let (registry, ca) = Registry::start_with_tls(&node, TLS_REGISTRY_ADDR);
+        let pusher = Pusher::with_tls(&registry.addr, ca.ca_pem.clone());
+        node.block_on(|| pusher.push(oci())).expect("pushing over HTTPS with the test CA");
+    }
+    let (registry, ca) = Registry::start_with_mtls(&node, TLS_REGISTRY_ADDR);
+    Setup { registry, ca, node }
+}
+
+impl Setup {
+    /// The host table for the mTLS registry: its CA, and a client certificate from it.
+    fn mtls_host_table(&self) -> String {
+        let (cert, key) = self.ca.issue_client_cert("berthd");
+        self.host_table(&format!(
+            "plain_http = false\nca_file = {:?}\nclient_cert_file = {cert:?}\nclient_key_file = {key:?}\n",
+            self.ca.ca_file
+        ))
+    }
+}
+
+#[tokio::test]
+async fn the_client_certificate_is_presented() {
+    let setup = mtls_setup();
+    let daemon = setup.berthd(setup.mtls_host_table()).await;
+    let mut cri = daemon.client().await;
+    let reference = setup.reference();
+    assert_eq!(cri.pull(&reference).await.unwrap(), oci().config.digest);
+    let image = cri.image(&reference).await.expect("the pulled image");
+    assert_eq!(image.repo_tags, vec![reference]);
+}
+
+#[tokio::test]
+async fn without_a_client_certificate_the_handshake_is_refused() {
+    let setup = mtls_setup();
+    let config =
+        setup.host_table(&format!("plain_http = false\nca_file = {:?}\n", setup.ca.ca_file));
+    let daemon = setup.berthd(config).await;
+    let mut cri = daemon.client().await;
+    let reference = setup.reference();
+    let err = cri.pull(&reference).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err}");
+    assert!(err.message().contains(&format!("https://{}/", setup.registry.addr)), "{err}");
+    assert!(cri.image(&reference).await.is_none(), "nothing pulled");
+}
+
+#[tokio::test]
+async fn blob_digests_are_verified_over_mutual_tls() {
+    let setup = mtls_setup();
+    let layer = &oci().layers[2];
+    setup.registry.replace_blob(&layer.digest, &images::impostor_layer(layer));
+    let daemon = setup.berthd(setup.mtls_host_table()).await;
+    let mut cri = daemon.client().await;
+    let reference = setup.reference();
+    let err = cri.pull(&reference).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+    assert!(
+        err.message().contains("digest mismatch") && err.message().contains(&layer.digest),
+        "{err}"
+    );
+    assert!(cri.image(&reference).await.is_none(), "nothing pulled");
 }
