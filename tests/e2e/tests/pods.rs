@@ -838,3 +838,60 @@ async fn sysctls_of_the_pod_interface_apply_once_cni_made_it() {
     env.cri.stop_pod(&id).await.unwrap();
     env.cri.remove_pod(&id).await.unwrap();
 }
+
+/// A plugin placed last in the chain that takes its time on ADD and passes the result on.
+fn slow_plugin(node: &Node) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = node.dir().join("slow-cni-bin");
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = "#!/usr/bin/env python3\n\
+        import json, os, sys, time\n\
+        conf = json.load(sys.stdin)\n\
+        if os.environ.get('CNI_COMMAND') == 'ADD':\n    time.sleep(2)\n\
+        print(json.dumps(conf.get('prevResult') or {'cniVersion': conf['cniVersion']}))\n";
+    let path = dir.join("berth-e2e-slow");
+    std::fs::write(&path, script).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn a_client_that_gives_up_does_not_leave_a_half_built_pod() {
+    let node = Node::start();
+    let bin = slow_plugin(&node);
+    let options = Options { cni_bin_dirs: vec![bin], ..Default::default() };
+    let daemon = Berthd::start_with(&node, options).await;
+    let net = BridgeNetwork::for_daemon(&daemon);
+    let mut conflist: serde_json::Value = serde_json::from_str(&net.conflist()).unwrap();
+    conflist["plugins"].as_array_mut().unwrap().push(serde_json::json!({"type": "berth-e2e-slow"}));
+    cni::install(&daemon, &conflist.to_string());
+    let cri = daemon.client().await;
+    let mut env = Env { cri, daemon, net, node };
+
+    // The kubelet's deadline passes while CNI is still at work.
+    let web = pod("web");
+    let mut request = tonic::Request::new(berth_cri_server::proto::RunPodSandboxRequest {
+        config: Some(web.config.clone()),
+        runtime_handler: String::new(),
+    });
+    request.set_timeout(Duration::from_millis(300));
+    let err = env.cri.runtime.run_pod_sandbox(request).await.unwrap_err();
+    assert!(matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled), "{err}");
+
+    // The setup still runs to the end: the pod is there, Ready, and owns its name.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let id = loop {
+        let pods = env.cri.list_pods(None).await;
+        if let Some(pod) = pods.iter().find(|p| p.state() == PodSandboxState::SandboxReady) {
+            break pod.id.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "the pod never became ready: {pods:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    env.ip(&id).await;
+    let err = env.cri.run_pod(&web).await.unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists, "{err}");
+    assert!(err.message().contains(&id), "{err}");
+    env.stop_and_remove(&id).await;
+    env.assert_nothing_left();
+}
