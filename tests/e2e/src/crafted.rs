@@ -505,17 +505,9 @@ impl XorShift {
 mod tests {
     use std::collections::BTreeMap;
 
-    use flate2::read::GzDecoder;
-
     use super::*;
     use crate::images::sha256_digest;
-
-    /// Gunzips with a decoder that checks the trailer's CRC and size.
-    fn gunzip(blob: &Blob) -> Vec<u8> {
-        let mut out = vec![];
-        GzDecoder::new(blob.bytes.as_slice()).read_to_end(&mut out).unwrap();
-        out
-    }
+    use crate::images::tests::gunzip;
 
     struct Raw {
         path: Vec<u8>,

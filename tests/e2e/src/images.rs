@@ -963,7 +963,7 @@ fn index(reference: &'static str, children: Vec<TestImage>) -> Result<TestImage,
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::BTreeSet;
     use std::io::Read;
 
@@ -972,7 +972,8 @@ mod tests {
 
     use super::*;
 
-    fn gunzip(blob: &Blob) -> Vec<u8> {
+    /// Gunzips with a decoder that checks the trailer's CRC and size.
+    pub(crate) fn gunzip(blob: &Blob) -> Vec<u8> {
         let mut out = vec![];
         GzDecoder::new(blob.bytes.as_slice()).read_to_end(&mut out).unwrap();
         out

@@ -293,6 +293,14 @@ fn bench_berthd(
     Ok(())
 }
 
+/// The socket path of `--endpoint unix:///path`.
+fn endpoint_socket(endpoint: &str) -> Result<PathBuf, Error> {
+    let socket = endpoint
+        .strip_prefix("unix://")
+        .ok_or_else(|| format!("--endpoint {endpoint:?}: only unix:///path is supported"))?;
+    Ok(PathBuf::from(socket))
+}
+
 /// Another runtime on `endpoint`, the registry on the host's loopback.
 fn bench_endpoint(
     runtime: &tokio::runtime::Runtime,
@@ -300,10 +308,7 @@ fn bench_endpoint(
     args: &PullArgs,
     endpoint: &str,
 ) -> Result<(), Error> {
-    let socket = endpoint
-        .strip_prefix("unix://")
-        .ok_or_else(|| format!("--endpoint {endpoint:?}: only unix:///path is supported"))?;
-    let socket = PathBuf::from(socket);
+    let socket = endpoint_socket(endpoint)?;
     let registry = HostRegistry::start()?;
     check_interrupted()?;
     let image = build_image(args);
@@ -470,10 +475,7 @@ fn pods_endpoint(
     args: &PodsArgs,
     endpoint: &str,
 ) -> Result<(), Error> {
-    let socket = endpoint
-        .strip_prefix("unix://")
-        .ok_or_else(|| format!("--endpoint {endpoint:?}: only unix:///path is supported"))?;
-    let socket = PathBuf::from(socket);
+    let socket = endpoint_socket(endpoint)?;
     let tag = run_tag();
     let cri = runtime.block_on(interruptible(interrupt, async {
         let mut cri = Cri::connect(&socket)
