@@ -1,0 +1,5 @@
+//! Containers: their records, OCI specs, cgroups and lifecycle.
+
+pub mod types;
+
+pub use types::*;
