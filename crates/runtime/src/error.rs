@@ -36,6 +36,9 @@ pub enum Error {
     FailedPrecondition(String),
     #[error("{0}")]
     Internal(String),
+    /// A deadline the request set passed (ExecSync's `timeout`).
+    #[error("{0}")]
+    Timeout(String),
     /// No usable CNI network configuration or plugin; the reason names the directories.
     #[error("network not ready: {0}")]
     NetworkNotReady(String),
@@ -64,6 +67,7 @@ impl Error {
             Error::AlreadyExists(_) => ErrorKind::AlreadyExists,
             Error::FailedPrecondition(_) => ErrorKind::FailedPrecondition,
             Error::Internal(_) => ErrorKind::Internal,
+            Error::Timeout(_) => ErrorKind::DeadlineExceeded,
             Error::Io { .. } | Error::Cgroup(_) => ErrorKind::Internal,
             Error::NetworkNotReady(_) => ErrorKind::FailedPrecondition,
             // CNI code 11 is "try again later".

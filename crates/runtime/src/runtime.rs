@@ -6,6 +6,7 @@ use crate::cgroups::CgroupLayout;
 use std::sync::Arc;
 
 use crate::cni::{self, Cni, NetworkLookup};
+use crate::container::Containers;
 use crate::config::{CgroupConfig, CgroupDriver, CniConfig};
 use crate::pod::Pods;
 use crate::Result;
@@ -81,6 +82,10 @@ impl Runtime {
 
     pub fn pods(&self) -> &Pods {
         &self.pods
+    }
+
+    pub fn containers(&self) -> &Containers {
+        unimplemented!("containers are being built")
     }
 
     pub fn options(&self) -> &RuntimeOptions {
