@@ -76,12 +76,6 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     create_dir(&config.state)?;
     let _lock = RootLock::acquire(&config.root, &config.lock_path())?;
 
-    let runtime = berth_runtime::Runtime::new(berth_runtime::RuntimeOptions {
-        root: config.root.clone(),
-        state: config.state.clone(),
-        cgroup: config.cgroup.clone(),
-        cni: config.cni.clone(),
-    })?;
     let images = berth_images::ImageService::open(berth_images::ImageServiceOptions {
         root: config.root.join("images"),
         registry: config.registry.clone(),
@@ -92,7 +86,18 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             ..Default::default()
         },
     })?;
-    let cri = Cri::new(config.clone(), Arc::new(runtime), Arc::new(images));
+    let images = Arc::new(images);
+    let runtime = berth_runtime::Runtime::new(
+        berth_runtime::RuntimeOptions {
+            root: config.root.clone(),
+            state: config.state.clone(),
+            cgroup: config.cgroup.clone(),
+            cni: config.cni.clone(),
+            monitor_exe: PathBuf::from("/proc/self/exe"),
+        },
+        images.clone(),
+    )?;
+    let cri = Cri::new(config.clone(), Arc::new(runtime), images);
 
     let socket_path = config.socket_path().map_err(ConfigError::Invalid)?;
     let listener = bind_socket(&socket_path)?;

@@ -6,6 +6,7 @@
 
 mod clock;
 pub mod config;
+mod container;
 pub mod daemon;
 pub mod error;
 mod image;

@@ -37,6 +37,13 @@ enum ConfigAction {
 }
 
 fn main() -> ExitCode {
+    // A pod's monitor is this binary too, but must stay small and single-threaded: it is
+    // dispatched before anything else (arguments, logging, the async runtime) is set up.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|arg| arg == "monitor") {
+        let code = berth_runtime::monitor::main(&args[2..]);
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
     let cli = Cli::parse();
     if let Some(Command::Config { action: ConfigAction::Default }) = cli.command {
         print!("{DEFAULT_CONFIG_TOML}");

@@ -33,7 +33,7 @@ pub async fn run(cri: &Cri, request: RunPodSandboxRequest) -> CriResult<RunPodSa
 
 pub async fn stop(cri: &Cri, request: StopPodSandboxRequest) -> CriResult<StopPodSandboxResponse> {
     record_pod(&request.pod_sandbox_id);
-    cri.runtime.pods().stop(&request.pod_sandbox_id).await?;
+    cri.runtime.stop_pod(&request.pod_sandbox_id).await?;
     Ok(StopPodSandboxResponse {})
 }
 
@@ -42,7 +42,7 @@ pub async fn remove(
     request: RemovePodSandboxRequest,
 ) -> CriResult<RemovePodSandboxResponse> {
     record_pod(&request.pod_sandbox_id);
-    cri.runtime.pods().remove(&request.pod_sandbox_id).await?;
+    cri.runtime.remove_pod(&request.pod_sandbox_id).await?;
     Ok(RemovePodSandboxResponse {})
 }
 

@@ -1,6 +1,6 @@
 //! The tonic service traits, implemented by delegation: each RPC translates nothing itself and
-//! calls the module of its group (runtime_info, and in later work sandbox, container, exec,
-//! image, stats, events). An RPC that berth does not implement answers UNIMPLEMENTED.
+//! calls the module of its group (runtime_info, sandbox, container, image, and in later work
+//! exec, stats, events). An RPC that berth does not implement answers UNIMPLEMENTED.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -13,7 +13,7 @@ use crate::error::unimplemented;
 use crate::proto::image_service_server::ImageService;
 use crate::proto::runtime_service_server::RuntimeService;
 use crate::proto::*;
-use crate::{image, runtime_info, sandbox};
+use crate::{container, image, runtime_info, sandbox};
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -91,53 +91,54 @@ impl RuntimeService for Cri {
 
     async fn create_container(
         &self,
-        _request: Request<CreateContainerRequest>,
+        request: Request<CreateContainerRequest>,
     ) -> Result<Response<CreateContainerResponse>, Status> {
-        Err(unimplemented("RuntimeService", "CreateContainer"))
+        Ok(Response::new(container::create(self, request.into_inner()).await?))
     }
 
     async fn start_container(
         &self,
-        _request: Request<StartContainerRequest>,
+        request: Request<StartContainerRequest>,
     ) -> Result<Response<StartContainerResponse>, Status> {
-        Err(unimplemented("RuntimeService", "StartContainer"))
+        Ok(Response::new(container::start(self, request.into_inner()).await?))
     }
 
     async fn stop_container(
         &self,
-        _request: Request<StopContainerRequest>,
+        request: Request<StopContainerRequest>,
     ) -> Result<Response<StopContainerResponse>, Status> {
-        Err(unimplemented("RuntimeService", "StopContainer"))
+        Ok(Response::new(container::stop(self, request.into_inner()).await?))
     }
 
     async fn remove_container(
         &self,
-        _request: Request<RemoveContainerRequest>,
+        request: Request<RemoveContainerRequest>,
     ) -> Result<Response<RemoveContainerResponse>, Status> {
-        Err(unimplemented("RuntimeService", "RemoveContainer"))
+        Ok(Response::new(container::remove(self, request.into_inner()).await?))
     }
 
     async fn list_containers(
         &self,
-        _request: Request<ListContainersRequest>,
+        request: Request<ListContainersRequest>,
     ) -> Result<Response<ListContainersResponse>, Status> {
-        Err(unimplemented("RuntimeService", "ListContainers"))
+        Ok(Response::new(container::list(self, request.into_inner()).await?))
     }
 
     type StreamContainersStream = ResponseStream<StreamContainersResponse>;
 
     async fn stream_containers(
         &self,
-        _request: Request<StreamContainersRequest>,
+        request: Request<StreamContainersRequest>,
     ) -> Result<Response<Self::StreamContainersStream>, Status> {
-        Err(unimplemented("RuntimeService", "StreamContainers"))
+        let batches = container::stream(self, request.into_inner().filter).await?;
+        Ok(Response::new(Box::pin(tokio_stream::iter(batches.into_iter().map(Ok)))))
     }
 
     async fn container_status(
         &self,
-        _request: Request<ContainerStatusRequest>,
+        request: Request<ContainerStatusRequest>,
     ) -> Result<Response<ContainerStatusResponse>, Status> {
-        Err(unimplemented("RuntimeService", "ContainerStatus"))
+        Ok(Response::new(container::status(self, request.into_inner()).await?))
     }
 
     async fn update_container_resources(
@@ -149,16 +150,16 @@ impl RuntimeService for Cri {
 
     async fn reopen_container_log(
         &self,
-        _request: Request<ReopenContainerLogRequest>,
+        request: Request<ReopenContainerLogRequest>,
     ) -> Result<Response<ReopenContainerLogResponse>, Status> {
-        Err(unimplemented("RuntimeService", "ReopenContainerLog"))
+        Ok(Response::new(container::reopen_log(self, request.into_inner()).await?))
     }
 
     async fn exec_sync(
         &self,
-        _request: Request<ExecSyncRequest>,
+        request: Request<ExecSyncRequest>,
     ) -> Result<Response<ExecSyncResponse>, Status> {
-        Err(unimplemented("RuntimeService", "ExecSync"))
+        Ok(Response::new(container::exec_sync(self, request.into_inner()).await?))
     }
 
     async fn exec(&self, _request: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {

@@ -10,6 +10,7 @@ pub mod digest;
 mod direct;
 pub mod error;
 pub mod fsutil;
+mod holds;
 pub mod hosts;
 mod keyed;
 pub mod manifest;
@@ -22,4 +23,4 @@ pub mod unpack;
 
 pub use digest::Digest;
 pub use error::{Error, ErrorKind, Result};
-pub use service::{FsUsage, ImageDetails, ImageService, ImageServiceOptions};
+pub use service::{ContainerImage, FsUsage, ImageDetails, ImageService, ImageServiceOptions};

@@ -143,10 +143,22 @@ pub struct ImageConfig {
     pub rootfs: RootFs,
 }
 
+/// The `config` of an image config: how a container of it runs by default. `null` and a
+/// missing key mean the same.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct RunConfig {
     #[serde(rename = "User", default)]
     pub user: Option<String>,
+    #[serde(rename = "Entrypoint", default)]
+    pub entrypoint: Option<Vec<String>>,
+    #[serde(rename = "Cmd", default)]
+    pub cmd: Option<Vec<String>>,
+    #[serde(rename = "Env", default)]
+    pub env: Option<Vec<String>>,
+    #[serde(rename = "WorkingDir", default)]
+    pub working_dir: Option<String>,
+    #[serde(rename = "StopSignal", default)]
+    pub stop_signal: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -24,6 +24,7 @@ use crate::config::RegistryConfig;
 use crate::content::ContentStore;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
+use crate::holds::Holds;
 use crate::hosts::RegistryHosts;
 use crate::keyed::KeyedLocks;
 use crate::manifest::{self, Descriptor};
@@ -67,8 +68,21 @@ pub struct ImageService {
     layers: Arc<KeyedLocks>,
     /// What pulls in progress own: the GC spares it.
     in_use: Arc<InUse>,
+    /// What containers use: the GC spares it too.
+    holds: Arc<Holds>,
     /// Taken on blocking threads only, never across an await: see the module doc.
     gc_lock: Arc<Mutex<()>>,
+}
+
+/// What a container needs of its image.
+#[derive(Debug, Clone)]
+pub struct ContainerImage {
+    pub record: ImageRecord,
+    pub run: crate::manifest::RunConfig,
+    /// The layers' snapshot directories (`…/fs`), top layer first: overlay's lowerdir order.
+    pub layers: Vec<PathBuf>,
+    /// Chain ids of the layers, base first: what a container holds against GC.
+    pub chain_ids: Vec<Digest>,
 }
 
 /// An image and, when asked, its config for `ImageStatus` verbose.
@@ -116,6 +130,7 @@ impl ImageService {
             pulls: KeyedLocks::default(),
             layers: Arc::new(KeyedLocks::default()),
             in_use: Arc::default(),
+            holds: Arc::new(Holds::open(&root.join("holds"))?),
             gc_lock: Arc::default(),
             root,
         };
@@ -132,6 +147,7 @@ impl ImageService {
             snapshots: self.snapshots.clone(),
             index: self.index.clone(),
             in_use: self.in_use.clone(),
+            holds: self.holds.clone(),
             lock: self.gc_lock.clone(),
         }
     }
@@ -361,6 +377,41 @@ impl ImageService {
         record
     }
 
+    /// The image a new container of `image` runs on; None when it is not pulled.
+    pub fn for_container(&self, image: &str) -> Result<Option<ContainerImage>> {
+        let Some(record) = self.find(image)? else { return Ok(None) };
+        let bytes = self.content.get(&record.config_digest)?;
+        let config = crate::manifest::parse_config(&record.id.to_string(), &bytes)?;
+        let chain_ids: Vec<Digest> = record.layers.iter().map(|l| l.chain_id.clone()).collect();
+        let mut layers = Vec::with_capacity(chain_ids.len());
+        for chain in chain_ids.iter().rev() {
+            if !self.snapshots.exists(chain) {
+                return Err(Error::Corrupt {
+                    path: self.snapshots.layer_dir(chain),
+                    reason: format!("a layer of image {} is missing; pull it again", record.id),
+                });
+            }
+            layers.push(self.snapshots.layer_dir(chain));
+        }
+        Ok(Some(ContainerImage {
+            record,
+            run: config.config.unwrap_or_default(),
+            layers,
+            chain_ids,
+        }))
+    }
+
+    /// Keeps the snapshots `chain_ids` from GC for as long as `owner` (a container) holds
+    /// them, across restarts: the hold is a file, written before the container may use them.
+    pub fn hold(&self, owner: &str, chain_ids: &[Digest]) -> Result<()> {
+        let _locked = lock_ignoring_poison(&self.gc_lock);
+        self.holds.hold(owner, chain_ids)
+    }
+
+    pub fn release(&self, owner: &str) -> Result<()> {
+        self.holds.release(owner)
+    }
+
     pub fn status(&self, image: &str, verbose: bool) -> Result<Option<ImageDetails>> {
         let Some(record) = self.find(image)? else { return Ok(None) };
         let config = match verbose {
@@ -457,6 +508,7 @@ struct Collector {
     snapshots: Arc<SnapshotStore>,
     index: Arc<Mutex<ImageIndex>>,
     in_use: Arc<InUse>,
+    holds: Arc<Holds>,
     lock: Arc<Mutex<()>>,
 }
 
@@ -490,7 +542,8 @@ impl Collector {
                 .map_err(|_| Error::Internal("image index lock poisoned".into()))?;
             (index.referenced_chain_ids(), index.referenced_blobs())
         };
-        let (busy_chains, busy_blobs) = self.in_use.held();
+        let (mut busy_chains, busy_blobs) = self.in_use.held();
+        busy_chains.extend(self.holds.held()?);
         for info in snapshots {
             let chain = &info.chain_id;
             if referenced_chains.contains(chain) || busy_chains.contains(chain) {

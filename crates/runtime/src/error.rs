@@ -36,6 +36,9 @@ pub enum Error {
     FailedPrecondition(String),
     #[error("{0}")]
     Internal(String),
+    /// The pod's monitor process cannot be reached.
+    #[error("{0}")]
+    MonitorGone(String),
     /// A deadline the request set passed (ExecSync's `timeout`).
     #[error("{0}")]
     Timeout(String),
@@ -68,6 +71,7 @@ impl Error {
             Error::FailedPrecondition(_) => ErrorKind::FailedPrecondition,
             Error::Internal(_) => ErrorKind::Internal,
             Error::Timeout(_) => ErrorKind::DeadlineExceeded,
+            Error::MonitorGone(_) => ErrorKind::Unavailable,
             Error::Io { .. } | Error::Cgroup(_) => ErrorKind::Internal,
             Error::NetworkNotReady(_) => ErrorKind::FailedPrecondition,
             // CNI code 11 is "try again later".

@@ -8,9 +8,12 @@ pub mod cni;
 pub mod config;
 pub mod container;
 pub mod error;
+pub mod executor;
+pub mod monitor;
 pub mod namespaces;
 pub mod pod;
 mod runtime;
+pub mod store;
 
 pub use error::{Error, ErrorKind, Result};
 pub use runtime::{

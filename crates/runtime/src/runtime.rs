@@ -6,10 +6,11 @@ use crate::cgroups::CgroupLayout;
 use std::sync::Arc;
 
 use crate::cni::{self, Cni, NetworkLookup};
-use crate::container::Containers;
 use crate::config::{CgroupConfig, CgroupDriver, CniConfig};
+use crate::container::{Containers, ContainersOptions};
 use crate::pod::Pods;
 use crate::Result;
+use berth_images::ImageService;
 
 /// The name the CRI uses for "the runtime's default handler" (an empty `runtime_handler`).
 pub const DEFAULT_HANDLER: &str = "";
@@ -24,6 +25,9 @@ pub struct RuntimeOptions {
     pub state: PathBuf,
     pub cgroup: CgroupConfig,
     pub cni: CniConfig,
+    /// The binary whose `monitor` subcommand runs a pod's monitor: berthd's own
+    /// (`/proc/self/exe`, which stays valid when the file is replaced by an upgrade).
+    pub monitor_exe: PathBuf,
 }
 
 /// Why the network is not ready, in the words the kubelet shows to users.
@@ -51,10 +55,11 @@ pub struct Runtime {
     options: RuntimeOptions,
     cgroups: Arc<CgroupLayout>,
     pods: Pods,
+    containers: Containers,
 }
 
 impl Runtime {
-    pub fn new(options: RuntimeOptions) -> Result<Self> {
+    pub fn new(options: RuntimeOptions, images: Arc<ImageService>) -> Result<Self> {
         let cgroups = CgroupLayout::detect()?;
         tracing::info!(
             mode = ?cgroups.mode,
@@ -76,8 +81,33 @@ impl Runtime {
             options.cgroup.nest_under_self,
             cni,
             handlers,
+            options.monitor_exe.clone(),
         )?;
-        Ok(Runtime { options, cgroups, pods })
+        let containers = Containers::open(
+            ContainersOptions {
+                root: options.root.clone(),
+                state: options.state.clone(),
+                cgroups: cgroups.clone(),
+                nest: options.cgroup.nest_under_self,
+            },
+            images,
+            pods.clone(),
+        )?;
+        Ok(Runtime { options, cgroups, pods, containers })
+    }
+
+    /// StopPodSandbox: the pod's containers, then the pod.
+    pub async fn stop_pod(&self, id: &str) -> Result<()> {
+        let id = self.pods.resolve_id(id)?;
+        self.containers.stop_pod(&id).await?;
+        self.pods.stop(&id).await
+    }
+
+    /// RemovePodSandbox: the pod's containers, then the pod. An unknown pod is fine.
+    pub async fn remove_pod(&self, id: &str) -> Result<()> {
+        let Some(id) = self.pods.find_id(id)? else { return Ok(()) };
+        self.containers.remove_pod(&id).await?;
+        self.pods.remove(&id).await
     }
 
     pub fn pods(&self) -> &Pods {
@@ -85,7 +115,7 @@ impl Runtime {
     }
 
     pub fn containers(&self) -> &Containers {
-        unimplemented!("containers are being built")
+        &self.containers
     }
 
     pub fn options(&self) -> &RuntimeOptions {

@@ -230,3 +230,35 @@ impl Drop for Berthd {
         }
     }
 }
+
+/// The pod monitors running on `node` (`berthd monitor …` processes), with their pod ids.
+pub fn monitors(node: &Node) -> Vec<(Pid, String)> {
+    let mut found = Vec::new();
+    for pid in node.processes() {
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        if args.get(1) != Some(&b"monitor".as_slice()) {
+            continue;
+        }
+        let pod = args
+            .iter()
+            .position(|a| *a == b"--pod")
+            .and_then(|i| args.get(i + 1))
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .unwrap_or_default();
+        found.push((pid, pod));
+    }
+    found
+}
+
+/// What a reboot does to the monitors: kills them all, and waits until they are gone.
+pub async fn kill_monitors(node: &Node) {
+    for (pid, _) in monitors(node) {
+        let _ = kill(pid, Signal::SIGKILL);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !monitors(node).is_empty() {
+        assert!(Instant::now() < deadline, "monitors outlived SIGKILL");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -2,17 +2,24 @@
 //! messages and method paths the kubelet uses.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use berth_cri_server::proto::image_service_client::ImageServiceClient;
 use berth_cri_server::proto::runtime_service_client::RuntimeServiceClient;
 use berth_cri_server::proto::{
-    AuthConfig, DnsConfig, Image, ImageFilter, ImageSpec, ImageStatusRequest, ImageStatusResponse,
-    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, ListImagesRequest, ListPodSandboxRequest,
-    NamespaceMode, NamespaceOption, NetworkConfig, PodSandbox, PodSandboxConfig, PodSandboxFilter,
-    PodSandboxMetadata, PodSandboxState, PodSandboxStateValue, PodSandboxStatusRequest,
-    PodSandboxStatusResponse, PortMapping, Protocol, PullImageRequest, RemoveImageRequest,
-    RemovePodSandboxRequest, RunPodSandboxRequest, RuntimeConfig, StopPodSandboxRequest,
-    StreamPodSandboxesRequest, UpdateRuntimeConfigRequest, VersionRequest, VersionResponse,
+    AuthConfig, Capability, Container, ContainerConfig, ContainerFilter, ContainerMetadata,
+    ContainerState, ContainerStateValue, ContainerStatus, ContainerStatusRequest,
+    ContainerStatusResponse, CreateContainerRequest, DnsConfig, ExecSyncRequest, ExecSyncResponse,
+    Image, ImageFilter, ImageSpec, ImageStatusRequest, ImageStatusResponse, Int64Value, KeyValue,
+    LinuxContainerConfig, LinuxContainerResources, LinuxContainerSecurityContext,
+    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, ListContainersRequest, ListImagesRequest,
+    ListPodSandboxRequest, Mount, NamespaceMode, NamespaceOption, NetworkConfig, PodSandbox,
+    PodSandboxConfig, PodSandboxFilter, PodSandboxMetadata, PodSandboxState, PodSandboxStateValue,
+    PodSandboxStatusRequest, PodSandboxStatusResponse, PortMapping, Protocol, PullImageRequest,
+    RemoveContainerRequest, RemoveImageRequest, RemovePodSandboxRequest, ReopenContainerLogRequest,
+    RunPodSandboxRequest, RuntimeConfig, Signal, StartContainerRequest, StopContainerRequest,
+    StopPodSandboxRequest, StreamContainersRequest, StreamPodSandboxesRequest,
+    UpdateRuntimeConfigRequest, VersionRequest, VersionResponse,
 };
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint};
@@ -289,6 +296,13 @@ impl Pod {
         self.runtime_handler = handler.to_string();
         self
     }
+
+    /// Where the pod's containers' `log_path`s are relative to. The kubelet creates it before
+    /// RunPodSandbox; so must a test.
+    pub fn log_directory(mut self, dir: impl AsRef<Path>) -> Pod {
+        self.config.log_directory = dir.as_ref().display().to_string();
+        self
+    }
 }
 
 /// ListPodSandbox filters.
@@ -312,4 +326,421 @@ pub fn filter_labels(labels: &[(&str, &str)]) -> PodSandboxFilter {
 
 pub fn spec(image: &str) -> ImageSpec {
     ImageSpec { image: image.to_string(), ..Default::default() }
+}
+
+impl Cri {
+    /// CreateContainer in pod `pod_id`, which was run from `pod` (the kubelet sends the pod's
+    /// config along); returns the container's id.
+    pub async fn create_container(
+        &mut self,
+        pod_id: &str,
+        pod: &Pod,
+        container: &ContainerSpec,
+    ) -> Result<String, tonic::Status> {
+        let request = CreateContainerRequest {
+            pod_sandbox_id: pod_id.to_string(),
+            config: Some(container.config.clone()),
+            sandbox_config: Some(pod.config.clone()),
+        };
+        Ok(self.runtime.create_container(request).await?.into_inner().container_id)
+    }
+
+    pub async fn start_container(&mut self, id: &str) -> Result<(), tonic::Status> {
+        let request = StartContainerRequest { container_id: id.to_string() };
+        self.runtime.start_container(request).await?;
+        Ok(())
+    }
+
+    /// CreateContainer, then StartContainer: what the kubelet does for each container.
+    pub async fn run_container(
+        &mut self,
+        pod_id: &str,
+        pod: &Pod,
+        container: &ContainerSpec,
+    ) -> Result<String, tonic::Status> {
+        let id = self.create_container(pod_id, pod, container).await?;
+        self.start_container(&id).await?;
+        Ok(id)
+    }
+
+    /// StopContainer with a grace period of `timeout` seconds.
+    pub async fn stop_container(&mut self, id: &str, timeout: i64) -> Result<(), tonic::Status> {
+        let request = StopContainerRequest { container_id: id.to_string(), timeout };
+        self.runtime.stop_container(request).await?;
+        Ok(())
+    }
+
+    pub async fn remove_container(&mut self, id: &str) -> Result<(), tonic::Status> {
+        let request = RemoveContainerRequest { container_id: id.to_string() };
+        self.runtime.remove_container(request).await?;
+        Ok(())
+    }
+
+    pub async fn container_status(
+        &mut self,
+        id: &str,
+        verbose: bool,
+    ) -> Result<ContainerStatusResponse, tonic::Status> {
+        let request = ContainerStatusRequest { container_id: id.to_string(), verbose };
+        Ok(self.runtime.container_status(request).await?.into_inner())
+    }
+
+    /// The status of a container that must exist.
+    pub async fn container(&mut self, id: &str) -> ContainerStatus {
+        let response = self.container_status(id, false).await;
+        response.expect("ContainerStatus").status.expect("ContainerStatus has a status")
+    }
+
+    /// The `info` JSON of a verbose ContainerStatus.
+    pub async fn container_info(&mut self, id: &str) -> serde_json::Value {
+        let status = self.container_status(id, true).await.expect("ContainerStatus verbose");
+        let info = status.info.get("info").expect("verbose status has an \"info\" key");
+        serde_json::from_str(info).expect("the verbose info is JSON")
+    }
+
+    pub async fn list_containers(&mut self, filter: Option<ContainerFilter>) -> Vec<Container> {
+        let request = ListContainersRequest { filter };
+        self.runtime.list_containers(request).await.expect("ListContainers").into_inner().containers
+    }
+
+    /// StreamContainers, every message of the stream concatenated.
+    pub async fn stream_containers(&mut self, filter: Option<ContainerFilter>) -> Vec<Container> {
+        let request = StreamContainersRequest { filter };
+        let mut stream =
+            self.runtime.stream_containers(request).await.expect("StreamContainers").into_inner();
+        let mut containers = Vec::new();
+        while let Some(message) = stream.message().await.expect("a StreamContainers message") {
+            containers.extend(message.containers);
+        }
+        containers
+    }
+
+    /// ExecSync with a timeout of `timeout` seconds (0: none).
+    pub async fn exec_sync(
+        &mut self,
+        id: &str,
+        cmd: &[&str],
+        timeout: i64,
+    ) -> Result<ExecSyncResponse, tonic::Status> {
+        let request = ExecSyncRequest { container_id: id.to_string(), cmd: strings(cmd), timeout };
+        Ok(self.runtime.exec_sync(request).await?.into_inner())
+    }
+
+    pub async fn reopen_container_log(&mut self, id: &str) -> Result<(), tonic::Status> {
+        let request = ReopenContainerLogRequest { container_id: id.to_string() };
+        self.runtime.reopen_container_log(request).await?;
+        Ok(())
+    }
+
+    /// Polls ContainerStatus until the container has exited; panics with the last status if it
+    /// has not within `timeout`.
+    pub async fn wait_exited(&mut self, id: &str, timeout: Duration) -> ContainerStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let status = self.container(id).await;
+            if status.state() == ContainerState::ContainerExited {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "container {id} did not exit within {timeout:?}: {status:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A container to create: the config a kubelet would send, built from [`container`].
+#[derive(Debug, Clone)]
+pub struct ContainerSpec {
+    pub config: ContainerConfig,
+}
+
+/// A container `name` (attempt 0) of `image`, with a label `app=<name>`, no log, and nothing
+/// else set: the image's entrypoint, cmd, env, working dir and user apply.
+pub fn container(name: &str, image: &str) -> ContainerSpec {
+    let config = ContainerConfig {
+        metadata: Some(ContainerMetadata { name: name.to_string(), attempt: 0 }),
+        image: Some(spec(image)),
+        labels: [("app".to_string(), name.to_string())].into(),
+        linux: Some(LinuxContainerConfig {
+            resources: Some(LinuxContainerResources::default()),
+            security_context: Some(LinuxContainerSecurityContext {
+                namespace_options: Some(NamespaceOption::default()),
+                ..Default::default()
+            }),
+        }),
+        ..Default::default()
+    };
+    ContainerSpec { config }
+}
+
+impl ContainerSpec {
+    fn linux(&mut self) -> &mut LinuxContainerConfig {
+        self.config.linux.get_or_insert_with(Default::default)
+    }
+
+    fn security(&mut self) -> &mut LinuxContainerSecurityContext {
+        self.linux().security_context.get_or_insert_with(Default::default)
+    }
+
+    fn resources_mut(&mut self) -> &mut LinuxContainerResources {
+        self.linux().resources.get_or_insert_with(Default::default)
+    }
+
+    pub fn attempt(mut self, attempt: u32) -> ContainerSpec {
+        self.config.metadata.get_or_insert_with(Default::default).attempt = attempt;
+        self
+    }
+
+    /// The CRI `command`: replaces the image's Entrypoint (and drops its Cmd).
+    pub fn command(mut self, command: &[&str]) -> ContainerSpec {
+        self.config.command = strings(command);
+        self
+    }
+
+    /// The CRI `args`: replaces the image's Cmd.
+    pub fn args(mut self, args: &[&str]) -> ContainerSpec {
+        self.config.args = strings(args);
+        self
+    }
+
+    /// `/bin/sh -c <script>` as the command.
+    pub fn shell(self, script: &str) -> ContainerSpec {
+        self.command(&["/bin/sh", "-c", script])
+    }
+
+    pub fn working_dir(mut self, dir: &str) -> ContainerSpec {
+        self.config.working_dir = dir.to_string();
+        self
+    }
+
+    /// Appends an environment variable; a later one of the same name wins.
+    pub fn env(mut self, key: &str, value: &str) -> ContainerSpec {
+        self.config.envs.push(KeyValue { key: key.to_string(), value: value.as_bytes().to_vec() });
+        self
+    }
+
+    /// Appends a mount, such as one from [`bind`].
+    pub fn mount(mut self, mount: Mount) -> ContainerSpec {
+        self.config.mounts.push(mount);
+        self
+    }
+
+    pub fn label(mut self, key: &str, value: &str) -> ContainerSpec {
+        self.config.labels.insert(key.to_string(), value.to_string());
+        self
+    }
+
+    pub fn annotation(mut self, key: &str, value: &str) -> ContainerSpec {
+        self.config.annotations.insert(key.to_string(), value.to_string());
+        self
+    }
+
+    /// Relative to the pod's log directory (see [`Pod::log_directory`]).
+    pub fn log_path(mut self, path: &str) -> ContainerSpec {
+        self.config.log_path = path.to_string();
+        self
+    }
+
+    pub fn tty(mut self, tty: bool) -> ContainerSpec {
+        self.config.tty = tty;
+        self
+    }
+
+    pub fn stdin(mut self, stdin: bool, once: bool) -> ContainerSpec {
+        self.config.stdin = stdin;
+        self.config.stdin_once = once;
+        self
+    }
+
+    pub fn resources(mut self, resources: LinuxContainerResources) -> ContainerSpec {
+        self.linux().resources = Some(resources);
+        self
+    }
+
+    /// A memory limit of `bytes`, swap included (so that nothing can be swapped out instead of
+    /// the OOM killer stepping in).
+    pub fn memory_limit(mut self, bytes: i64) -> ContainerSpec {
+        let resources = self.resources_mut();
+        resources.memory_limit_in_bytes = bytes;
+        resources.memory_swap_limit_in_bytes = bytes;
+        self
+    }
+
+    pub fn run_as_user(mut self, uid: i64) -> ContainerSpec {
+        self.security().run_as_user = Some(Int64Value { value: uid });
+        self
+    }
+
+    pub fn run_as_group(mut self, gid: i64) -> ContainerSpec {
+        self.security().run_as_group = Some(Int64Value { value: gid });
+        self
+    }
+
+    pub fn run_as_username(mut self, name: &str) -> ContainerSpec {
+        self.security().run_as_username = name.to_string();
+        self
+    }
+
+    pub fn supplemental_groups(mut self, gids: &[i64]) -> ContainerSpec {
+        self.security().supplemental_groups = gids.to_vec();
+        self
+    }
+
+    pub fn privileged(mut self) -> ContainerSpec {
+        self.security().privileged = true;
+        self
+    }
+
+    pub fn readonly_rootfs(mut self) -> ContainerSpec {
+        self.security().readonly_rootfs = true;
+        self
+    }
+
+    pub fn no_new_privs(mut self) -> ContainerSpec {
+        self.security().no_new_privs = true;
+        self
+    }
+
+    pub fn capabilities(mut self, add: &[&str], drop: &[&str]) -> ContainerSpec {
+        self.security().capabilities = Some(Capability {
+            add_capabilities: strings(add),
+            drop_capabilities: strings(drop),
+            add_ambient_capabilities: Vec::new(),
+        });
+        self
+    }
+
+    pub fn pid_mode(mut self, mode: NamespaceMode) -> ContainerSpec {
+        self.security().namespace_options.get_or_insert_with(Default::default).pid = mode.into();
+        self
+    }
+
+    pub fn stop_signal(mut self, signal: Signal) -> ContainerSpec {
+        self.config.stop_signal = signal.into();
+        self
+    }
+}
+
+/// A read-write bind mount of `host` at `container_path`, private propagation. Change the rest
+/// with struct update: `Mount { readonly: true, ..bind(dir, "/data") }`.
+pub fn bind(host: impl AsRef<Path>, container_path: &str) -> Mount {
+    Mount {
+        container_path: container_path.to_string(),
+        host_path: host.as_ref().display().to_string(),
+        ..Default::default()
+    }
+}
+
+/// ListContainers filters.
+pub fn containers_by_id(id: &str) -> ContainerFilter {
+    ContainerFilter { id: id.to_string(), ..Default::default() }
+}
+
+pub fn containers_by_state(state: ContainerState) -> ContainerFilter {
+    ContainerFilter {
+        state: Some(ContainerStateValue { state: state.into() }),
+        ..Default::default()
+    }
+}
+
+pub fn containers_by_pod(pod_id: &str) -> ContainerFilter {
+    ContainerFilter { pod_sandbox_id: pod_id.to_string(), ..Default::default() }
+}
+
+pub fn containers_by_labels(labels: &[(&str, &str)]) -> ContainerFilter {
+    ContainerFilter {
+        label_selector: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        ..Default::default()
+    }
+}
+
+/// One line of a CRI container log: `<RFC 3339 time> <stream> <P|F> <content>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    pub time: String,
+    /// `stdout` or `stderr`.
+    pub stream: String,
+    /// `P`: the runtime split a longer line and more of it follows; `F`: the line ends here.
+    pub partial: bool,
+    pub content: String,
+}
+
+/// The lines of a CRI log file; panics if it is missing or a line is not in the CRI format.
+pub fn read_log(path: impl AsRef<Path>) -> Vec<LogLine> {
+    let path = path.as_ref();
+    match try_read_log(path) {
+        Ok(lines) => lines,
+        Err(err) => panic!("reading the container log {}: {err}", path.display()),
+    }
+}
+
+/// As [`read_log`], but a missing file is an error rather than a panic: for polling a log that a
+/// container may not have written yet.
+pub fn try_read_log(path: &Path) -> std::io::Result<Vec<LogLine>> {
+    let bytes = std::fs::read(path)?;
+    let text = String::from_utf8_lossy(&bytes);
+    // Only complete lines: the runtime may be writing the last one right now.
+    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+    Ok(complete.split('\n').filter(|line| !line.is_empty()).map(parse_log_line).collect())
+}
+
+fn parse_log_line(line: &str) -> LogLine {
+    let mut parts = line.splitn(4, ' ');
+    let mut next = || parts.next().unwrap_or_else(|| panic!("a short CRI log line: {line:?}"));
+    let (time, stream, tag) = (next().to_string(), next().to_string(), next());
+    let content =
+        parts.next().unwrap_or_else(|| panic!("a CRI log line without content: {line:?}"));
+    assert!(
+        time.len() >= 20 && time.as_bytes()[4] == b'-' && time.contains('T'),
+        "a CRI log line without an RFC 3339 time: {line:?}"
+    );
+    assert!(stream == "stdout" || stream == "stderr", "an unknown stream in {line:?}");
+    let partial = match tag {
+        "P" => true,
+        "F" => false,
+        _ => panic!("an unknown tag in {line:?}"),
+    };
+    LogLine { time, stream, partial, content: content.to_string() }
+}
+
+/// The whole lines the container wrote to `stream` (`None`: either), partial lines joined.
+pub fn log_messages(lines: &[LogLine], stream: Option<&str>) -> Vec<String> {
+    let mut messages = Vec::new();
+    let mut pending = String::new();
+    for line in lines.iter().filter(|l| stream.is_none_or(|s| l.stream == s)) {
+        pending.push_str(&line.content);
+        if !line.partial {
+            messages.push(std::mem::take(&mut pending));
+        }
+    }
+    messages
+}
+
+/// Polls the log at `path` until one of its whole lines satisfies `found`; returns the lines
+/// then. Panics with what the log has if none does within `timeout`.
+pub async fn wait_log(
+    path: &Path,
+    timeout: Duration,
+    found: impl Fn(&str) -> bool,
+) -> Vec<LogLine> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let lines = try_read_log(path).unwrap_or_default();
+        if log_messages(&lines, None).iter().any(|m| found(m)) {
+            return lines;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the log {} did not get the expected line within {timeout:?}: {:?}",
+            path.display(),
+            log_messages(&lines, None)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| s.to_string()).collect()
 }

@@ -35,6 +35,45 @@ pub const PLAIN_REF: &str = "berth-test/busybox:plain";
 pub const MULTIARCH_REF: &str = "berth-test/multiarch:latest";
 const MULTIARCH_REPO: &str = "berth-test/multiarch";
 
+/// The run-config images (see [`RunImages`]): the layers of `busybox:oci` plus the `run` layer.
+/// Entrypoint `[PROBE, "ep"]`, Cmd `["cmd1", "cmd2"]`, Env `FOO`/`BAR`, WorkingDir
+/// `/home/berth`.
+pub const RUN_ENTRYPOINT_REF: &str = "berth-test/run:entrypoint";
+/// No Entrypoint, Cmd `[PROBE, "cmd"]`, only `PATH` in Env, no WorkingDir.
+pub const RUN_CMD_REF: &str = "berth-test/run:cmd";
+/// Cmd `[PROBE]`, User `berth`.
+pub const RUN_USER_NAME_REF: &str = "berth-test/run:user-name";
+/// Cmd `[PROBE]`, User `1000`.
+pub const RUN_USER_UID_REF: &str = "berth-test/run:user-uid";
+/// Cmd `[PROBE]`, User `1000:2000`.
+pub const RUN_USER_UID_GID_REF: &str = "berth-test/run:user-uid-gid";
+/// Cmd `[PROBE]`, User `berth:extra`.
+pub const RUN_USER_NAME_GROUP_REF: &str = "berth-test/run:user-name-group";
+
+/// A script in the `run` layer that prints, one `probe <key>=<value>` line each, what a
+/// container was started with: `args` (its arguments), `cwd`, `FOO` and `BAR` (`<unset>` when
+/// unset), `uid`, `gid` and `groups` (from `id -u`, `id -g`, `id -G`).
+pub const PROBE: &str = "/usr/bin/probe";
+const PROBE_SCRIPT: &str = "#!/bin/sh\n\
+echo \"probe args=$*\"\n\
+echo \"probe cwd=$(pwd)\"\n\
+echo \"probe FOO=${FOO-<unset>}\"\n\
+echo \"probe BAR=${BAR-<unset>}\"\n\
+echo \"probe uid=$(id -u)\"\n\
+echo \"probe gid=$(id -g)\"\n\
+echo \"probe groups=$(id -G)\"\n";
+
+/// Symlinks in the `run` layer that point out of the root: an absolute one, and a relative
+/// one with enough `..` to reach `/` from anywhere. As mount targets they must resolve inside
+/// the container's root, to [`ESCAPE_ABS_INSIDE`] and [`ESCAPE_REL_INSIDE`], never to the
+/// same paths on the node.
+pub const ESCAPE_ABS_LINK: &str = "/escape-abs";
+pub const ESCAPE_ABS_INSIDE: &str = "/tmp/berth-e2e-escape-abs";
+pub const ESCAPE_REL_LINK: &str = "/escape-rel";
+pub const ESCAPE_REL_INSIDE: &str = "/tmp/berth-e2e-escape-rel";
+const ESCAPE_REL_TARGET: &str =
+    "../../../../../../../../../../../../../../../../../../../../tmp/berth-e2e-escape-rel";
+
 pub const MEDIA_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const MEDIA_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const MEDIA_OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
@@ -217,6 +256,41 @@ pub struct TestImages {
     /// (`…layer.v1.tar`), so each blob digest equals its diff_id; pushed by
     /// [`push_extra`].
     pub plain: TestImage,
+    /// `berth-test/run:*`: pushed by [`push_run`].
+    pub run: RunImages,
+}
+
+/// Images for the rules by which a container's process is made from its image config and its
+/// CRI config (entrypoint/cmd vs command/args, env, working dir, user). Each is the layers of
+/// `busybox:oci` plus a `run` layer with [`PROBE`] and the [`ESCAPE_ABS_LINK`] and
+/// [`ESCAPE_REL_LINK`] symlinks.
+#[derive(Debug)]
+pub struct RunImages {
+    /// [`RUN_ENTRYPOINT_REF`]
+    pub entrypoint: TestImage,
+    /// [`RUN_CMD_REF`]
+    pub cmd: TestImage,
+    /// [`RUN_USER_NAME_REF`]
+    pub user_name: TestImage,
+    /// [`RUN_USER_UID_REF`]
+    pub user_uid: TestImage,
+    /// [`RUN_USER_UID_GID_REF`]
+    pub user_uid_gid: TestImage,
+    /// [`RUN_USER_NAME_GROUP_REF`]
+    pub user_name_group: TestImage,
+}
+
+impl RunImages {
+    pub fn all(&self) -> [&TestImage; 6] {
+        [
+            &self.entrypoint,
+            &self.cmd,
+            &self.user_name,
+            &self.user_uid,
+            &self.user_uid_gid,
+            &self.user_name_group,
+        ]
+    }
 }
 
 impl TestImages {
@@ -284,6 +358,11 @@ pub async fn push_all(registry: &str) -> Result<(), PushError> {
 /// Pushes `busybox:zstd` and `busybox:plain`.
 pub async fn push_extra(registry: &str) -> Result<(), PushError> {
     Pusher::new(registry).push_each(TestImages::get().extra()).await
+}
+
+/// Pushes the `berth-test/run:*` images.
+pub async fn push_run(registry: &str) -> Result<(), PushError> {
+    Pusher::new(registry).push_each(TestImages::get().run.all()).await
 }
 
 /// Pushes one image (an index with its children) anonymously.
@@ -512,7 +591,56 @@ fn build() -> Result<TestImages, BuildError> {
     let multiarch = index(MULTIARCH_REF, vec![amd64, arm64])?;
     let zstd = image(Format::OciZstd, ZSTD_REF, &[], "zstd", LINUX_AMD64, &layers)?;
     let plain = image(Format::OciPlain, PLAIN_REF, &[], "plain", LINUX_AMD64, &layers)?;
-    Ok(TestImages { oci, docker, multiarch, zstd, plain })
+    let run = run_images(&layers)?;
+    Ok(TestImages { oci, docker, multiarch, zstd, plain, run })
+}
+
+fn run_images(busybox: &[Layer]) -> Result<RunImages, BuildError> {
+    let tar = write_tar(run_layer()).map_err(BuildError::Tar)?;
+    let run = Layer {
+        created_by: "berth-e2e: run: the probe script, symlinks out of the root",
+        diff_id: sha256_digest(&tar),
+        gzip: gzip(&tar).map_err(BuildError::Tar)?,
+        tar,
+    };
+    let make = |reference: &'static str, config: RunConfig| {
+        let layers = busybox
+            .iter()
+            .chain([&run])
+            .map(|l| {
+                Ok(LayerBlob {
+                    created_by: l.created_by.to_owned(),
+                    diff_id: l.diff_id.clone(),
+                    blob: Format::Oci.layer_blob(l)?,
+                })
+            })
+            .collect::<Result<Vec<_>, BuildError>>()?;
+        assemble_with(Format::Oci, reference, &[], "run", LINUX_AMD64, layers, config)
+    };
+    let probe_as = |user: &'static str| RunConfig {
+        cmd: vec![PROBE],
+        env: vec![PATH_ENV.to_owned()],
+        working_dir: "",
+        user,
+        ..RunConfig::busybox("run")
+    };
+    Ok(RunImages {
+        entrypoint: make(
+            RUN_ENTRYPOINT_REF,
+            RunConfig {
+                entrypoint: Some(vec![PROBE, "ep"]),
+                cmd: vec!["cmd1", "cmd2"],
+                env: vec![PATH_ENV.to_owned(), "FOO=image-foo".into(), "BAR=image-bar".into()],
+                working_dir: "/home/berth",
+                ..RunConfig::busybox("run")
+            },
+        )?,
+        cmd: make(RUN_CMD_REF, RunConfig { cmd: vec![PROBE, "cmd"], ..probe_as("") })?,
+        user_name: make(RUN_USER_NAME_REF, probe_as("berth"))?,
+        user_uid: make(RUN_USER_UID_REF, probe_as("1000"))?,
+        user_uid_gid: make(RUN_USER_UID_GID_REF, probe_as("1000:2000"))?,
+        user_name_group: make(RUN_USER_NAME_GROUP_REF, probe_as("berth:extra"))?,
+    })
 }
 
 /// A dynamic busybox would be copied fine and then fail in the container
@@ -640,6 +768,17 @@ fn changes_layer() -> Vec<Entry> {
         dir("data/opaque", 0o755),
         file("data/opaque/.wh..wh..opq", 0o644, ""),
         file("data/opaque/new", 0o644, "new\n"),
+    ]
+}
+
+fn run_layer() -> Vec<Entry> {
+    let relative = |path: &'static str| path.trim_start_matches('/').to_owned();
+    vec![
+        dir("usr", 0o755),
+        dir("usr/bin", 0o755),
+        file(&relative(PROBE), 0o755, PROBE_SCRIPT),
+        symlink(relative(ESCAPE_ABS_LINK), ESCAPE_ABS_INSIDE),
+        symlink(relative(ESCAPE_REL_LINK), ESCAPE_REL_TARGET),
     ]
 }
 
@@ -835,6 +974,9 @@ struct ConfigJson<'a> {
 #[serde(rename_all = "PascalCase")]
 struct ContainerConfigJson<'a> {
     user: &'a str,
+    // Absent, not null, when unset: the busybox images have never had one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    entrypoint: Option<Vec<&'a str>>,
     env: Vec<String>,
     cmd: Vec<&'a str>,
     working_dir: &'a str,
@@ -880,6 +1022,28 @@ fn image(
     assemble(format, reference, aliases, image_env, "busybox", platform, layers)
 }
 
+/// The run-related part of an image config (`config` in the OCI image config).
+pub(crate) struct RunConfig {
+    pub entrypoint: Option<Vec<&'static str>>,
+    pub cmd: Vec<&'static str>,
+    pub env: Vec<String>,
+    pub working_dir: &'static str,
+    pub user: &'static str,
+}
+
+impl RunConfig {
+    /// That of the busybox images: `/bin/sh` in `/` as root, with `BERTH_IMAGE=<image_env>`.
+    pub fn busybox(image_env: &str) -> RunConfig {
+        RunConfig {
+            entrypoint: None,
+            cmd: vec!["/bin/sh"],
+            env: vec![PATH_ENV.to_owned(), format!("BERTH_IMAGE={image_env}")],
+            working_dir: "/",
+            user: "",
+        }
+    }
+}
+
 /// The config and manifest for `layers`; the config is that of the busybox
 /// images but for `BERTH_IMAGE=<image_env>` and the `org.berth.test` label.
 pub(crate) fn assemble(
@@ -891,16 +1055,31 @@ pub(crate) fn assemble(
     platform: Platform,
     layers: Vec<LayerBlob>,
 ) -> Result<TestImage, BuildError> {
+    let run = RunConfig::busybox(image_env);
+    assemble_with(format, reference, aliases, label, platform, layers, run)
+}
+
+/// The config and manifest for `layers`, with the `org.berth.test` label and `run`.
+pub(crate) fn assemble_with(
+    format: Format,
+    reference: &'static str,
+    aliases: &'static [&'static str],
+    label: &str,
+    platform: Platform,
+    layers: Vec<LayerBlob>,
+    run: RunConfig,
+) -> Result<TestImage, BuildError> {
     let config = ConfigJson {
         created: CREATED,
         architecture: platform.architecture,
         variant: platform.variant,
         os: platform.os,
         config: ContainerConfigJson {
-            user: "",
-            env: vec![PATH_ENV.to_owned(), format!("BERTH_IMAGE={image_env}")],
-            cmd: vec!["/bin/sh"],
-            working_dir: "/",
+            user: run.user,
+            entrypoint: run.entrypoint,
+            env: run.env,
+            cmd: run.cmd,
+            working_dir: run.working_dir,
             labels: BTreeMap::from([("org.berth.test", label)]),
             stop_signal: "SIGTERM",
         },
@@ -1028,7 +1207,7 @@ pub(crate) mod tests {
 
     fn all_images(images: &TestImages) -> Vec<&TestImage> {
         let mut all = vec![];
-        for image in images.all().into_iter().chain(images.extra()) {
+        for image in images.all().into_iter().chain(images.extra()).chain(images.run.all()) {
             all.push(image);
             all.extend(image.children.iter());
         }
@@ -1131,6 +1310,44 @@ pub(crate) mod tests {
             assert_eq!(cfg["StopSignal"], "SIGTERM");
             assert_eq!(c["rootfs"]["type"], "layers");
             assert_eq!(c["history"].as_array().unwrap().len(), 3);
+        }
+    }
+
+    #[test]
+    fn run_images_have_their_configs_and_the_run_layer() {
+        let images = TestImages::get();
+        let run = &images.run;
+        let user = |image: &TestImage| json(&image.config)["config"]["User"].clone();
+        assert_eq!(user(&run.entrypoint), "");
+        assert_eq!(user(&run.cmd), "");
+        assert_eq!(user(&run.user_name), "berth");
+        assert_eq!(user(&run.user_uid), "1000");
+        assert_eq!(user(&run.user_uid_gid), "1000:2000");
+        assert_eq!(user(&run.user_name_group), "berth:extra");
+
+        let ep = json(&run.entrypoint.config)["config"].clone();
+        assert_eq!(ep["Entrypoint"], serde_json::json!([PROBE, "ep"]));
+        assert_eq!(ep["Cmd"], serde_json::json!(["cmd1", "cmd2"]));
+        assert_eq!(ep["Env"], serde_json::json!([PATH_ENV, "FOO=image-foo", "BAR=image-bar"]));
+        assert_eq!(ep["WorkingDir"], "/home/berth");
+        let cmd = json(&run.cmd.config)["config"].clone();
+        assert!(cmd.get("Entrypoint").is_none());
+        assert_eq!(cmd["Cmd"], serde_json::json!([PROBE, "cmd"]));
+        assert_eq!(cmd["Env"], serde_json::json!([PATH_ENV]));
+        assert_eq!(cmd["WorkingDir"], "");
+
+        for image in run.all() {
+            assert_eq!(image.repository(), "berth-test/run");
+            assert_eq!(image.layers.len(), 4, "{}", image.reference);
+            assert_eq!(image.layers[..3], images.oci.layers[..], "{}", image.reference);
+            let layer = entries(&gunzip(&image.layers[3]));
+            let find = |p: &str| layer.iter().find(|e| e.path == p).unwrap();
+            let probe = find("usr/bin/probe");
+            assert_eq!(probe.mode, 0o755);
+            assert!(probe.data.starts_with(b"#!/bin/sh\n"));
+            assert_eq!(find("escape-abs").link.as_deref(), Some(ESCAPE_ABS_INSIDE));
+            let rel = find("escape-rel").link.clone().unwrap();
+            assert!(rel.starts_with("../../") && rel.ends_with(ESCAPE_REL_INSIDE), "{rel}");
         }
     }
 

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use berth_cri_server::proto::{NamespaceMode, PodSandboxState, PodSandboxStatus};
-use berth_e2e::berthd::Options;
+use berth_e2e::berthd::{self, Options};
 use berth_e2e::cni::{self, BridgeNetwork, BrokenPlugin};
 use berth_e2e::cri::{filter_id, filter_labels, filter_state, pod};
 use berth_e2e::{Berthd, Cri, Node};
@@ -122,6 +122,7 @@ impl Env {
         let cached: Vec<String> =
             entries(&cache).into_iter().filter(|n| n.ends_with(".json")).collect();
         assert_eq!(cached, Vec::<String>::new(), "CNI cache left");
+        assert_eq!(berthd::monitors(&self.node), vec![], "pod monitors left");
     }
 }
 
@@ -681,6 +682,11 @@ async fn rollback_after_namespaces() {
 }
 
 #[tokio::test]
+async fn rollback_after_monitor() {
+    rolls_back_at("pod.monitor").await;
+}
+
+#[tokio::test]
 async fn rollback_after_shm() {
     rolls_back_at("pod.shm").await;
 }
@@ -753,7 +759,9 @@ async fn after_a_reboot_pods_are_not_ready_and_can_be_removed() {
     let before = kept(&mut env.cri, &ids).await;
     env.daemon.stop().await;
 
-    // A reboot: the mounts under the state dir are gone, and so is the state dir.
+    // A reboot: every process is gone, the mounts under the state dir are gone, and so is the
+    // state dir.
+    berthd::kill_monitors(&env.node).await;
     let state = env.daemon.state.clone();
     env.node.run(&["umount", "--recursive", &state.join("pods").display().to_string()]);
     std::fs::remove_dir_all(&state).unwrap();

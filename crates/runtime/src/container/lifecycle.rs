@@ -1,10 +1,38 @@
-//! CreateContainer, StartContainer, StopContainer, RemoveContainer, ExecSync and the queries.
+//! CreateContainer, StartContainer, StopContainer, RemoveContainer, ExecSync and the queries,
+//! over the container store and the pods' monitors.
+//!
+//! Create does all the work that can be done before the process runs (the user, the spec, the
+//! cgroup with its limits, the process itself set up to its last step and waiting), so that
+//! Start is one message to the monitor. The record is written before the monitor is asked to
+//! create anything: a crash in between leaves a record that Remove cleans up. Exits are written
+//! by the monitor to `exit.json` beside the record; berthd reads it when it next looks.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use berth_images::ImageService;
+
+use crate::cgroups::{CgroupLayout, CgroupMode};
+use crate::container::cgroup::ContainerCgroup;
+use crate::container::spec::{self, PidNamespace, PodContext, SpecInputs};
 use crate::container::types::*;
+use crate::container::user;
 use crate::error::{Error, Result};
+use crate::monitor::proto::{
+    self, CgroupView, ContainerStatus as MonitorStatus, CreateRequest, Reply, Request, RootfsPlan,
+};
+use crate::monitor::MonitorClient;
+use crate::pod::{NamespaceMode, PodForContainer, Pods};
+use crate::store::{new_id, Store};
+
+/// ExecSync output beyond this, per stream, is dropped: the answer must fit a gRPC message
+/// (berthd allows 16 MiB), and probes read only the first few KiB.
+const EXEC_OUTPUT_LIMIT: usize = 4 << 20;
+/// How long a SIGKILLed container may take to be reaped.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+/// ExecSync without a timeout still ends some day.
+const EXEC_NO_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 /// What ContainerStatus reports beyond the record.
 #[derive(Debug, Clone)]
@@ -22,44 +50,85 @@ pub struct ExecOutput {
     pub exit_code: i32,
 }
 
-/// The container service: a cheap handle on shared state.
+pub struct ContainersOptions {
+    pub root: PathBuf,
+    pub state: PathBuf,
+    pub cgroups: Arc<CgroupLayout>,
+    pub nest: bool,
+}
+
+/// The container service: a cheap handle on shared state. Mutating calls run in tasks of their
+/// own, so that a client that gives up does not leave a container half made.
 #[derive(Clone)]
 pub struct Containers {
     inner: Arc<Inner>,
 }
 
-struct Inner {}
+struct Inner {
+    store: Store<ContainerRecord>,
+    /// `<state>/containers`: specs and rootfs mount points, gone on reboot.
+    state_dir: PathBuf,
+    images: Arc<ImageService>,
+    pods: Pods,
+    cgroups: Arc<CgroupLayout>,
+    nest: bool,
+    /// berthd's own oom_score_adj: a container's cannot go below it without CAP_SYS_RESOURCE,
+    /// so it is raised to it (as containerd's `restrict_oom_score_adj` does).
+    oom_floor: i64,
+}
 
 impl Containers {
+    /// Loads the containers of an earlier berthd and settles what became of them while it was
+    /// down: an exit recorded by the monitor is taken; a container its monitor no longer
+    /// knows (the monitor died, the node rebooted) is Unknown.
+    pub fn open(options: ContainersOptions, images: Arc<ImageService>, pods: Pods) -> Result<Self> {
+        let state_dir = options.state.join("containers");
+        std::fs::create_dir_all(&state_dir).map_err(Error::io("creating", &state_dir))?;
+        let store = Store::open(&options.root.join("containers"))?;
+        let oom_floor = std::fs::read_to_string("/proc/self/oom_score_adj")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        let inner = Inner {
+            store,
+            state_dir,
+            images,
+            pods,
+            cgroups: options.cgroups,
+            nest: options.nest,
+            oom_floor,
+        };
+        inner.recover();
+        Ok(Containers { inner: Arc::new(inner) })
+    }
+
     pub async fn create(&self, pod_id: &str, config: ContainerConfig) -> Result<String> {
-        let _ = (pod_id, config, &self.inner);
-        Err(Error::Internal("not built yet".into()))
+        let (inner, pod_id) = (self.inner.clone(), pod_id.to_string());
+        spawn(async move { inner.create(&pod_id, config).await }).await
     }
 
     pub async fn start(&self, id: &str) -> Result<()> {
-        let _ = id;
-        Err(Error::Internal("not built yet".into()))
+        let (inner, id) = (self.inner.clone(), id.to_string());
+        spawn(async move { inner.start(&id).await }).await
     }
 
     /// Sends the stop signal, then SIGKILL after `timeout` (zero: at once).
     pub async fn stop(&self, id: &str, timeout: Duration) -> Result<()> {
-        let _ = (id, timeout);
-        Err(Error::Internal("not built yet".into()))
+        let (inner, id) = (self.inner.clone(), id.to_string());
+        spawn(async move { inner.stop(&id, timeout).await }).await
     }
 
     pub async fn remove(&self, id: &str) -> Result<()> {
-        let _ = id;
-        Err(Error::Internal("not built yet".into()))
+        let (inner, id) = (self.inner.clone(), id.to_string());
+        spawn(async move { inner.remove(&id).await }).await
     }
 
     pub async fn status(&self, id: &str, verbose: bool) -> Result<ContainerDetails> {
-        let _ = (id, verbose);
-        Err(Error::Internal("not built yet".into()))
+        self.inner.status(id, verbose)
     }
 
     pub async fn list(&self, filter: &ContainerFilter) -> Vec<ContainerRecord> {
-        let _ = filter;
-        Vec::new()
+        self.inner.list(filter)
     }
 
     /// Runs `cmd` in the container; `timeout` (None: no limit) kills it and fails with
@@ -70,12 +139,746 @@ impl Containers {
         cmd: Vec<String>,
         timeout: Option<Duration>,
     ) -> Result<ExecOutput> {
-        let _ = (id, cmd, timeout);
-        Err(Error::Internal("not built yet".into()))
+        self.inner.exec_sync(id, cmd, timeout).await
     }
 
     pub async fn reopen_log(&self, id: &str) -> Result<()> {
-        let _ = id;
-        Err(Error::Internal("not built yet".into()))
+        self.inner.reopen_log(id).await
+    }
+
+    /// StopPodSandbox: every container of the pod, killed at once (the kubelet has already
+    /// given them their grace period).
+    pub async fn stop_pod(&self, pod_id: &str) -> Result<()> {
+        let (inner, pod_id) = (self.inner.clone(), pod_id.to_string());
+        spawn(async move {
+            for id in inner.of_pod(&pod_id) {
+                inner.stop(&id, Duration::ZERO).await?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// RemovePodSandbox: every container of the pod.
+    pub async fn remove_pod(&self, pod_id: &str) -> Result<()> {
+        let (inner, pod_id) = (self.inner.clone(), pod_id.to_string());
+        spawn(async move {
+            for id in inner.of_pod(&pod_id) {
+                inner.remove(&id).await?;
+            }
+            Ok(())
+        })
+        .await
+    }
+}
+
+async fn spawn<T: Send + 'static>(
+    task: impl std::future::Future<Output = Result<T>> + Send + 'static,
+) -> Result<T> {
+    tokio::spawn(task)
+        .await
+        .map_err(|err| Error::Internal(format!("container task failed: {err}")))?
+}
+
+/// What a create has taken so far, for its rollback.
+#[derive(Default)]
+struct Taken {
+    name: Option<String>,
+    dirs: bool,
+    hold: bool,
+    cgroup: Option<ContainerCgroup>,
+    record: bool,
+    monitor: Option<MonitorClient>,
+}
+
+impl Inner {
+    fn root_dir(&self, id: &str) -> PathBuf {
+        self.store.dir_of(id)
+    }
+
+    fn bundle(&self, id: &str) -> PathBuf {
+        self.state_dir.join(id)
+    }
+
+    fn exit_file(&self, id: &str) -> PathBuf {
+        self.root_dir(id).join("exit.json")
+    }
+
+    fn monitor_of(&self, record: &ContainerRecord) -> MonitorClient {
+        MonitorClient::new(&self.pods.state_dir(&record.pod_id))
+    }
+
+    fn of_pod(&self, pod_id: &str) -> Vec<String> {
+        self.store
+            .all()
+            .into_iter()
+            .map(|entry| entry.record())
+            .filter(|record| record.pod_id == pod_id)
+            .map(|record| record.id)
+            .collect()
+    }
+
+    async fn create(&self, pod_id: &str, config: ContainerConfig) -> Result<String> {
+        if config.metadata.name.is_empty() {
+            return Err(Error::InvalidArgument("container metadata.name is empty".into()));
+        }
+        if config.image.is_empty() {
+            return Err(Error::InvalidArgument("container image is empty".into()));
+        }
+        let pod = self.pods.container_context(pod_id)?;
+        let image = self
+            .images
+            .for_container(&config.image)
+            .map_err(|err| Error::Internal(format!("image {}: {err}", config.image)))?
+            .ok_or_else(|| {
+                Error::NotFound(format!("image {:?} is not present on this node", config.image))
+            })?;
+        let meta = &pod.record.config.metadata;
+        let name = format!(
+            "{}_{}_{}_{}_{}",
+            config.metadata.name, meta.name, meta.namespace, meta.uid, config.metadata.attempt
+        );
+        let log_path = log_path(&pod.record.config.log_directory, &config.log_path)?;
+        let id = new_id()?;
+        let mut taken = Taken::default();
+        let result = self.take(&id, &name, &pod, config, image, log_path, &mut taken).await;
+        match result {
+            Ok(record) => {
+                tracing::info!(container_id = %id, pod_id = %pod.record.id, name, "container created");
+                self.store.insert(record);
+                Ok(id)
+            }
+            Err(err) => {
+                tracing::warn!(container_id = %id, error = %err, "container create failed: rolling back");
+                self.give_back(&id, taken).await;
+                Err(err)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn take(
+        &self,
+        id: &str,
+        name: &str,
+        pod: &PodForContainer,
+        config: ContainerConfig,
+        image: berth_images::ContainerImage,
+        log_path: Option<PathBuf>,
+        taken: &mut Taken,
+    ) -> Result<ContainerRecord> {
+        self.store.reserve_name(name, id)?;
+        taken.name = Some(name.to_string());
+        let run = ImageRunConfig {
+            entrypoint: image.run.entrypoint.clone().unwrap_or_default(),
+            cmd: image.run.cmd.clone().unwrap_or_default(),
+            env: image.run.env.clone().unwrap_or_default(),
+            working_dir: image.run.working_dir.clone().unwrap_or_default(),
+            user: image.run.user.clone().unwrap_or_default(),
+            stop_signal: image.run.stop_signal.clone().unwrap_or_default(),
+        };
+        let stop_signal = spec::stop_signal(&config, &run)?;
+        let cgroup_path = format!("{}/{id}", pod.record.cgroup.trim_end_matches('/'));
+        let (root_dir, bundle) = (self.root_dir(id), self.bundle(id));
+        let (upper, work, rootfs) =
+            (root_dir.join("upper"), root_dir.join("work"), bundle.join("rootfs"));
+
+        // The blocking part: files of the image, the spec, directories, the cgroup.
+        let prepared = {
+            let (config, pod, run, layers) =
+                (config.clone(), pod.clone(), run.clone(), image.layers.clone());
+            let (id, cgroup_path, rootfs) = (id.to_string(), cgroup_path.clone(), rootfs.clone());
+            let (upper, work, bundle) = (upper.clone(), work.clone(), bundle.clone());
+            let (layout, oom_floor) = (self.cgroups.clone(), self.oom_floor);
+            blocking(move || {
+                let user = user::resolve(&config.security, &run.user, &layers)?;
+                let pid = pid_namespace(&config, &pod);
+                let context = PodContext {
+                    hostname: pod.hostname.clone(),
+                    net: pod.net.clone(),
+                    ipc: pod.ipc.clone(),
+                    uts: pod.uts.clone(),
+                    pid,
+                    cgroup_ns: layout.mode == CgroupMode::Unified,
+                    hosts: pod.hosts.clone(),
+                    resolv_conf: pod.resolv_conf.clone(),
+                    hostname_file: pod.hostname_file.clone(),
+                    shm: pod.shm.clone(),
+                    sandbox_id: pod.record.id.clone(),
+                };
+                let spec = spec::build(&SpecInputs {
+                    id: &id,
+                    config: &config,
+                    image: &run,
+                    user: &user,
+                    pod: &context,
+                    rootfs: &rootfs,
+                    cgroup_path: &cgroup_path,
+                    oom_score_adj_floor: oom_floor,
+                })?;
+                spec::prepare_host_paths(&config.mounts)?;
+                spec::check_mounts(&config.mounts)?;
+                for dir in [&upper, &work, &rootfs] {
+                    std::fs::create_dir_all(dir).map_err(Error::io("creating", dir))?;
+                }
+                let spec_json = serde_json::to_vec_pretty(&spec)
+                    .map_err(|err| Error::Internal(format!("encoding the OCI spec: {err}")))?;
+                berth_images::fsutil::atomic_write(&bundle.join("config.json"), &spec_json)
+                    .map_err(|err| Error::Internal(err.to_string()))?;
+                let resources = spec
+                    .linux()
+                    .as_ref()
+                    .and_then(|linux| linux.resources().clone())
+                    .unwrap_or_default();
+                Ok((user, resources))
+            })
+        };
+        taken.dirs = true;
+        let (user, resources) = prepared.await?;
+
+        self.images
+            .hold(id, &image.chain_ids)
+            .map_err(|err| Error::Internal(format!("holding the image's layers: {err}")))?;
+        taken.hold = true;
+
+        let (layout, nest, path) = (self.cgroups.clone(), self.nest, cgroup_path.clone());
+        let cgroup =
+            blocking(move || ContainerCgroup::create(&layout, &path, nest, &resources)).await?;
+        let procs = cgroup.procs_files();
+        let view = match self.cgroups.mode {
+            CgroupMode::Unified => CgroupView::V2,
+            _ => CgroupView::V1(cgroup.v1_mounts()),
+        };
+        let memory_cgroup = cgroup.memory_dir();
+        taken.cgroup = Some(cgroup);
+
+        let (lower_base, lower) = split_layers(&image.layers)?;
+        let mut record = ContainerRecord {
+            version: RECORD_VERSION,
+            id: id.to_string(),
+            name: name.to_string(),
+            pod_id: pod.record.id.clone(),
+            image: ContainerImage {
+                name: config.image.clone(),
+                id: image.record.id.to_string(),
+                reference: image
+                    .record
+                    .repo_digests
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| image.record.id.to_string()),
+            },
+            log_path: log_path.clone(),
+            user,
+            stop_signal,
+            created_at_nanos: now_nanos(),
+            started_at_nanos: 0,
+            state: ContainerState::Created,
+            cgroup: cgroup_path,
+            config,
+        };
+        self.store.save(&record)?;
+        taken.record = true;
+
+        let monitor = MonitorClient::new(&pod.state_dir);
+        let request = CreateRequest {
+            id: id.to_string(),
+            spec: bundle.join("config.json"),
+            rootfs: RootfsPlan { lower_base, lower, upper, work },
+            cgroup_procs: procs,
+            cgroup_view: view,
+            memory_cgroup,
+            log_path,
+            tty: record.config.tty,
+            stdin: record.config.stdin,
+            stdin_once: record.config.stdin_once,
+            exit_file: self.exit_file(id),
+        };
+        taken.monitor = Some(monitor.clone());
+        match monitor.call(Request::Create(Box::new(request)), Duration::ZERO).await? {
+            Reply::Created { .. } => {}
+            other => return Err(unexpected(&other)),
+        }
+        record.state = ContainerState::Created;
+        Ok(record)
+    }
+
+    /// Undoes a failed create, in reverse. Failures are logged: the create's own error is the
+    /// one the client needs, and what is left is found by the next removal of the pod.
+    async fn give_back(&self, id: &str, taken: Taken) {
+        let mut undo = Vec::new();
+        if let Some(monitor) = taken.monitor {
+            if let Err(err) =
+                monitor.call(Request::Forget { id: id.to_string() }, Duration::ZERO).await
+            {
+                undo.push(err);
+            }
+        }
+        if let Some(cgroup) = taken.cgroup {
+            let result = blocking(move || {
+                cgroup.kill_all()?;
+                cgroup.remove()
+            })
+            .await;
+            undo.extend(result.err());
+        }
+        if taken.hold {
+            if let Err(err) = self.images.release(id) {
+                undo.push(Error::Internal(err.to_string()));
+            }
+        }
+        if taken.dirs || taken.record {
+            undo.extend(remove_dir(&self.bundle(id)).err());
+            undo.extend(self.store.delete(id).err());
+        }
+        if let Some(name) = taken.name {
+            self.store.release_name(&name, id);
+        }
+        for err in undo {
+            tracing::error!(container_id = %id, error = %err, "rolling back a failed create");
+        }
+    }
+
+    async fn start(&self, id: &str) -> Result<()> {
+        let entry = self.store.get(id)?;
+        let _step = entry.step.lock().await;
+        let mut record = self.refreshed(&entry.record());
+        match &record.state {
+            ContainerState::Created => {}
+            state => {
+                return Err(Error::FailedPrecondition(format!(
+                    "container {} is {}, not created",
+                    record.id,
+                    state.name()
+                )))
+            }
+        }
+        let monitor = self.monitor_of(&record);
+        match monitor.call(Request::Start { id: record.id.clone() }, Duration::ZERO).await {
+            Ok(Reply::Started { pid, started_at_nanos }) => {
+                record.state = ContainerState::Running { pid };
+                record.started_at_nanos = started_at_nanos;
+                self.store.save(&record)?;
+                tracing::info!(container_id = %record.id, pid, "container started");
+                Ok(())
+            }
+            Ok(other) => Err(unexpected(&other)),
+            Err(err) => {
+                // As containerd: a start that failed leaves an exited container that says why.
+                record.state = ContainerState::Exited(ExitInfo {
+                    exit_code: 128,
+                    signal: None,
+                    finished_at_nanos: now_nanos(),
+                    oom_killed: false,
+                    message: format!("failed to start: {err}"),
+                });
+                self.store.save(&record)?;
+                Err(err)
+            }
+        }
+    }
+
+    async fn stop(&self, id: &str, timeout: Duration) -> Result<()> {
+        let entry = self.store.get(id)?;
+        let _step = entry.step.lock().await;
+        if !self.store.contains(&entry.id) {
+            return Err(Error::NotFound(format!("container {id:?} not found")));
+        }
+        let record = self.refreshed(&entry.record());
+        let mut record = self.stop_record(record, timeout).await?;
+        // A container whose monitor is gone has nothing that could record an exit; whatever
+        // is left of it is killed through its cgroup.
+        if record.state == ContainerState::Unknown {
+            let (layout, nest, path) = (self.cgroups.clone(), self.nest, record.cgroup.clone());
+            blocking(move || match ContainerCgroup::open(&layout, &path, nest) {
+                Ok(cgroup) => cgroup.kill_all(),
+                Err(_) => Ok(()),
+            })
+            .await?;
+            record.state = ContainerState::Exited(ExitInfo {
+                exit_code: 137,
+                signal: Some(9),
+                finished_at_nanos: now_nanos(),
+                oom_killed: false,
+                message: "killed by berth: its monitor was gone".into(),
+            });
+        }
+        self.store.save(&record)?;
+        Ok(())
+    }
+
+    /// The signalling part of a stop; returns the record with the state the monitor reports.
+    async fn stop_record(
+        &self,
+        record: ContainerRecord,
+        timeout: Duration,
+    ) -> Result<ContainerRecord> {
+        if !matches!(record.state, ContainerState::Created | ContainerState::Running { .. }) {
+            return Ok(record);
+        }
+        let monitor = self.monitor_of(&record);
+        let id = record.id.clone();
+        // A created container has not run anything that could handle a signal.
+        let graceful = matches!(record.state, ContainerState::Running { .. }) && !timeout.is_zero();
+        let mut exited = None;
+        if graceful {
+            tracing::info!(container_id = %id, signal = record.stop_signal, ?timeout, "stopping container");
+            let signal = Request::Signal { id: id.clone(), signal: record.stop_signal };
+            match monitor.call(signal, Duration::ZERO).await {
+                Ok(_) => exited = self.wait(&monitor, &id, timeout).await?,
+                Err(Error::MonitorGone(_)) => return Ok(self.gone(record)),
+                Err(err) => return Err(err),
+            }
+        }
+        if exited.is_none() {
+            tracing::info!(container_id = %id, "killing container");
+            match monitor.call(Request::Signal { id: id.clone(), signal: 9 }, Duration::ZERO).await
+            {
+                Ok(_) => {}
+                Err(Error::MonitorGone(_)) => return Ok(self.gone(record)),
+                Err(Error::NotFound(_)) => return Ok(self.gone(record)),
+                Err(err) => return Err(err),
+            }
+            exited = self.wait(&monitor, &id, KILL_WAIT).await?;
+        }
+        let mut record = record;
+        match exited {
+            Some(info) => record.state = ContainerState::Exited(info),
+            None => {
+                return Err(Error::Internal(format!(
+                    "container {id} did not exit within {KILL_WAIT:?} of SIGKILL"
+                )))
+            }
+        }
+        Ok(record)
+    }
+
+    async fn wait(
+        &self,
+        monitor: &MonitorClient,
+        id: &str,
+        timeout: Duration,
+    ) -> Result<Option<ExitInfo>> {
+        let request = Request::Wait { id: id.to_string(), timeout_ms: timeout.as_millis() as u64 };
+        match monitor.call(request, timeout).await {
+            Ok(Reply::Status(MonitorStatus::Exited(info))) => Ok(Some(info)),
+            Ok(Reply::Status(_)) => Ok(None),
+            Ok(other) => Err(unexpected(&other)),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// The record of a container whose monitor cannot say anything about it: its exit file, if
+    /// the monitor wrote one, else Unknown.
+    fn gone(&self, mut record: ContainerRecord) -> ContainerRecord {
+        record.state = match read_exit(&self.exit_file(&record.id)) {
+            Some(info) => ContainerState::Exited(info),
+            None => ContainerState::Unknown,
+        };
+        record
+    }
+
+    async fn remove(&self, id: &str) -> Result<()> {
+        let Some(entry) = self.store.find(id)? else { return Ok(()) };
+        let _step = entry.step.lock().await;
+        if !self.store.contains(&entry.id) {
+            return Ok(());
+        }
+        let record = self.refreshed(&entry.record());
+        let record = self.stop_record(record, Duration::ZERO).await?;
+        let monitor = self.monitor_of(&record);
+        match monitor.call(Request::Forget { id: record.id.clone() }, Duration::ZERO).await {
+            Ok(_) | Err(Error::MonitorGone(_)) => {}
+            Err(err) => return Err(err),
+        }
+        let (layout, nest, path) = (self.cgroups.clone(), self.nest, record.cgroup.clone());
+        blocking(move || match ContainerCgroup::open(&layout, &path, nest) {
+            Ok(cgroup) => {
+                cgroup.kill_all()?;
+                cgroup.remove()
+            }
+            Err(Error::NotFound(_)) => Ok(()),
+            Err(err) => Err(err),
+        })
+        .await?;
+        self.images
+            .release(&record.id)
+            .map_err(|err| Error::Internal(format!("releasing the image's layers: {err}")))?;
+        remove_dir(&self.bundle(&record.id))?;
+        self.store.delete(&record.id)?;
+        self.store.forget(&record.id);
+        self.store.release_name(&record.name, &record.id);
+        tracing::info!(container_id = %record.id, "container removed");
+        Ok(())
+    }
+
+    fn status(&self, id: &str, verbose: bool) -> Result<ContainerDetails> {
+        let entry = self.store.get(id)?;
+        let record = self.refreshed(&entry.record());
+        let info = verbose.then(|| self.info(&record));
+        Ok(ContainerDetails { record, info })
+    }
+
+    fn info(&self, record: &ContainerRecord) -> serde_json::Value {
+        let bundle = self.bundle(&record.id);
+        let spec = std::fs::read(bundle.join("config.json"))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok());
+        let pid = match record.state {
+            ContainerState::Running { pid } => Some(pid),
+            _ => None,
+        };
+        let root = self.root_dir(&record.id);
+        serde_json::json!({
+            "sandboxID": record.pod_id,
+            "pid": pid,
+            "runtimeType": "berth.embedded",
+            "config": record.config,
+            "runtimeSpec": spec,
+            "rootfs": bundle.join("rootfs"),
+            "snapshot": {
+                "upper": root.join("upper"),
+                "work": root.join("work"),
+                "imageId": record.image.id,
+            },
+            "cgroup": record.cgroup,
+            "stopSignal": record.stop_signal,
+        })
+    }
+
+    fn list(&self, filter: &ContainerFilter) -> Vec<ContainerRecord> {
+        let mut containers: Vec<ContainerRecord> = self
+            .store
+            .all()
+            .into_iter()
+            .map(|entry| self.refreshed(&entry.record()))
+            .filter(|record| filter.matches(record))
+            .collect();
+        containers.sort_by_key(|c| c.created_at_nanos);
+        containers
+    }
+
+    /// The record with an exit the monitor recorded since it was last saved. Saved when it
+    /// changed, so that the exit is read once.
+    fn refreshed(&self, record: &ContainerRecord) -> ContainerRecord {
+        if !matches!(record.state, ContainerState::Created | ContainerState::Running { .. }) {
+            return record.clone();
+        }
+        let Some(info) = read_exit(&self.exit_file(&record.id)) else { return record.clone() };
+        let mut record = record.clone();
+        record.state = ContainerState::Exited(info);
+        if let Err(err) = self.store.save(&record) {
+            tracing::warn!(container_id = %record.id, error = %err, "saving a container's exit");
+        }
+        record
+    }
+
+    async fn exec_sync(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+        timeout: Option<Duration>,
+    ) -> Result<ExecOutput> {
+        if cmd.is_empty() {
+            return Err(Error::InvalidArgument("ExecSync needs a command".into()));
+        }
+        let entry = self.store.get(id)?;
+        let record = self.refreshed(&entry.record());
+        if !matches!(record.state, ContainerState::Running { .. }) {
+            return Err(Error::FailedPrecondition(format!(
+                "container {} is {}, not running",
+                record.id,
+                record.state.name()
+            )));
+        }
+        let spec_path = self.bundle(&record.id).join("config.json");
+        let spec = oci_spec::runtime::Spec::load(&spec_path)
+            .map_err(|err| Error::Internal(format!("reading {}: {err}", spec_path.display())))?;
+        let mut process = spec.process().clone().unwrap_or_default();
+        process.set_args(Some(cmd.clone())).set_terminal(Some(false));
+        let limit = timeout.filter(|t| !t.is_zero());
+        let request = proto::ExecRequest {
+            id: record.id.clone(),
+            process,
+            timeout_ms: limit.map_or(0, |t| t.as_millis() as u64),
+            output_limit: EXEC_OUTPUT_LIMIT,
+        };
+        let monitor = self.monitor_of(&record);
+        match monitor
+            .call(Request::Exec(Box::new(request)), limit.unwrap_or(EXEC_NO_TIMEOUT))
+            .await?
+        {
+            Reply::Exec { timed_out: true, .. } => Err(Error::Timeout(format!(
+                "command {cmd:?} timed out after {:?}",
+                limit.unwrap_or_default()
+            ))),
+            Reply::Exec { exit_code, stdout, stderr, .. } => Ok(ExecOutput {
+                stdout: proto::decode_bytes(&stdout),
+                stderr: proto::decode_bytes(&stderr),
+                exit_code,
+            }),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn reopen_log(&self, id: &str) -> Result<()> {
+        let entry = self.store.get(id)?;
+        let record = self.refreshed(&entry.record());
+        if !matches!(record.state, ContainerState::Running { .. }) {
+            return Err(Error::FailedPrecondition(format!(
+                "container {} is {}, not running",
+                record.id,
+                record.state.name()
+            )));
+        }
+        let monitor = self.monitor_of(&record);
+        match monitor.call(Request::ReopenLog { id: record.id.clone() }, Duration::ZERO).await? {
+            Reply::Done => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// At start: settles containers that were created or running when berthd went down.
+    fn recover(&self) {
+        let mut known: std::collections::HashMap<String, Option<Vec<(String, MonitorStatus)>>> =
+            Default::default();
+        for entry in self.store.all() {
+            let record = entry.record();
+            if !matches!(record.state, ContainerState::Created | ContainerState::Running { .. }) {
+                continue;
+            }
+            let refreshed = self.refreshed(&record);
+            if refreshed.state != record.state {
+                continue;
+            }
+            let statuses = known.entry(record.pod_id.clone()).or_insert_with(|| {
+                crate::monitor::client::hello_blocking(&self.pods.state_dir(&record.pod_id))
+            });
+            let status = statuses.as_ref().and_then(|all| {
+                all.iter().find(|(id, _)| *id == record.id).map(|(_, s)| s.clone())
+            });
+            let mut record = record;
+            match status {
+                Some(MonitorStatus::Exited(info)) => record.state = ContainerState::Exited(info),
+                Some(MonitorStatus::Running { pid, .. }) => {
+                    record.state = ContainerState::Running { pid }
+                }
+                Some(MonitorStatus::Created { .. }) => record.state = ContainerState::Created,
+                None => {
+                    tracing::warn!(container_id = %record.id, "container's monitor is gone: state unknown");
+                    record.state = ContainerState::Unknown;
+                }
+            }
+            if let Err(err) = self.store.save(&record) {
+                tracing::warn!(container_id = %record.id, error = %err, "saving a recovered container");
+            }
+        }
+    }
+}
+
+/// The PID namespace a container gets: the pod's (its monitor is pid 1 there) when the pod has
+/// one, a new one, the node's, or another container's.
+fn pid_namespace(config: &ContainerConfig, pod: &PodForContainer) -> PidNamespace {
+    let pod_has_one = pod.record.config.namespaces.pid == NamespaceMode::Pod;
+    match config.security.pid {
+        NamespaceMode::Pod if pod_has_one => {
+            PidNamespace::Join(PathBuf::from(format!("/proc/{}/ns/pid", pod.monitor_pid)))
+        }
+        NamespaceMode::Node => PidNamespace::Host,
+        _ => PidNamespace::New,
+    }
+}
+
+/// Overlay takes lower dirs relative to the directory of the mount call, which keeps the option
+/// string within a page for images of many layers: so every layer must share one parent.
+fn split_layers(layers: &[PathBuf]) -> Result<(PathBuf, Vec<PathBuf>)> {
+    let base = layers
+        .first()
+        .and_then(|layer| layer.parent().and_then(Path::parent))
+        .ok_or_else(|| Error::InvalidArgument("the image has no layers".into()))?
+        .to_path_buf();
+    let mut lower = Vec::with_capacity(layers.len());
+    for layer in layers {
+        let relative = layer.strip_prefix(&base).map_err(|_| {
+            Error::Internal(format!("layer {} is outside {}", layer.display(), base.display()))
+        })?;
+        lower.push(relative.to_path_buf());
+    }
+    Ok((base, lower))
+}
+
+fn log_path(directory: &str, path: &str) -> Result<Option<PathBuf>> {
+    if path.is_empty() {
+        return Ok(None);
+    }
+    let full = Path::new(directory).join(path);
+    if !full.is_absolute() || full.components().any(|c| c == std::path::Component::ParentDir) {
+        return Err(Error::InvalidArgument(format!(
+            "log path {path:?} in log directory {directory:?} is not an absolute path without \"..\""
+        )));
+    }
+    Ok(Some(full))
+}
+
+fn read_exit(path: &Path) -> Option<ExitInfo> {
+    let bytes = std::fs::read(path).ok()?;
+    match serde_json::from_slice(&bytes) {
+        Ok(info) => Some(info),
+        Err(err) => {
+            tracing::warn!(path = %path.display(), error = %err, "unreadable exit record");
+            None
+        }
+    }
+}
+
+fn unexpected(reply: &Reply) -> Error {
+    Error::Internal(format!("unexpected answer from the pod's monitor: {reply:?}"))
+}
+
+fn remove_dir(dir: &Path) -> Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+            Err(Error::io("removing", dir)(err))
+        }
+        _ => Ok(()),
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|err| Error::Internal(format!("blocking task failed: {err}")))?
+}
+
+fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_share_a_base() {
+        let layers = vec![PathBuf::from("/r/snapshots/bb/fs"), PathBuf::from("/r/snapshots/aa/fs")];
+        let (base, lower) = split_layers(&layers).unwrap();
+        assert_eq!(base, PathBuf::from("/r/snapshots"));
+        assert_eq!(lower, vec![PathBuf::from("bb/fs"), PathBuf::from("aa/fs")]);
+        assert!(split_layers(&[]).is_err());
+        assert!(split_layers(&[PathBuf::from("/a/b/fs"), PathBuf::from("/c/d/fs")]).is_err());
+    }
+
+    #[test]
+    fn log_paths() {
+        assert_eq!(log_path("/var/log/pods/x", "").unwrap(), None);
+        assert_eq!(
+            log_path("/var/log/pods/x", "c/0.log").unwrap(),
+            Some(PathBuf::from("/var/log/pods/x/c/0.log"))
+        );
+        assert!(log_path("", "c/0.log").is_err());
+        assert!(log_path("/var/log/pods/x", "../../etc/passwd").is_err());
     }
 }

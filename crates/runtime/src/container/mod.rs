@@ -1,7 +1,10 @@
-//! Containers: their records, OCI specs, cgroups and lifecycle.
+//! Containers: their records, OCI specs, users, cgroups and lifecycle.
 
+pub mod cgroup;
 mod lifecycle;
+pub mod spec;
 pub mod types;
+pub mod user;
 
-pub use lifecycle::{ContainerDetails, Containers, ExecOutput};
+pub use lifecycle::{ContainerDetails, Containers, ContainersOptions, ExecOutput};
 pub use types::*;

@@ -154,7 +154,9 @@ pub struct ExitInfo {
 pub enum ContainerState {
     /// Set up and waiting to be started.
     Created,
-    Running { pid: u32 },
+    Running {
+        pid: u32,
+    },
     Exited(ExitInfo),
     /// Its monitor is gone and no exit was recorded.
     Unknown,
@@ -187,12 +189,16 @@ pub struct ContainerImage {
 pub struct ContainerRecord {
     pub version: u32,
     pub id: String,
+    /// Unique among containers: `<name>_<pod name>_<pod namespace>_<pod uid>_<attempt>`.
+    pub name: String,
     pub pod_id: String,
     pub config: ContainerConfig,
     pub image: ContainerImage,
     /// `log_directory/log_path` of the pod and container; `None`: no log.
     pub log_path: Option<PathBuf>,
     pub user: ResolvedUser,
+    /// From the config, else the image, else SIGTERM.
+    pub stop_signal: i32,
     pub created_at_nanos: i64,
     /// 0 until started.
     pub started_at_nanos: i64,
@@ -202,6 +208,21 @@ pub struct ContainerRecord {
 }
 
 pub const RECORD_VERSION: u32 = 1;
+
+impl crate::store::Record for ContainerRecord {
+    const KIND: &'static str = "container";
+    const FILE: &'static str = "container.json";
+    const VERSION: u32 = RECORD_VERSION;
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn version(&self) -> u32 {
+        self.version
+    }
+    fn name_key(&self) -> String {
+        self.name.clone()
+    }
+}
 
 /// Filters of ListContainers, in plain terms.
 #[derive(Debug, Clone, Default)]

@@ -105,7 +105,7 @@ pub fn remove(layout: &CgroupLayout, created: &[String], nest: bool) -> Result<(
 
 /// A new v1 cpuset cgroup has no CPUs and no memory nodes, and joining it fails until they
 /// are set: give it its parent's.
-fn inherit_cpuset(dir: &Path) -> Result<()> {
+pub(crate) fn inherit_cpuset(dir: &Path) -> Result<()> {
     let parent =
         dir.parent().ok_or_else(|| Error::Cgroup(format!("{} has no parent", dir.display())))?;
     for file in ["cpuset.cpus", "cpuset.mems"] {

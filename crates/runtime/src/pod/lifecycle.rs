@@ -8,14 +8,16 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use crate::cgroups::CgroupLayout;
 use crate::cni::{Cni, PodNetworkRequest};
 use crate::error::{Error, Result};
+use crate::monitor::{self, proto::Request, MonitorClient};
 use crate::namespaces::{self, NamespaceRequest, NsKind, PodNamespaces};
-use crate::pod::store::{new_id, PodStore};
 use crate::pod::types::*;
 use crate::pod::{cgroup, files};
+use crate::store::{new_id, Store};
 
 /// The size of a pod's /dev/shm, as docker and containerd default it.
 const SHM_SIZE: u64 = 64 << 20;
@@ -24,12 +26,13 @@ const IFNAME: &str = "eth0";
 
 /// The pod service. Its work runs in tasks of its own (see [`Pods::run`]), so it is a cheap
 /// handle on shared state.
+#[derive(Clone)]
 pub struct Pods {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    store: PodStore,
+    store: Store<PodRecord>,
     /// `<state>/pods`: namespace handles and /dev/shm, gone on reboot.
     state_dir: PathBuf,
     cgroups: Arc<CgroupLayout>,
@@ -37,6 +40,8 @@ struct Inner {
     cni: Cni,
     handlers: Vec<String>,
     pod_cidr: Mutex<Option<String>>,
+    /// The binary whose `monitor` subcommand is a pod's monitor: berthd itself.
+    monitor_exe: PathBuf,
 }
 
 /// What PodSandboxStatus reports beyond the record.
@@ -56,13 +61,22 @@ impl Pods {
         nest: bool,
         cni: Cni,
         handlers: Vec<String>,
+        monitor_exe: PathBuf,
     ) -> Result<Pods> {
         let state_dir = state.join("pods");
         std::fs::create_dir_all(&state_dir).map_err(Error::io("creating", &state_dir))?;
         namespaces::prepare_state_dir(&state_dir)?;
-        let store = PodStore::open(&root.join("pods"))?;
-        let pods =
-            Inner { store, state_dir, cgroups, nest, cni, handlers, pod_cidr: Mutex::new(None) };
+        let store = Store::open(&root.join("pods"))?;
+        let pods = Inner {
+            store,
+            state_dir,
+            cgroups,
+            nest,
+            cni,
+            handlers,
+            pod_cidr: Mutex::new(None),
+            monitor_exe,
+        };
         for entry in pods.store.all() {
             let mut record = entry.record();
             if record.state == PodState::Ready && !pods.namespaces_held(&record) {
@@ -76,6 +90,16 @@ impl Pods {
 
     pub fn set_pod_cidr(&self, cidr: &str) {
         self.inner.set_pod_cidr(cidr)
+    }
+
+    /// The full id a full id or unique prefix names.
+    pub fn resolve_id(&self, id: &str) -> Result<String> {
+        Ok(self.inner.store.get(id)?.id.clone())
+    }
+
+    /// Like `resolve_id`, but an unknown pod is None.
+    pub fn find_id(&self, id: &str) -> Result<Option<String>> {
+        Ok(self.inner.store.find(id)?.map(|entry| entry.id.clone()))
     }
 
     /// RunPodSandbox. The setup runs in a task of its own: a client that gives up (a deadline,
@@ -113,6 +137,16 @@ impl Pods {
     /// The namespace files of a ready pod, for containers to join.
     pub async fn namespace_paths(&self, id: &str) -> Result<Vec<(NsKind, PathBuf)>> {
         self.inner.namespace_paths(id)
+    }
+
+    /// What a new container of a ready pod needs of it.
+    pub fn container_context(&self, id: &str) -> Result<PodForContainer> {
+        self.inner.container_context(id)
+    }
+
+    /// The state directory of a pod, where its monitor listens.
+    pub fn state_dir(&self, id: &str) -> PathBuf {
+        self.inner.state_dir.join(id)
     }
 }
 
@@ -177,6 +211,7 @@ impl Inner {
             network: None,
             network_pending: false,
             cgroup_created: Vec::new(),
+            monitor_pid: None,
         };
         if let Err(err) = self.store.save(&record) {
             self.store.release_name(&key, &id);
@@ -225,7 +260,7 @@ impl Inner {
         resolv: &str,
     ) -> Result<()> {
         let id = record.id.clone();
-        let pod_dir = self.store.pod_dir(&id);
+        let pod_dir = self.store.dir_of(&id);
         let host_network = record.config.namespaces.network == NamespaceMode::Node;
         // Made for every pod, also one with nothing to hold there: its being gone tells a
         // later berthd that the node rebooted.
@@ -261,6 +296,13 @@ impl Inner {
         let held = blocking(move || namespaces::create(&dir, &request)).await?;
         taken.namespaces = Some(held.clone());
         failpoint("pod.namespaces")?;
+
+        let pid_ns = record.config.namespaces.pid == NamespaceMode::Pod;
+        let pid = monitor::spawn(&self.monitor_exe, &state, &id, pid_ns).await?;
+        taken.monitor = true;
+        record.monitor_pid = Some(pid);
+        self.store.save(record)?;
+        failpoint("pod.monitor")?;
 
         if record.config.namespaces.ipc != NamespaceMode::Node {
             let shm = self.shm_dir(&id);
@@ -322,6 +364,9 @@ impl Inner {
                 note(self.cni.del(&record.id, ns.net.as_deref(), IFNAME).await);
             }
         }
+        if taken.monitor {
+            note(self.stop_monitor(record).await);
+        }
         if taken.shm {
             let shm = self.shm_dir(&record.id);
             note(blocking(move || namespaces::unmount(&shm)).await);
@@ -367,10 +412,28 @@ impl Inner {
             record.network_pending = false;
             self.store.save(record)?;
         }
+        self.stop_monitor(record).await?;
+        if record.monitor_pid.take().is_some() {
+            self.store.save(record)?;
+        }
         let shm = self.shm_dir(&record.id);
         blocking(move || namespaces::unmount(&shm)).await?;
         blocking(move || namespaces::release(&held)).await?;
         Ok(())
+    }
+
+    /// Asks the monitor to exit (it kills what is left of the pod's containers), and makes sure
+    /// it has: a pod-wide PID namespace lives exactly as long as its monitor.
+    async fn stop_monitor(&self, record: &PodRecord) -> Result<()> {
+        let Some(pid) = record.monitor_pid else { return Ok(()) };
+        let client = MonitorClient::new(&self.state_dir.join(&record.id));
+        match client.call(Request::Shutdown, Duration::ZERO).await {
+            Ok(_) | Err(Error::MonitorGone(_)) => {}
+            Err(err) => {
+                tracing::warn!(pod_id = %record.id, error = %err, "monitor refused to shut down; killing it")
+            }
+        }
+        blocking(move || monitor::wait_gone(pid, Duration::from_secs(5))).await
     }
 
     /// RemovePodSandbox: stops it if needed, then removes everything of it. An unknown pod is
@@ -423,6 +486,41 @@ impl Inner {
         pods
     }
 
+    fn container_context(&self, id: &str) -> Result<PodForContainer> {
+        let entry = self.store.get(id)?;
+        let record = entry.record();
+        if record.state != PodState::Ready {
+            return Err(Error::FailedPrecondition(format!(
+                "pod sandbox {} is not ready",
+                record.id
+            )));
+        }
+        let Some(monitor_pid) = record.monitor_pid else {
+            return Err(Error::FailedPrecondition(format!(
+                "pod sandbox {} has no monitor (created by an earlier berthd?)",
+                record.id
+            )));
+        };
+        let ns = self.namespaces_of(&record);
+        let files = self.store.dir_of(&record.id);
+        Ok(PodForContainer {
+            net: ns.net,
+            ipc: ns.ipc,
+            uts: ns.uts,
+            shm: (record.config.namespaces.ipc != NamespaceMode::Node)
+                .then(|| self.shm_dir(&record.id)),
+            hosts: files.join("hosts"),
+            resolv_conf: files.join("resolv.conf"),
+            hostname_file: files.join("hostname"),
+            hostname: std::fs::read_to_string(files.join("hostname"))
+                .map(|h| h.trim_end().to_string())
+                .map_err(Error::io("reading", files.join("hostname")))?,
+            state_dir: self.state_dir.join(&record.id),
+            monitor_pid,
+            record,
+        })
+    }
+
     fn namespace_paths(&self, id: &str) -> Result<Vec<(NsKind, PathBuf)>> {
         let entry = self.store.get(id)?;
         let record = entry.record();
@@ -440,6 +538,25 @@ impl Inner {
     }
 }
 
+/// What a container needs of its pod.
+#[derive(Debug, Clone)]
+pub struct PodForContainer {
+    pub record: PodRecord,
+    /// Held namespaces; None: the node's.
+    pub net: Option<PathBuf>,
+    pub ipc: Option<PathBuf>,
+    pub uts: Option<PathBuf>,
+    /// The pod's /dev/shm; None with the node's IPC namespace.
+    pub shm: Option<PathBuf>,
+    pub hosts: PathBuf,
+    pub resolv_conf: PathBuf,
+    pub hostname_file: PathBuf,
+    pub hostname: String,
+    /// Where the pod's monitor listens.
+    pub state_dir: PathBuf,
+    pub monitor_pid: u32,
+}
+
 /// What a setup has taken so far, for its rollback.
 #[derive(Default)]
 struct Taken {
@@ -447,6 +564,7 @@ struct Taken {
     namespaces: Option<PodNamespaces>,
     shm: bool,
     network: bool,
+    monitor: bool,
 }
 
 /// The pod's bandwidth limits, from kubelet's annotations.

@@ -3,9 +3,8 @@
 pub mod cgroup;
 pub mod files;
 mod lifecycle;
-pub mod store;
 pub mod types;
 
-pub use lifecycle::{PodDetails, Pods};
-pub use store::{new_id, PodEntry, PodStore};
+pub use crate::store::new_id;
+pub use lifecycle::{PodDetails, PodForContainer, Pods};
 pub use types::*;

@@ -106,9 +106,28 @@ pub struct PodRecord {
     /// The cgroup directories berth made for the pod (and so removes), parents first; the
     /// kubelet's own are left to it.
     pub cgroup_created: Vec<String>,
+    /// The pod's monitor process (pid in berthd's PID namespace), once started; with a pod-wide
+    /// PID namespace it is that namespace's pid 1.
+    #[serde(default)]
+    pub monitor_pid: Option<u32>,
 }
 
 pub const RECORD_VERSION: u32 = 1;
+
+impl crate::store::Record for PodRecord {
+    const KIND: &'static str = "pod sandbox";
+    const FILE: &'static str = "pod.json";
+    const VERSION: u32 = RECORD_VERSION;
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn version(&self) -> u32 {
+        self.version
+    }
+    fn name_key(&self) -> String {
+        self.config.metadata.key()
+    }
+}
 
 /// Filters of ListPodSandbox, in plain terms.
 #[derive(Debug, Clone, Default)]

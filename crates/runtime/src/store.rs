@@ -1,92 +1,112 @@
-//! The pods berthd knows: a map by id with unique-prefix lookup, the metadata names that must
-//! stay unique, and their persistent records (`<root>/pods/<id>/pod.json`, written atomically).
+//! The pods or containers berthd knows: a map by id with unique-prefix lookup, the metadata
+//! names that must stay unique, and their persistent records (`<dir>/<id>/<FILE>`, written
+//! atomically).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::error::{Error, Result};
-use crate::pod::types::{PodRecord, RECORD_VERSION};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
-/// One pod. A lifecycle step (which may be slow: CNI, mounts) holds `step` throughout, so that
-/// steps of one pod never interleave while other pods go on; readers (the kubelet's frequent
-/// ListPodSandbox and PodSandboxStatus) see the last saved record without waiting for a step.
-pub struct PodEntry {
-    pub id: String,
-    pub step: tokio::sync::Mutex<()>,
-    saved: Mutex<PodRecord>,
+use crate::error::{Error, Result};
+
+/// What a store keeps.
+pub trait Record: Clone + Serialize + DeserializeOwned + Send + 'static {
+    /// How messages name one ("pod sandbox", "container").
+    const KIND: &'static str;
+    /// The record's file in its directory.
+    const FILE: &'static str;
+    const VERSION: u32;
+    fn id(&self) -> &str;
+    fn version(&self) -> u32;
+    /// The name that must be unique, as the kubelet builds it from the metadata.
+    fn name_key(&self) -> String;
 }
 
-impl PodEntry {
-    fn new(record: PodRecord) -> PodEntry {
-        PodEntry {
-            id: record.id.clone(),
+/// One pod or container. A lifecycle step (which may be slow: CNI, mounts, a stop timeout)
+/// holds `step` throughout, so that steps of one never interleave while others go on; readers
+/// (the kubelet's frequent lists and statuses) see the last saved record without waiting.
+pub struct Entry<R> {
+    pub id: String,
+    pub step: tokio::sync::Mutex<()>,
+    saved: Mutex<R>,
+}
+
+impl<R: Record> Entry<R> {
+    fn new(record: R) -> Entry<R> {
+        Entry {
+            id: record.id().to_string(),
             step: tokio::sync::Mutex::new(()),
             saved: Mutex::new(record),
         }
     }
 
     /// The record as last saved.
-    pub fn record(&self) -> PodRecord {
+    pub fn record(&self) -> R {
         lock(&self.saved).clone()
     }
 }
 
-pub struct PodStore {
+pub struct Store<R> {
     dir: PathBuf,
-    pods: Mutex<BTreeMap<String, Arc<PodEntry>>>,
-    /// Metadata key → pod id.
+    entries: Mutex<BTreeMap<String, Arc<Entry<R>>>>,
+    /// Metadata key → id.
     names: Mutex<BTreeMap<String, String>>,
 }
 
-impl PodStore {
+impl<R: Record> Store<R> {
     /// Loads every record under `dir`. A record that cannot be read is logged and left on disk
     /// for an operator, rather than stopping berthd or being deleted.
-    pub fn open(dir: &Path) -> Result<PodStore> {
+    pub fn open(dir: &Path) -> Result<Store<R>> {
         std::fs::create_dir_all(dir).map_err(Error::io("creating", dir))?;
-        let store = PodStore {
+        let store = Store {
             dir: dir.to_path_buf(),
-            pods: Mutex::new(BTreeMap::new()),
+            entries: Mutex::new(BTreeMap::new()),
             names: Mutex::new(BTreeMap::new()),
         };
         for entry in std::fs::read_dir(dir).map_err(Error::io("reading", dir))?.flatten() {
-            let path = entry.path().join("pod.json");
+            let path = entry.path().join(R::FILE);
             let record = match std::fs::read(&path) {
-                Ok(bytes) => serde_json::from_slice::<PodRecord>(&bytes)
+                Ok(bytes) => serde_json::from_slice::<R>(&bytes)
                     .map_err(|err| err.to_string())
-                    .and_then(|r| match r.version {
-                        RECORD_VERSION => Ok(r),
+                    .and_then(|r| match r.version() {
+                        v if v == R::VERSION => Ok(r),
                         v => Err(format!("record version {v} is not supported")),
                     }),
-                // A pod whose setup never wrote its record: nothing of it is to be kept.
+                // One whose creation never wrote its record: nothing of it is to be kept.
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(err) => Err(err.to_string()),
             };
             match record {
                 Ok(record) => {
-                    lock(&store.names).insert(record.config.metadata.key(), record.id.clone());
-                    let entry = PodEntry::new(record);
-                    lock(&store.pods).insert(entry.id.clone(), Arc::new(entry));
+                    lock(&store.names).insert(record.name_key(), record.id().to_string());
+                    let entry = Entry::new(record);
+                    lock(&store.entries).insert(entry.id.clone(), Arc::new(entry));
                 }
-                Err(reason) => {
-                    tracing::error!(path = %path.display(), reason, "skipping an unreadable pod record")
-                }
+                Err(reason) => tracing::error!(
+                    path = %path.display(),
+                    reason,
+                    "skipping an unreadable {} record",
+                    R::KIND
+                ),
             }
         }
         Ok(store)
     }
 
-    pub fn pod_dir(&self, id: &str) -> PathBuf {
+    pub fn dir_of(&self, id: &str) -> PathBuf {
         self.dir.join(id)
     }
 
-    /// Claims a pod name; a second pod of the same metadata is refused with the first's id,
-    /// as containerd and CRI-O do.
+    /// Claims a name; a second one of the same metadata is refused with the first's id, as
+    /// containerd and CRI-O do.
     pub fn reserve_name(&self, key: &str, id: &str) -> Result<()> {
         let mut names = lock(&self.names);
         if let Some(existing) = names.get(key) {
             return Err(Error::AlreadyExists(format!(
-                "pod sandbox {key} already exists as {existing}"
+                "{} {key} already exists as {existing}",
+                R::KIND
             )));
         }
         names.insert(key.to_string(), id.to_string());
@@ -100,66 +120,67 @@ impl PodStore {
         }
     }
 
-    pub fn insert(&self, record: PodRecord) -> Arc<PodEntry> {
-        let entry = Arc::new(PodEntry::new(record));
-        lock(&self.pods).insert(entry.id.clone(), entry.clone());
+    pub fn insert(&self, record: R) -> Arc<Entry<R>> {
+        let entry = Arc::new(Entry::new(record));
+        lock(&self.entries).insert(entry.id.clone(), entry.clone());
         entry
     }
 
     pub fn forget(&self, id: &str) {
-        lock(&self.pods).remove(id);
+        lock(&self.entries).remove(id);
     }
 
-    /// The pod a full id or a unique prefix of one names.
-    pub fn get(&self, id: &str) -> Result<Arc<PodEntry>> {
-        self.find(id)?.ok_or_else(|| Error::NotFound(format!("pod sandbox {id:?} not found")))
+    /// The one a full id or a unique prefix of one names.
+    pub fn get(&self, id: &str) -> Result<Arc<Entry<R>>> {
+        self.find(id)?.ok_or_else(|| Error::NotFound(format!("{} {id:?} not found", R::KIND)))
     }
 
-    /// Like `get`, but an unknown pod is `None` (RemovePodSandbox of a removed pod is fine).
-    pub fn find(&self, id: &str) -> Result<Option<Arc<PodEntry>>> {
+    /// Like `get`, but an unknown id is `None` (removing twice is fine).
+    pub fn find(&self, id: &str) -> Result<Option<Arc<Entry<R>>>> {
         if id.is_empty() {
-            return Err(Error::InvalidArgument("pod sandbox id is empty".into()));
+            return Err(Error::InvalidArgument(format!("{} id is empty", R::KIND)));
         }
-        let pods = lock(&self.pods);
-        if let Some(entry) = pods.get(id) {
+        let entries = lock(&self.entries);
+        if let Some(entry) = entries.get(id) {
             return Ok(Some(entry.clone()));
         }
-        let mut matches = pods.range(id.to_string()..).take_while(|(key, _)| key.starts_with(id));
+        let mut matches =
+            entries.range(id.to_string()..).take_while(|(key, _)| key.starts_with(id));
         match (matches.next(), matches.next()) {
             (Some((_, entry)), None) => Ok(Some(entry.clone())),
             (None, _) => Ok(None),
             (Some(_), Some(_)) => {
-                Err(Error::InvalidArgument(format!("pod sandbox id prefix {id:?} is ambiguous")))
+                Err(Error::InvalidArgument(format!("{} id prefix {id:?} is ambiguous", R::KIND)))
             }
         }
     }
 
     pub fn contains(&self, id: &str) -> bool {
-        lock(&self.pods).contains_key(id)
+        lock(&self.entries).contains_key(id)
     }
 
-    pub fn all(&self) -> Vec<Arc<PodEntry>> {
-        lock(&self.pods).values().cloned().collect()
+    pub fn all(&self) -> Vec<Arc<Entry<R>>> {
+        lock(&self.entries).values().cloned().collect()
     }
 
     /// Writes the record atomically (a crash leaves the old record or the new one), then
     /// shows it to readers.
-    pub fn save(&self, record: &PodRecord) -> Result<()> {
-        let dir = self.pod_dir(&record.id);
+    pub fn save(&self, record: &R) -> Result<()> {
+        let dir = self.dir_of(record.id());
         std::fs::create_dir_all(&dir).map_err(Error::io("creating", &dir))?;
         let bytes = serde_json::to_vec_pretty(record)
-            .map_err(|err| Error::Internal(format!("encoding pod record: {err}")))?;
-        berth_images::fsutil::atomic_write(&dir.join("pod.json"), &bytes)
+            .map_err(|err| Error::Internal(format!("encoding a {} record: {err}", R::KIND)))?;
+        berth_images::fsutil::atomic_write(&dir.join(R::FILE), &bytes)
             .map_err(|err| Error::Internal(err.to_string()))?;
-        if let Some(entry) = lock(&self.pods).get(&record.id) {
+        if let Some(entry) = lock(&self.entries).get(record.id()) {
             *lock(&entry.saved) = record.clone();
         }
         Ok(())
     }
 
-    /// Deletes the pod's directory and everything in it.
+    /// Deletes the directory and everything in it.
     pub fn delete(&self, id: &str) -> Result<()> {
-        let dir = self.pod_dir(id);
+        let dir = self.dir_of(id);
         match std::fs::remove_dir_all(&dir) {
             Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
                 Err(Error::io("removing", dir)(err))
@@ -186,7 +207,7 @@ pub fn new_id() -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pod::types::{PodConfig, PodMetadata, PodState};
+    use crate::pod::types::{PodConfig, PodMetadata, PodRecord, PodState, RECORD_VERSION};
 
     fn record(id: &str, name: &str) -> PodRecord {
         PodRecord {
@@ -207,13 +228,14 @@ mod tests {
             network_pending: false,
             cgroup: "/berth/x".into(),
             cgroup_created: vec![],
+            monitor_pid: None,
         }
     }
 
     #[test]
     fn prefixes_names_and_persistence() {
         let dir = tempfile::tempdir().unwrap();
-        let store = PodStore::open(dir.path()).unwrap();
+        let store = Store::<PodRecord>::open(dir.path()).unwrap();
         for (id, name) in [("abc1", "a"), ("abc2", "b"), ("def", "c")] {
             let r = record(id, name);
             store.reserve_name(&r.config.metadata.key(), id).unwrap();
@@ -231,12 +253,12 @@ mod tests {
         assert!(err.to_string().contains("abc1"), "{err}");
 
         // A restart finds the same pods and names.
-        let again = PodStore::open(dir.path()).unwrap();
+        let again = Store::<PodRecord>::open(dir.path()).unwrap();
         assert_eq!(again.all().len(), 3);
         assert!(again.reserve_name(&record("x", "c").config.metadata.key(), "x").is_err());
         again.delete("def").unwrap();
         again.delete("def").unwrap();
-        assert_eq!(PodStore::open(dir.path()).unwrap().all().len(), 2);
+        assert_eq!(Store::<PodRecord>::open(dir.path()).unwrap().all().len(), 2);
     }
 
     #[test]

@@ -1,0 +1,315 @@
+//! berth's embedded OCI executor: creates, starts and execs into containers from an OCI spec,
+//! without an external runtime binary.
+//!
+//! It runs in a pod's monitor process, which is single-threaded, the subreaper of its
+//! containers, and reaps them from its own `waitpid(-1)` loop. So these functions clone or fork
+//! children and hand their pids back; they reap only a child that failed before it was handed
+//! back.
+//!
+//! ```text
+//!   create ── plan (spec checked, converted) ── clone(new namespaces) ──▶ child:
+//!             cgroups, stdio, setns, overlay, mounts, /dev, pivot_root, masks, limits,
+//!             user, caps, cwd, executable found ──"ready <host pid>"──▶ parent: Created
+//!   start  ── start byte ──▶ child: execve ── sync socket closes (CLOEXEC) ──▶ parent: Ok
+//!   spawn_exec ── setns(pid ns of the container) ; fork ; setns(own pid ns) ──▶ child:
+//!             cgroups, stdio, setns ipc/uts/net/cgroup/mnt, cwd, limits, user, caps, execve
+//! ```
+//!
+//! Parent and child talk over a `SOCK_SEQPACKET` socket pair rather than two pipes: one
+//! message per read, and the parent's sends use `MSG_NOSIGNAL`, so a child that died never
+//! raises SIGPIPE in the monitor.
+
+mod capabilities;
+mod child;
+mod devices;
+mod mounts;
+mod plan;
+#[cfg(test)]
+mod tests;
+
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::sched::CloneFlags;
+use nix::sys::signal::{kill, Signal};
+use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+use nix::sys::wait::waitpid;
+use nix::unistd::{ForkResult, Pid};
+use oci_spec::runtime::{Process, Spec};
+
+use crate::error::{Error, Result};
+
+/// The longest message the child sends; longer ones are cut.
+const MAX_MESSAGE: usize = 4000;
+/// The container init's stack until execve. Mapped lazily: only what is touched costs memory.
+const STACK_SIZE: usize = 8 << 20;
+
+/// The overlay that becomes the container's root filesystem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rootfs {
+    /// The directory the lower layers are relative to: the child mounts from inside it, which
+    /// keeps the option string under the kernel's one page with many layers.
+    pub lower_base: PathBuf,
+    /// Top layer first.
+    pub lower: Vec<PathBuf>,
+    /// Absolute; created by the caller.
+    pub upper: PathBuf,
+    pub work: PathBuf,
+}
+
+/// What the container sees at /sys/fs/cgroup (the spec's `cgroup` mount).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CgroupMount {
+    /// (mount name as in the host's /sys/fs/cgroup, e.g. `cpu,cpuacct`; the host directory of
+    /// the container's cgroup in it): a tmpfs with each bound read-only under its name, plus
+    /// the symlinks a host has for co-mounted controllers.
+    V1(Vec<(String, PathBuf)>),
+    /// cgroup2 itself, seen through the container's cgroup namespace.
+    V2,
+}
+
+pub struct CreateRequest<'a> {
+    /// `root.path` must be an existing empty directory: the overlay is mounted on it (in the
+    /// container's mount namespace only).
+    pub spec: &'a Spec,
+    pub rootfs: &'a Rootfs,
+    /// cgroup.procs files the child joins first.
+    pub cgroup_procs: &'a [PathBuf],
+    pub cgroup_mount: &'a CgroupMount,
+    /// The pty slave for all three when `process.terminal` is set.
+    pub stdin: BorrowedFd<'a>,
+    pub stdout: BorrowedFd<'a>,
+    pub stderr: BorrowedFd<'a>,
+}
+
+/// A container process that is set up and waits for [`start`]. Dropping it without starting
+/// makes the process exit; the caller reaps it either way.
+#[derive(Debug)]
+pub struct Created {
+    /// In the caller's PID namespace.
+    pub pid: Pid,
+    /// As the host's /proc sees it.
+    pub host_pid: u32,
+    sync: OwnedFd,
+}
+
+pub struct ExecRequest<'a> {
+    /// Host pid of the container's init, whose namespaces the process joins.
+    pub container_pid: u32,
+    pub cgroup_procs: &'a [PathBuf],
+    pub process: &'a Process,
+    pub stdin: BorrowedFd<'a>,
+    pub stdout: BorrowedFd<'a>,
+    pub stderr: BorrowedFd<'a>,
+}
+
+/// Sets up a container and leaves its process waiting for [`start`], its executable found.
+/// A spec, mount source, working directory or executable at fault is
+/// [`Error::InvalidArgument`]; anything else [`Error::Internal`], with the child's message.
+pub fn create(req: &CreateRequest) -> Result<Created> {
+    let plan = plan::container(req.spec, req.rootfs, req.cgroup_mount)?;
+    let join_ns = plan
+        .join_ns
+        .iter()
+        .map(|(flag, path)| Ok((*flag, open_ns(path)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let pid_ns = plan.pid_ns_path.as_deref().map(open_ns).transpose()?;
+    let (parent_end, child_end) = sync_pair()?;
+    let ctx = child::CreateContext {
+        plan: &plan,
+        cgroup_procs: req.cgroup_procs,
+        cgroup_mount: req.cgroup_mount,
+        sock: child_end.as_raw_fd(),
+        stdio: [req.stdin.as_raw_fd(), req.stdout.as_raw_fd(), req.stderr.as_raw_fd()],
+        join_ns: join_ns.iter().map(|(flag, fd)| (*flag, fd.as_raw_fd())).collect(),
+    };
+    let mut stack = vec![0u8; STACK_SIZE];
+    let pid = in_pid_namespace(pid_ns.as_ref(), || {
+        // SAFETY: the caller is single-threaded, so the child's copy of memory holds no lock
+        // another thread took; the child runs `create_main`, which never returns (it execs or
+        // _exits), on a stack of its own that is large enough for the setup it does.
+        let cloned = unsafe {
+            nix::sched::clone(
+                Box::new(|| child::create_main(&ctx)),
+                &mut stack,
+                plan.clone_flags,
+                Some(libc::SIGCHLD),
+            )
+        };
+        cloned.map_err(|e| Error::Internal(format!("cloning the container process: {e}")))
+    })?;
+    drop(child_end);
+    match receive(&parent_end) {
+        Ok(Message::Ready(host_pid)) => Ok(Created { pid, host_pid, sync: parent_end }),
+        other => {
+            reap(pid);
+            Err(failure(other, "the container process exited during setup"))
+        }
+    }
+}
+
+/// Lets a created container exec its process. An error means the exec failed (the message
+/// names why); the process has then exited and the caller reaps it.
+pub fn start(created: Created) -> Result<()> {
+    // SAFETY: sends one byte from a static buffer on a descriptor `created` owns.
+    let sent = unsafe {
+        libc::send(created.sync.as_raw_fd(), b"s".as_ptr().cast(), 1, libc::MSG_NOSIGNAL)
+    };
+    if sent != 1 {
+        return Err(Error::Internal(format!(
+            "starting container process {}: it is gone ({})",
+            created.pid,
+            child::describe(Errno::last())
+        )));
+    }
+    match receive(&created.sync) {
+        // The socket closed with the exec (close-on-exec): the process runs.
+        Ok(Message::Eof) => Ok(()),
+        other => Err(failure(other, "")),
+    }
+}
+
+/// Starts a process in a running container (ExecSync, Exec): born in its PID namespace, in its
+/// cgroups and other namespaces, as its user. Returns its pid once it has exec'd; the caller
+/// reaps it. A command that cannot be found or run is not an error here: like a shell, the
+/// process prints why on its stderr and exits with 127 (not found) or 126.
+pub fn spawn_exec(req: &ExecRequest) -> Result<Pid> {
+    let process = plan::process(req.process)?;
+    let ns_dir = PathBuf::from(format!("/proc/{}/ns", req.container_pid));
+    let open = |name: &str| {
+        open_ns(&ns_dir.join(name)).map_err(|err| match err {
+            Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                Error::NotFound(format!("container process {} is gone", req.container_pid))
+            }
+            other => other,
+        })
+    };
+    let pid_ns = open("pid")?;
+    // Mount last: it changes the root the other paths would be looked up in, and with it
+    // moves the process into the container's root and working directory.
+    let join_ns = [
+        ("ipc", CloneFlags::CLONE_NEWIPC),
+        ("uts", CloneFlags::CLONE_NEWUTS),
+        ("net", CloneFlags::CLONE_NEWNET),
+        ("cgroup", CloneFlags::CLONE_NEWCGROUP),
+        ("mnt", CloneFlags::CLONE_NEWNS),
+    ]
+    .into_iter()
+    .map(|(name, flag)| Ok((flag, open(name)?)))
+    .collect::<Result<Vec<_>>>()?;
+    let (parent_end, child_end) = sync_pair()?;
+    let ctx = child::ExecContext {
+        process: &process,
+        cgroup_procs: req.cgroup_procs,
+        sock: child_end.as_raw_fd(),
+        stdio: [req.stdin.as_raw_fd(), req.stdout.as_raw_fd(), req.stderr.as_raw_fd()],
+        join_ns: join_ns.iter().map(|(flag, fd)| (*flag, fd.as_raw_fd())).collect(),
+    };
+    let pid = in_pid_namespace(Some(&pid_ns), || {
+        // SAFETY: the caller is single-threaded (see `create`); the child runs `exec_main`,
+        // which never returns.
+        match unsafe { nix::unistd::fork() } {
+            Ok(ForkResult::Child) => child::exec_main(&ctx),
+            Ok(ForkResult::Parent { child }) => Ok(child),
+            Err(e) => Err(Error::Internal(format!("forking the exec process: {e}"))),
+        }
+    })?;
+    drop(child_end);
+    match receive(&parent_end) {
+        Ok(Message::Eof) => Ok(pid),
+        other => {
+            reap(pid);
+            Err(failure(other, "the exec process exited during setup"))
+        }
+    }
+}
+
+/// Runs `spawn` (a clone or fork) so that the child is born in the PID namespace `target`
+/// (when given), and puts the caller's namespace for children back afterwards. setns of a PID
+/// namespace only changes where the caller's future children go, never the caller itself.
+fn in_pid_namespace(target: Option<&OwnedFd>, spawn: impl FnOnce() -> Result<Pid>) -> Result<Pid> {
+    let Some(target) = target else { return spawn() };
+    let own = open_ns(Path::new("/proc/self/ns/pid"))?;
+    nix::sched::setns(target, CloneFlags::CLONE_NEWPID)
+        .map_err(|e| Error::Internal(format!("entering the container's PID namespace: {e}")))?;
+    let spawned = spawn();
+    if let Err(e) = nix::sched::setns(&own, CloneFlags::CLONE_NEWPID) {
+        if let Ok(pid) = spawned {
+            let _ = kill(pid, Signal::SIGKILL);
+            reap(pid);
+        }
+        return Err(Error::Internal(format!("returning to the monitor's PID namespace: {e}")));
+    }
+    spawned
+}
+
+fn open_ns(path: &Path) -> Result<OwnedFd> {
+    // std opens with O_CLOEXEC.
+    File::open(path).map(OwnedFd::from).map_err(Error::io("opening namespace", path))
+}
+
+fn sync_pair() -> Result<(OwnedFd, OwnedFd)> {
+    socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
+        .map_err(|e| Error::Internal(format!("creating the sync socket pair: {e}")))
+}
+
+fn reap(pid: Pid) {
+    while waitpid(pid, None) == Err(Errno::EINTR) {}
+}
+
+/// What the child said over the sync socket.
+#[derive(Debug, PartialEq, Eq)]
+enum Message {
+    Ready(u32),
+    Failed {
+        user: bool,
+        msg: String,
+    },
+    /// The child's end closed: it exec'd, or died without a word.
+    Eof,
+}
+
+fn receive(sock: &impl AsFd) -> Result<Message> {
+    let mut buf = vec![0u8; MAX_MESSAGE + 64];
+    let n = loop {
+        // SAFETY: receives into a live buffer of the given length.
+        let n =
+            unsafe { libc::recv(sock.as_fd().as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        match Errno::result(n) {
+            Ok(n) => break n as usize,
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(Error::Internal(format!("reading the sync socket: {e}"))),
+        }
+    };
+    Ok(parse_message(&buf[..n]))
+}
+
+fn parse_message(bytes: &[u8]) -> Message {
+    if bytes.is_empty() {
+        return Message::Eof;
+    }
+    let text = String::from_utf8_lossy(bytes);
+    let (kind, rest) = text.split_once(' ').unwrap_or((&text, ""));
+    match kind {
+        "ready" => match rest.parse() {
+            Ok(pid) => Message::Ready(pid),
+            Err(_) => Message::Failed { user: false, msg: format!("bad ready message {text:?}") },
+        },
+        "user" => Message::Failed { user: true, msg: rest.to_string() },
+        "internal" => Message::Failed { user: false, msg: rest.to_string() },
+        _ => Message::Failed { user: false, msg: format!("unexpected message {text:?}") },
+    }
+}
+
+/// The error for anything but the message the caller hoped for.
+fn failure(got: Result<Message>, on_eof: &str) -> Error {
+    match got {
+        Err(err) => err,
+        Ok(Message::Failed { user: true, msg }) => Error::InvalidArgument(msg),
+        Ok(Message::Failed { user: false, msg }) => Error::Internal(msg),
+        Ok(Message::Eof) => Error::Internal(on_eof.to_string()),
+        Ok(Message::Ready(_)) => Error::Internal("unexpected ready message".to_string()),
+    }
+}

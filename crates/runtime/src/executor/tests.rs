@@ -1,0 +1,901 @@
+//! Containers run for real (root): a busybox root filesystem, a containerd-like spec, and the
+//! executor driven from a forked child of the test process. The child stands in for the
+//! monitor: single-threaded, the parent of the containers, free to change its own mount
+//! namespace; the harness's threads stay behind in the parent.
+
+use std::collections::HashSet;
+use std::fs;
+use std::io::Read;
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{pipe, ForkResult, Pid};
+use oci_spec::runtime::{
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
+    Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType, Process, ProcessBuilder, RootBuilder,
+    Spec, SpecBuilder, UserBuilder,
+};
+
+use super::*;
+use crate::error::ErrorKind;
+
+const APPLETS: &[&str] = &[
+    "sh",
+    "cat",
+    "echo",
+    "id",
+    "ls",
+    "sleep",
+    "hostname",
+    "pwd",
+    "touch",
+    "readlink",
+    "wc",
+    "grep",
+    "test",
+    "tty",
+    "stat",
+    "mount",
+    "mountpoint",
+];
+
+/// containerd's default capabilities.
+const DEFAULT_CAPS: &[Capability] = &[
+    Capability::Chown,
+    Capability::DacOverride,
+    Capability::Fsetid,
+    Capability::Fowner,
+    Capability::Mknod,
+    Capability::NetRaw,
+    Capability::Setgid,
+    Capability::Setuid,
+    Capability::Setfcap,
+    Capability::Setpcap,
+    Capability::NetBindService,
+    Capability::SysChroot,
+    Capability::Kill,
+    Capability::AuditWrite,
+];
+/// The same set as the kernel prints it in /proc/<pid>/status.
+const DEFAULT_CAPS_MASK: &str = "00000000a80425fb";
+
+static UNIQUE: AtomicUsize = AtomicUsize::new(0);
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    rootfs: Rootfs,
+    root: PathBuf,
+}
+
+impl Fixture {
+    /// Two layers: the bottom one with busybox, the top one overriding /etc/marker.
+    fn new() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let layers = dir.path().join("layers");
+        let bottom = layers.join("l1");
+        let top = layers.join("l2");
+        for d in ["bin", "etc", "tmp"] {
+            fs::create_dir_all(bottom.join(d)).unwrap();
+        }
+        fs::create_dir_all(top.join("etc")).unwrap();
+        fs::copy("/bin/busybox", bottom.join("bin/busybox")).unwrap();
+        for applet in APPLETS {
+            symlink("busybox", bottom.join("bin").join(applet)).unwrap();
+        }
+        fs::write(
+            bottom.join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000::/home/user:/bin/sh\n",
+        )
+        .unwrap();
+        fs::write(bottom.join("etc/group"), "root:x:0:\nuser:x:1000:\n").unwrap();
+        fs::write(bottom.join("etc/marker"), "bottom\n").unwrap();
+        fs::write(top.join("etc/marker"), "top layer\n").unwrap();
+        // Executable bits, but not a format the kernel can run.
+        fs::write(bottom.join("bin/bad"), "garbage\n").unwrap();
+        fs::set_permissions(bottom.join("bin/bad"), fs::Permissions::from_mode(0o755)).unwrap();
+        let (upper, work, root) =
+            (dir.path().join("upper"), dir.path().join("work"), dir.path().join("root"));
+        for d in [&upper, &work, &root] {
+            fs::create_dir(d).unwrap();
+        }
+        let rootfs =
+            Rootfs { lower_base: layers, lower: vec!["l2".into(), "l1".into()], upper, work };
+        Fixture { dir, rootfs, root }
+    }
+
+    fn lower(&self) -> PathBuf {
+        self.rootfs.lower_base.join("l1")
+    }
+
+    /// A containerd-like spec running `args` as root.
+    fn spec(&self, args: &[&str]) -> Spec {
+        let namespaces = [
+            LinuxNamespaceType::Pid,
+            LinuxNamespaceType::Ipc,
+            LinuxNamespaceType::Uts,
+            LinuxNamespaceType::Mount,
+            LinuxNamespaceType::Network,
+        ]
+        .into_iter()
+        .map(|typ| LinuxNamespaceBuilder::default().typ(typ).build().unwrap())
+        .collect::<Vec<_>>();
+        let strings = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let linux = LinuxBuilder::default()
+            .namespaces(namespaces)
+            .masked_paths(strings(&["/proc/kcore", "/proc/keys", "/proc/acpi", "/sys/firmware"]))
+            .readonly_paths(strings(&["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys"]))
+            .build()
+            .unwrap();
+        SpecBuilder::default()
+            .version("1.1.0")
+            .root(RootBuilder::default().path(&self.root).readonly(false).build().unwrap())
+            .hostname("box")
+            .mounts(default_mounts())
+            .process(process(args))
+            .linux(linux)
+            .build()
+            .unwrap()
+    }
+}
+
+fn process(args: &[&str]) -> Process {
+    let caps: HashSet<Capability> = DEFAULT_CAPS.iter().copied().collect();
+    ProcessBuilder::default()
+        .terminal(false)
+        .user(UserBuilder::default().uid(0u32).gid(0u32).build().unwrap())
+        .args(args.iter().map(|a| a.to_string()).collect::<Vec<_>>())
+        .env(vec!["PATH=/usr/bin:/bin".to_string(), "HOME=/root".to_string()])
+        .cwd("/")
+        .capabilities(
+            LinuxCapabilitiesBuilder::default()
+                .bounding(caps.clone())
+                .effective(caps.clone())
+                .permitted(caps)
+                .inheritable(HashSet::new())
+                .ambient(HashSet::new())
+                .build()
+                .unwrap(),
+        )
+        .no_new_privileges(true)
+        .rlimits(vec![PosixRlimitBuilder::default()
+            .typ(PosixRlimitType::RlimitNofile)
+            .soft(1000u64)
+            .hard(1001u64)
+            .build()
+            .unwrap()])
+        .oom_score_adj(7)
+        .build()
+        .unwrap()
+}
+
+fn mount_entry(dest: &str, typ: &str, source: &str, options: &[&str]) -> Mount {
+    MountBuilder::default()
+        .destination(dest)
+        .typ(typ)
+        .source(source)
+        .options(options.iter().map(|o| o.to_string()).collect::<Vec<_>>())
+        .build()
+        .unwrap()
+}
+
+/// containerd's default mounts.
+fn default_mounts() -> Vec<Mount> {
+    vec![
+        mount_entry("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
+        mount_entry(
+            "/dev",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        ),
+        mount_entry(
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
+        ),
+        mount_entry(
+            "/dev/shm",
+            "tmpfs",
+            "shm",
+            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+        ),
+        mount_entry("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"]),
+        mount_entry("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"]),
+        mount_entry(
+            "/sys/fs/cgroup",
+            "cgroup",
+            "cgroup",
+            &["nosuid", "noexec", "nodev", "relatime", "ro"],
+        ),
+    ]
+}
+
+fn add_mount(spec: &mut Spec, m: Mount) {
+    spec.mounts_mut().get_or_insert_with(Vec::new).push(m);
+}
+
+fn process_mut(spec: &mut Spec) -> &mut Process {
+    spec.process_mut().as_mut().unwrap()
+}
+
+/// Runs `body` in a forked child (single-threaded, like the monitor) and fails the test with
+/// its error. The child has a minute before SIGALRM ends it.
+fn in_child(body: impl FnOnce() -> Result<(), String>) {
+    let (mut reader, writer) = pipe().unwrap();
+    // SAFETY: the child only runs `body` and then _exits; it never returns into the harness.
+    match unsafe { nix::unistd::fork() }.unwrap() {
+        ForkResult::Child => {
+            drop(reader);
+            unsafe { libc::alarm(60) };
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body));
+            let msg = match outcome {
+                Ok(Ok(())) => "ok".to_string(),
+                Ok(Err(e)) => e,
+                Err(panic) => format!(
+                    "panic: {}",
+                    panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_default()
+                ),
+            };
+            let _ = nix::unistd::write(&writer, msg.as_bytes());
+            unsafe { libc::_exit(0) }
+        }
+        ForkResult::Parent { child } => {
+            drop(writer);
+            let mut msg = String::new();
+            File::from(std::mem::replace(&mut reader, dev_null()))
+                .read_to_string(&mut msg)
+                .unwrap();
+            let status = waitpid(child, None).unwrap();
+            assert_eq!(msg, "ok", "test child failed ({status:?})");
+        }
+    }
+}
+
+fn dev_null() -> OwnedFd {
+    File::open("/dev/null").unwrap().into()
+}
+
+macro_rules! check {
+    ($cond:expr, $($fmt:tt)+) => {
+        if !$cond {
+            return Err(format!($($fmt)+));
+        }
+    };
+}
+
+struct Output {
+    stdout: String,
+    stderr: String,
+    status: i32,
+}
+
+fn exit_status(pid: Pid) -> Result<i32, String> {
+    match waitpid(pid, None) {
+        Ok(WaitStatus::Exited(_, code)) => Ok(code),
+        Ok(WaitStatus::Signaled(_, sig, _)) => Ok(128 + sig as i32),
+        other => Err(format!("waiting for {pid}: {other:?}")),
+    }
+}
+
+fn read_all(fd: OwnedFd) -> String {
+    let mut text = String::new();
+    let _ = File::from(fd).read_to_string(&mut text);
+    text
+}
+
+/// Creates and starts a container with pipes for stdout and stderr, and waits for it.
+fn run_with(
+    spec: &Spec,
+    f: &Fixture,
+    cgroup_procs: &[PathBuf],
+    cgroup: &CgroupMount,
+) -> Result<Output, Error> {
+    let (out_r, out_w) = pipe().unwrap();
+    let (err_r, err_w) = pipe().unwrap();
+    let stdin = dev_null();
+    let created = create(&CreateRequest {
+        spec,
+        rootfs: &f.rootfs,
+        cgroup_procs,
+        cgroup_mount: cgroup,
+        stdin: stdin.as_fd(),
+        stdout: out_w.as_fd(),
+        stderr: err_w.as_fd(),
+    })?;
+    drop((out_w, err_w));
+    let pid = created.pid;
+    start(created)?;
+    let stdout = read_all(out_r);
+    let stderr = read_all(err_r);
+    let status = exit_status(pid).map_err(Error::Internal)?;
+    Ok(Output { stdout, stderr, status })
+}
+
+fn run(spec: &Spec, f: &Fixture) -> Result<Output, String> {
+    let out = run_with(spec, f, &[], &CgroupMount::V1(Vec::new())).map_err(|e| e.to_string())?;
+    no_host_mounts(f)?;
+    Ok(out)
+}
+
+/// The overlay and everything under it exist only in the container's mount namespace.
+fn no_host_mounts(f: &Fixture) -> Result<(), String> {
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let dir = f.dir.path().to_string_lossy().to_string();
+    check!(!info.contains(&dir), "a mount under {dir} is left on the host:\n{info}");
+    check!(
+        fs::read_dir(&f.root).unwrap().next().is_none(),
+        "the root dir is not empty on the host"
+    );
+    Ok(())
+}
+
+/// Unmounts what a test mounted in its own namespace, so that its temp dir can be removed.
+fn detach(path: &Path) {
+    let _ = nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH);
+}
+
+fn no_children_left() -> Result<(), String> {
+    let left = waitpid(Pid::from_raw(-1), Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+    check!(left == Err(nix::errno::Errno::ECHILD), "a child was left unreaped: {left:?}");
+    Ok(())
+}
+
+#[test]
+fn echo_through_a_pipe_and_exit_code() {
+    in_child(|| {
+        let f = Fixture::new();
+        let spec = f.spec(&["sh", "-c", "echo hello; cat /etc/marker; echo oops >&2; exit 3"]);
+        let out = run(&spec, &f)?;
+        check!(out.stdout == "hello\ntop layer\n", "stdout {:?}", out.stdout);
+        check!(out.stderr == "oops\n", "stderr {:?}", out.stderr);
+        check!(out.status == 3, "status {}", out.status);
+        Ok(())
+    });
+}
+
+#[test]
+fn init_is_pid_1_with_its_own_namespaces_devices_and_limits() {
+    in_child(|| {
+        let f = Fixture::new();
+        let script = "echo $$; hostname; \
+            test -c /dev/null && test -c /dev/urandom && test -c /dev/tty && echo devices; \
+            readlink /dev/fd; readlink /dev/ptmx; echo x > /dev/null && echo null-ok; \
+            grep -E '^(CapBnd|CapEff|NoNewPrivs)' /proc/self/status; \
+            cat /proc/self/oom_score_adj; grep 'open files' /proc/self/limits; \
+            wc -c < /proc/keys; echo 1 > /proc/sys/kernel/hostname || echo sys-ro; \
+            touch /sys/x || echo sysfs-ro; ls /dev/shm /dev/mqueue /dev/pts >/dev/null && echo dirs";
+        let spec = f.spec(&["sh", "-c", script]);
+        let out = run(&spec, &f)?;
+        let lines: Vec<&str> = out.stdout.lines().collect();
+        let expect_prefix = ["1", "box", "devices", "/proc/self/fd", "pts/ptmx", "null-ok"];
+        check!(
+            lines.len() > expect_prefix.len(),
+            "stdout {:?} stderr {:?}",
+            out.stdout,
+            out.stderr
+        );
+        check!(lines[..expect_prefix.len()] == expect_prefix, "stdout {:?}", out.stdout);
+        let text = out.stdout.as_str();
+        check!(text.contains(&format!("CapBnd:\t{DEFAULT_CAPS_MASK}")), "caps: {text}");
+        check!(text.contains(&format!("CapEff:\t{DEFAULT_CAPS_MASK}")), "caps: {text}");
+        check!(text.contains("NoNewPrivs:\t1"), "no_new_privs: {text}");
+        check!(text.contains("\n7\n"), "oom_score_adj: {text}");
+        check!(
+            text.lines().any(|l| l.starts_with("Max open files")
+                && l.contains("1000")
+                && l.contains("1001")),
+            "limits: {text}"
+        );
+        check!(text.contains("\n0\nsys-ro\nsysfs-ro\ndirs\n"), "masks, read-only: {text}");
+        check!(out.status == 0, "status {} stderr {:?}", out.status, out.stderr);
+        Ok(())
+    });
+}
+
+#[test]
+fn missing_executable_fails_create() {
+    in_child(|| {
+        let f = Fixture::new();
+        let err = match run(&f.spec(&["nope"]), &f) {
+            Ok(_) => return Err("a missing executable was run".into()),
+            Err(e) => e,
+        };
+        check!(
+            err.contains("executable file not found in $PATH: \"nope\"")
+                && err.starts_with("invalid argument"),
+            "error {err}"
+        );
+        let err = run_with(&f.spec(&["/bin/nope"]), &f, &[], &CgroupMount::V2).err();
+        check!(err.as_ref().map(|e| e.kind()) == Some(ErrorKind::InvalidArgument), "error {err:?}");
+        no_children_left()?;
+        no_host_mounts(&f)
+    });
+}
+
+#[test]
+fn exec_failure_is_reported_by_start_and_unstarted_init_exits() {
+    in_child(|| {
+        let f = Fixture::new();
+        let err = run_with(&f.spec(&["/bin/bad"]), &f, &[], &CgroupMount::V1(Vec::new())).err();
+        let text = err.as_ref().map(|e| e.to_string()).unwrap_or_default();
+        check!(text.contains("exec /bin/bad: exec format error"), "error {err:?}");
+        // start() failed, so the caller reaps.
+        let pid = waitpid(Pid::from_raw(-1), None).map_err(|e| e.to_string())?;
+        check!(matches!(pid, WaitStatus::Exited(_, 127)), "exit {pid:?}");
+
+        let stdio = dev_null();
+        let created = create(&CreateRequest {
+            spec: &f.spec(&["sh", "-c", "echo never"]),
+            rootfs: &f.rootfs,
+            cgroup_procs: &[],
+            cgroup_mount: &CgroupMount::V1(Vec::new()),
+            stdin: stdio.as_fd(),
+            stdout: stdio.as_fd(),
+            stderr: stdio.as_fd(),
+        })
+        .map_err(|e| e.to_string())?;
+        let pid = created.pid;
+        check!(created.host_pid == pid.as_raw() as u32, "host pid {} pid {pid}", created.host_pid);
+        drop(created);
+        check!(exit_status(pid)? == 0, "an unstarted init did not exit cleanly");
+        no_children_left()
+    });
+}
+
+#[test]
+fn read_only_bind_and_bad_source() {
+    in_child(|| {
+        let f = Fixture::new();
+        let data = f.dir.path().join("data");
+        fs::create_dir(&data).unwrap();
+        fs::write(data.join("f"), "hello\n").unwrap();
+        let file = f.dir.path().join("single");
+        fs::write(&file, "one file\n").unwrap();
+        let mut spec = f.spec(&[
+            "sh",
+            "-c",
+            "cat /data/f /etc/single; touch /data/new || echo ro; echo x >> /etc/single || echo file-ro",
+        ]);
+        add_mount(
+            &mut spec,
+            mount_entry("/data", "bind", &data.to_string_lossy(), &["rbind", "ro"]),
+        );
+        add_mount(
+            &mut spec,
+            mount_entry("/etc/single", "bind", &file.to_string_lossy(), &["bind", "ro"]),
+        );
+        let out = run(&spec, &f)?;
+        check!(
+            out.stdout == "hello\none file\nro\nfile-ro\n",
+            "stdout {:?} stderr {:?}",
+            out.stdout,
+            out.stderr
+        );
+        check!(out.stderr.contains("Read-only file system"), "stderr {:?}", out.stderr);
+        check!(!data.join("new").exists(), "the write went through");
+
+        let mut spec = f.spec(&["true"]);
+        add_mount(&mut spec, mount_entry("/data", "bind", "/nonexistent-berth-source", &["rbind"]));
+        let err = run_with(&spec, &f, &[], &CgroupMount::V1(Vec::new())).err();
+        let ok = matches!(&err, Some(Error::InvalidArgument(m))
+            if m == "mounting /data: source /nonexistent-berth-source: no such file or directory");
+        check!(ok, "error {err:?}");
+        no_children_left()
+    });
+}
+
+#[test]
+fn recursive_read_only_bind() {
+    in_child(|| {
+        // A private mount namespace for the test child, so the submount stays out of the host.
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).unwrap();
+        nix::mount::mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            nix::mount::MsFlags::MS_PRIVATE | nix::mount::MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .unwrap();
+        let f = Fixture::new();
+        let data = f.dir.path().join("data");
+        fs::create_dir_all(data.join("sub")).unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            &data.join("sub"),
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .unwrap();
+        let mut spec =
+            f.spec(&["sh", "-c", "touch /data/sub/x || echo sub-ro; touch /data/x || echo ro"]);
+        add_mount(
+            &mut spec,
+            mount_entry("/data", "bind", &data.to_string_lossy(), &["rbind", "ro", "rro"]),
+        );
+        let out = run_with(&spec, &f, &[], &CgroupMount::V1(Vec::new()));
+        detach(&data.join("sub"));
+        let out = out.map_err(|e| e.to_string())?;
+        check!(out.stdout == "sub-ro\nro\n", "stdout {:?} stderr {:?}", out.stdout, out.stderr);
+        Ok(())
+    });
+}
+
+#[test]
+fn symlink_in_image_cannot_move_a_mount_outside() {
+    in_child(|| {
+        let f = Fixture::new();
+        let name = format!(
+            "berth-exec-escape-{}-{}",
+            std::process::id(),
+            UNIQUE.fetch_add(1, Ordering::Relaxed)
+        );
+        let host_target = Path::new("/tmp").join(&name);
+        symlink(format!("/../../tmp/{name}"), f.lower().join("data")).unwrap();
+        let data = f.dir.path().join("data");
+        fs::create_dir(&data).unwrap();
+        fs::write(data.join("f"), "inside\n").unwrap();
+        let mut spec = f.spec(&["sh", "-c", &format!("cat /data/f /tmp/{name}/f")]);
+        add_mount(&mut spec, mount_entry("/data", "bind", &data.to_string_lossy(), &["rbind"]));
+        let out = run(&spec, &f)?;
+        check!(out.stdout == "inside\ninside\n", "stdout {:?} stderr {:?}", out.stdout, out.stderr);
+        check!(!host_target.exists(), "{} was created on the host", host_target.display());
+        check!(
+            f.rootfs.upper.join("tmp").join(&name).is_dir(),
+            "the target was not made in the root"
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn user_groups_and_created_cwd() {
+    in_child(|| {
+        let f = Fixture::new();
+        let mut spec = f.spec(&[
+            "sh",
+            "-c",
+            "id -u; id -g; id -G; pwd; grep -E '^Cap(Prm|Eff)' /proc/self/status",
+        ]);
+        let p = process_mut(&mut spec);
+        p.set_user(
+            UserBuilder::default()
+                .uid(1000u32)
+                .gid(1000u32)
+                .additional_gids(vec![10u32, 20])
+                .build()
+                .unwrap(),
+        );
+        p.set_cwd("/work/deep/dir".into());
+        let out = run(&spec, &f)?;
+        let lines: Vec<&str> = out.stdout.lines().collect();
+        check!(lines.len() == 6, "stdout {:?} stderr {:?}", out.stdout, out.stderr);
+        check!(lines[0] == "1000" && lines[1] == "1000", "ids {lines:?}");
+        let groups: HashSet<&str> = lines[2].split_whitespace().collect();
+        check!(
+            groups.contains("10") && groups.contains("20") && !groups.contains("0"),
+            "groups {lines:?}"
+        );
+        check!(lines[3] == "/work/deep/dir", "cwd {lines:?}");
+        check!(lines[4] == "CapPrm:\t0000000000000000", "caps {lines:?}");
+        check!(lines[5] == "CapEff:\t0000000000000000", "caps {lines:?}");
+        Ok(())
+    });
+}
+
+#[test]
+fn read_only_root() {
+    in_child(|| {
+        let f = Fixture::new();
+        let mut spec =
+            f.spec(&["sh", "-c", "touch /x || echo ro; touch /dev/shm/x && echo shm-rw"]);
+        spec.set_root(Some(RootBuilder::default().path(&f.root).readonly(true).build().unwrap()));
+        let out = run(&spec, &f)?;
+        check!(out.stdout == "ro\nshm-rw\n", "stdout {:?} stderr {:?}", out.stdout, out.stderr);
+        Ok(())
+    });
+}
+
+/// The test process's own v1 cgroups, as (name in /sys/fs/cgroup, directory).
+fn own_v1_cgroups() -> Vec<(String, PathBuf)> {
+    fs::read_to_string("/proc/self/cgroup")
+        .unwrap()
+        .lines()
+        .filter_map(|line| {
+            let mut parts = line.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            let name = controllers.strip_prefix("name=").unwrap_or(controllers);
+            if name.is_empty() {
+                return None;
+            }
+            let dir = Path::new("/sys/fs/cgroup").join(name).join(path.trim_start_matches('/'));
+            dir.is_dir().then(|| (name.to_string(), dir))
+        })
+        .collect()
+}
+
+#[test]
+fn cgroup_v1_view() {
+    in_child(|| {
+        let f = Fixture::new();
+        let mut cgroups = own_v1_cgroups();
+        let Some((_, memory)) = cgroups.iter().find(|(name, _)| name == "memory").cloned() else {
+            return Ok(()); // not a v1 host
+        };
+        let (_, pids) = cgroups.iter().find(|(name, _)| name == "pids").cloned().unwrap();
+        cgroups.push(("net_cls,net_prio".to_string(), pids));
+        let spec = f.spec(&[
+            "sh",
+            "-c",
+            "grep -qx 1 /sys/fs/cgroup/memory/cgroup.procs && echo joined; readlink /sys/fs/cgroup/net_prio; \
+             touch /sys/fs/cgroup/memory/x || echo ro; touch /sys/fs/cgroup/y || echo tmpfs-ro",
+        ]);
+        let procs = [memory.join("cgroup.procs")];
+        let out =
+            run_with(&spec, &f, &procs, &CgroupMount::V1(cgroups)).map_err(|e| e.to_string())?;
+        check!(
+            out.stdout == "joined\nnet_cls,net_prio\nro\ntmpfs-ro\n",
+            "stdout {:?} stderr {:?}",
+            out.stdout,
+            out.stderr
+        );
+        no_host_mounts(&f)
+    });
+}
+
+#[test]
+fn cgroup_v2_in_a_cgroup_namespace() {
+    in_child(|| {
+        if !Path::new("/sys/fs/cgroup/unified/cgroup.procs").exists()
+            && !Path::new("/sys/fs/cgroup/cgroup.procs").exists()
+        {
+            return Ok(());
+        }
+        let f = Fixture::new();
+        let mut spec = f.spec(&[
+            "sh",
+            "-c",
+            "grep '^0::' /proc/self/cgroup; test -f /sys/fs/cgroup/cgroup.procs && echo v2",
+        ]);
+        let linux = spec.linux_mut().as_mut().unwrap();
+        linux.namespaces_mut().as_mut().unwrap().push(
+            LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Cgroup).build().unwrap(),
+        );
+        let out = run_with(&spec, &f, &[], &CgroupMount::V2).map_err(|e| e.to_string())?;
+        check!(out.stdout == "0::/\nv2\n", "stdout {:?} stderr {:?}", out.stdout, out.stderr);
+        Ok(())
+    });
+}
+
+#[test]
+fn exec_into_a_running_container() {
+    in_child(|| {
+        let f = Fixture::new();
+        let stdio = dev_null();
+        let spec = f.spec(&["sleep", "1000"]);
+        let created = create(&CreateRequest {
+            spec: &spec,
+            rootfs: &f.rootfs,
+            cgroup_procs: &[],
+            cgroup_mount: &CgroupMount::V1(Vec::new()),
+            stdin: stdio.as_fd(),
+            stdout: stdio.as_fd(),
+            stderr: stdio.as_fd(),
+        })
+        .map_err(|e| e.to_string())?;
+        let (container, host_pid) = (created.pid, created.host_pid);
+        start(created).map_err(|e| e.to_string())?;
+
+        let exec = |args: &[&str]| -> Result<Output, String> {
+            let (out_r, out_w) = pipe().unwrap();
+            let (err_r, err_w) = pipe().unwrap();
+            let mut p = process(args);
+            p.set_user(UserBuilder::default().uid(1000u32).gid(1000u32).build().unwrap());
+            p.set_cwd("/etc".into());
+            let pid = spawn_exec(&ExecRequest {
+                container_pid: host_pid,
+                cgroup_procs: &[],
+                process: &p,
+                stdin: stdio.as_fd(),
+                stdout: out_w.as_fd(),
+                stderr: err_w.as_fd(),
+            })
+            .map_err(|e| e.to_string())?;
+            drop((out_w, err_w));
+            let (stdout, stderr) = (read_all(out_r), read_all(err_r));
+            Ok(Output { stdout, stderr, status: exit_status(pid)? })
+        };
+        let out = exec(&[
+            "sh",
+            "-c",
+            "cat marker; cat /proc/1/cmdline; echo; hostname; id -u; pwd; exit 5",
+        ])?;
+        check!(
+            out.stdout == "top layer\nsleep\u{0}1000\u{0}\nbox\n1000\n/etc\n",
+            "stdout {:?} stderr {:?}",
+            out.stdout,
+            out.stderr
+        );
+        check!(out.status == 5, "status {}", out.status);
+        let out = exec(&["nope"])?;
+        check!(out.status == 127, "status {}", out.status);
+        check!(
+            out.stderr.contains("executable file not found in $PATH: \"nope\""),
+            "stderr {:?}",
+            out.stderr
+        );
+        let out = exec(&["/etc/passwd"])?;
+        check!(out.status == 126, "status {} stderr {:?}", out.status, out.stderr);
+
+        nix::sys::signal::kill(container, nix::sys::signal::Signal::SIGKILL).unwrap();
+        exit_status(container)?;
+        let gone = exec(&["true"]).err().unwrap_or_default();
+        check!(gone.contains("is gone"), "exec into a dead container: {gone:?}");
+        no_children_left()?;
+        no_host_mounts(&f)
+    });
+}
+
+#[test]
+fn terminal() {
+    in_child(|| {
+        let f = Fixture::new();
+        // SAFETY: plain libc pty calls; the descriptors are owned right away.
+        let (master, slave) = unsafe {
+            let master = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+            check!(master >= 0, "posix_openpt");
+            check!(libc::grantpt(master) == 0 && libc::unlockpt(master) == 0, "grantpt");
+            let mut name = [0 as libc::c_char; 128];
+            check!(libc::ptsname_r(master, name.as_mut_ptr(), name.len()) == 0, "ptsname");
+            let slave = libc::open(name.as_ptr(), libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+            check!(slave >= 0, "open slave");
+            (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave))
+        };
+        let mut spec = f.spec(&[
+            "sh",
+            "-c",
+            "test -t 0 && test -t 1 && echo tty; test -e /dev/console && echo console",
+        ]);
+        process_mut(&mut spec).set_terminal(Some(true));
+        let created = create(&CreateRequest {
+            spec: &spec,
+            rootfs: &f.rootfs,
+            cgroup_procs: &[],
+            cgroup_mount: &CgroupMount::V1(Vec::new()),
+            stdin: slave.as_fd(),
+            stdout: slave.as_fd(),
+            stderr: slave.as_fd(),
+        })
+        .map_err(|e| e.to_string())?;
+        drop(slave);
+        let pid = created.pid;
+        start(created).map_err(|e| e.to_string())?;
+        // Reading the master ends with EIO once the last slave descriptor is closed.
+        let out = read_all(master);
+        check!(exit_status(pid)? == 0, "status");
+        check!(out == "tty\r\nconsole\r\n", "output {out:?}");
+        Ok(())
+    });
+}
+
+#[test]
+fn joins_the_namespaces_of_another_container() {
+    in_child(|| {
+        let f = Fixture::new();
+        let stdio = dev_null();
+        let first_spec = f.spec(&["sleep", "1000"]);
+        let first = create(&CreateRequest {
+            spec: &first_spec,
+            rootfs: &f.rootfs,
+            cgroup_procs: &[],
+            cgroup_mount: &CgroupMount::V1(Vec::new()),
+            stdin: stdio.as_fd(),
+            stdout: stdio.as_fd(),
+            stderr: stdio.as_fd(),
+        })
+        .map_err(|e| e.to_string())?;
+        let (first_pid, host_pid) = (first.pid, first.host_pid);
+        start(first).map_err(|e| e.to_string())?;
+
+        let g = Fixture::new();
+        let mut spec = g.spec(&["sh", "-c", "cat /proc/1/cmdline; echo; echo $$; hostname"]);
+        spec.set_hostname(Some("ignored".to_string()));
+        let namespaces = [
+            (LinuxNamespaceType::Pid, "pid"),
+            (LinuxNamespaceType::Network, "net"),
+            (LinuxNamespaceType::Ipc, "ipc"),
+            (LinuxNamespaceType::Uts, "uts"),
+        ]
+        .into_iter()
+        .map(|(typ, name)| {
+            LinuxNamespaceBuilder::default()
+                .typ(typ)
+                .path(format!("/proc/{host_pid}/ns/{name}"))
+                .build()
+                .unwrap()
+        })
+        .chain([LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Mount).build().unwrap()])
+        .collect::<Vec<_>>();
+        spec.linux_mut().as_mut().unwrap().set_namespaces(Some(namespaces));
+        let out = run(&spec, &g)?;
+        check!(
+            out.stdout == "sleep\u{0}1000\u{0}\n2\nbox\n",
+            "stdout {:?} stderr {:?}",
+            out.stdout,
+            out.stderr
+        );
+        // The monitor's own children are born in its own PID namespace again.
+        let own = fs::read_link("/proc/self/ns/pid").unwrap();
+        let children = fs::read_link("/proc/self/ns/pid_for_children").unwrap();
+        check!(own == children, "pid_for_children left at {children:?}");
+        nix::sys::signal::kill(first_pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+        exit_status(first_pid)?;
+        no_children_left()
+    });
+}
+
+#[test]
+fn shared_root_propagation_makes_bidirectional_mounts() {
+    in_child(|| {
+        // The test child's own mount namespace stands in for the host.
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).unwrap();
+        let private = nix::mount::MsFlags::MS_PRIVATE | nix::mount::MsFlags::MS_REC;
+        nix::mount::mount(None::<&str>, "/", None::<&str>, private, None::<&str>).unwrap();
+        let f = Fixture::new();
+        let shared = f.dir.path().join("shared");
+        fs::create_dir_all(&shared).unwrap();
+        let none = nix::mount::MsFlags::empty();
+        nix::mount::mount(Some("tmpfs"), &shared, Some("tmpfs"), none, None::<&str>).unwrap();
+        nix::mount::mount(
+            None::<&str>,
+            &shared,
+            None::<&str>,
+            nix::mount::MsFlags::MS_SHARED,
+            None::<&str>,
+        )
+        .unwrap();
+        let mut spec = f.spec(&["sh", "-c", "mount -t tmpfs tmpfs /mnt/sub && echo mounted"]);
+        spec.linux_mut().as_mut().unwrap().set_rootfs_propagation(Some("rshared".to_string()));
+        let mut caps: HashSet<Capability> = DEFAULT_CAPS.iter().copied().collect();
+        caps.insert(Capability::SysAdmin);
+        process_mut(&mut spec).set_capabilities(Some(
+            LinuxCapabilitiesBuilder::default()
+                .bounding(caps.clone())
+                .effective(caps.clone())
+                .permitted(caps)
+                .inheritable(HashSet::new())
+                .ambient(HashSet::new())
+                .build()
+                .unwrap(),
+        ));
+        fs::create_dir(shared.join("sub")).unwrap();
+        add_mount(
+            &mut spec,
+            mount_entry("/mnt", "bind", &shared.to_string_lossy(), &["rbind", "rshared"]),
+        );
+        let out = run_with(&spec, &f, &[], &CgroupMount::V1(Vec::new()));
+        let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        detach(&shared.join("sub"));
+        detach(&shared);
+        let out = out.map_err(|e| e.to_string())?;
+        check!(out.stdout == "mounted\n", "stdout {:?} stderr {:?}", out.stdout, out.stderr);
+        let sub = shared.join("sub").to_string_lossy().to_string();
+        check!(
+            info.contains(&format!(" {sub} ")),
+            "the container's mount did not come back:\n{info}\n{}",
+            out.stderr
+        );
+        let root = f.root.to_string_lossy().to_string();
+        check!(!info.contains(&root), "the root filesystem propagated out:\n{info}");
+        Ok(())
+    });
+}

@@ -1,0 +1,208 @@
+//! berthd's side of the monitor: starting one for a pod, and asking it things.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+
+use crate::error::{Error, Result};
+use crate::monitor::proto::{self, Reply, Request, RequestLine};
+
+/// How long a monitor may take to answer a request that does not wait for anything.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a new monitor may take to be ready.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A pod's monitor, by its socket.
+#[derive(Debug, Clone)]
+pub struct MonitorClient {
+    dir: PathBuf,
+    socket: PathBuf,
+}
+
+/// A socket path must fit in `sun_path` (108 bytes), which a state dir and a 64-character pod
+/// id can overflow: the socket is reached through a descriptor of its directory instead,
+/// `/proc/self/fd/<n>/monitor.sock`, which is short whatever the directory.
+struct ShortPath {
+    _dir: std::os::fd::OwnedFd,
+    path: PathBuf,
+}
+
+impl ShortPath {
+    fn to(dir: &Path) -> std::io::Result<ShortPath> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+            .open(dir)?;
+        let path = PathBuf::from(format!("/proc/self/fd/{}/monitor.sock", dir.as_raw_fd()));
+        Ok(ShortPath { _dir: dir.into(), path })
+    }
+}
+
+impl MonitorClient {
+    pub fn new(pod_state_dir: &Path) -> MonitorClient {
+        MonitorClient {
+            dir: pod_state_dir.to_path_buf(),
+            socket: pod_state_dir.join("monitor.sock"),
+        }
+    }
+
+    /// Sends one request; `wait` is how long its answer may take on top of the usual.
+    pub async fn call(&self, request: Request, wait: Duration) -> Result<Reply> {
+        let deadline = REPLY_TIMEOUT + wait;
+        match tokio::time::timeout(deadline, self.exchange(request)).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Internal(format!(
+                "the pod's monitor ({}) did not answer within {deadline:?}",
+                self.socket.display()
+            ))),
+        }
+    }
+
+    async fn exchange(&self, request: Request) -> Result<Reply> {
+        let unavailable = |err: std::io::Error| {
+            Error::MonitorGone(format!("the pod's monitor ({}): {err}", self.socket.display()))
+        };
+        let short = ShortPath::to(&self.dir).map_err(unavailable)?;
+        let mut stream = UnixStream::connect(&short.path).await.map_err(unavailable)?;
+        drop(short);
+        let mut line = serde_json::to_vec(&RequestLine { v: proto::VERSION, request })
+            .map_err(|err| Error::Internal(format!("encoding a monitor request: {err}")))?;
+        line.push(b'\n');
+        stream.write_all(&line).await.map_err(unavailable)?;
+        let mut answer = String::new();
+        BufReader::new(stream).read_line(&mut answer).await.map_err(unavailable)?;
+        if answer.is_empty() {
+            return Err(Error::MonitorGone(format!(
+                "the pod's monitor ({}) closed the connection",
+                self.socket.display()
+            )));
+        }
+        let reply: Reply = serde_json::from_str(&answer)
+            .map_err(|err| Error::Internal(format!("bad answer from the pod's monitor: {err}")))?;
+        match reply {
+            Reply::Error { kind, message } => Err(match kind {
+                proto::ErrorKind::Invalid => Error::InvalidArgument(message),
+                proto::ErrorKind::NotFound => Error::NotFound(message),
+                proto::ErrorKind::State => Error::FailedPrecondition(message),
+                proto::ErrorKind::Internal => Error::Internal(message),
+            }),
+            reply => Ok(reply),
+        }
+    }
+}
+
+/// Starts the monitor of a pod and waits until it listens. Returns its pid (in berthd's PID
+/// namespace). `exe` is berthd's own binary (`/proc/self/exe` in berthd).
+pub async fn spawn(exe: &Path, pod_state_dir: &Path, pod_id: &str, pid_ns: bool) -> Result<u32> {
+    let (exe, dir, pod) = (exe.to_path_buf(), pod_state_dir.to_path_buf(), pod_id.to_string());
+    let started = tokio::task::spawn_blocking(move || spawn_blocking(&exe, &dir, &pod, pid_ns));
+    match tokio::time::timeout(START_TIMEOUT, started).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(err)) => Err(Error::Internal(format!("starting the monitor: {err}"))),
+        Err(_) => Err(Error::Internal(format!(
+            "the pod's monitor did not start within {START_TIMEOUT:?}"
+        ))),
+    }
+}
+
+fn spawn_blocking(exe: &Path, dir: &Path, pod: &str, pid_ns: bool) -> Result<u32> {
+    use std::io::BufRead;
+    let log_path = dir.join("monitor.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(Error::io("opening", &log_path))?;
+    let mut command = std::process::Command::new(exe);
+    command
+        .arg("monitor")
+        .args([OsStr::new("--dir"), dir.as_os_str(), OsStr::new("--pod"), OsStr::new(pod)])
+        .env_clear()
+        .current_dir("/")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(log);
+    if pid_ns {
+        command.arg("--pid-ns");
+    }
+    let mut child = command.spawn().map_err(Error::io("starting", exe))?;
+    let stdout = child.stdout.take();
+    // The first process forks the monitor and exits; its exit status says whether it got that
+    // far, the monitor's first line whether it is listening.
+    let status = child.wait().map_err(Error::io("waiting for", exe))?;
+    let mut line = String::new();
+    if let Some(stdout) = stdout {
+        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+    }
+    let pid = line.strip_prefix("ready ").and_then(|rest| rest.trim().parse::<u32>().ok());
+    match (status.success(), pid) {
+        (true, Some(pid)) => Ok(pid),
+        _ => {
+            let tail = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let tail: Vec<&str> = tail.lines().rev().take(3).collect();
+            Err(Error::Internal(format!(
+                "the pod's monitor did not start ({status}): {}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("; ")
+            )))
+        }
+    }
+}
+
+/// Waits until process `pid` (a monitor that was asked to exit) is gone, and kills it if it
+/// is still there after `grace`. A pid whose process is gone is fine.
+pub fn wait_gone(pid: u32, grace: Duration) -> Result<()> {
+    use nix::sys::signal::{kill, Signal};
+    let pid = nix::unistd::Pid::from_raw(pid as i32);
+    let deadline = std::time::Instant::now() + grace;
+    loop {
+        if !is_monitor(pid) {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = kill(pid, Signal::SIGKILL);
+            std::thread::sleep(Duration::from_millis(20));
+            return match is_monitor(pid) {
+                false => Ok(()),
+                true => Err(Error::Internal(format!("the pod's monitor (pid {pid}) does not die"))),
+            };
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Whether `pid` is still a berth monitor (and not a zombie, nor a process that reused its pid).
+fn is_monitor(pid: nix::unistd::Pid) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    // The state follows the parenthesised command name, which may hold spaces.
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+    if state == Some("Z") {
+        return false;
+    }
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|cmdline| cmdline.split(|b| *b == 0).nth(1) == Some(b"monitor".as_slice()))
+        .unwrap_or(false)
+}
+
+/// Asks a monitor what it runs, synchronously (berthd's start, before serving). None when no
+/// monitor answers.
+pub fn hello_blocking(pod_state_dir: &Path) -> Option<Vec<(String, proto::ContainerStatus)>> {
+    use std::io::{BufRead, Write};
+    let short = ShortPath::to(pod_state_dir).ok()?;
+    let stream = std::os::unix::net::UnixStream::connect(&short.path).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let mut line =
+        serde_json::to_vec(&RequestLine { v: proto::VERSION, request: Request::Hello }).ok()?;
+    line.push(b'\n');
+    (&stream).write_all(&line).ok()?;
+    let mut answer = String::new();
+    std::io::BufReader::new(&stream).read_line(&mut answer).ok()?;
+    match serde_json::from_str(&answer).ok()? {
+        Reply::Hello { containers, .. } => Some(containers),
+        _ => None,
+    }
+}
