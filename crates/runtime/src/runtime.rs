@@ -150,8 +150,29 @@ impl Runtime {
             .into_iter()
             .map(|name| HandlerInfo {
                 name: name.to_string(),
-                features: HandlerFeatures::default(),
+                features: HandlerFeatures {
+                    recursive_read_only_mounts: kernel_has_mount_setattr(),
+                    user_namespaces: false,
+                },
             })
             .collect()
     }
+}
+
+/// Recursive read-only mounts need `mount_setattr(2)` (Linux 5.12); the kubelet refuses such
+/// mounts on a handler that does not claim them.
+fn kernel_has_mount_setattr() -> bool {
+    // SAFETY: invalid arguments on purpose: the kernel answers EBADF/EINVAL when the call
+    // exists and ENOSYS when it does not, and touches nothing.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            -1,
+            std::ptr::null::<u8>(),
+            0,
+            std::ptr::null::<u8>(),
+            0,
+        )
+    };
+    result == -1 && nix::errno::Errno::last() != nix::errno::Errno::ENOSYS
 }

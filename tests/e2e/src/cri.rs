@@ -282,6 +282,13 @@ impl Pod {
         self
     }
 
+    /// The pod's PID mode: `Pod` is one namespace for all its containers (the kubelet's
+    /// `shareProcessNamespace`), `Container` one each, `Node` the node's.
+    pub fn pid(mut self, mode: NamespaceMode) -> Pod {
+        self.namespaces().pid = mode.into();
+        self
+    }
+
     pub fn sysctl(mut self, key: &str, value: &str) -> Pod {
         self.linux().sysctls.insert(key.to_string(), value.to_string());
         self

@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use berth_cri_server::proto::NamespaceMode;
 use berth_cri_server::proto::{
     Container, ContainerState, ContainerStatus, Mount, MountPropagation, Signal,
 };
@@ -648,6 +649,101 @@ async fn exit_codes_and_reasons() {
         assert_eq!(limit, expected.map(|r| r.memory_limit_in_bytes));
     }
 
+    env.stop_and_remove_pod(&pod_id).await;
+    env.assert_no_containers().await;
+}
+
+/// The processes an ExecSync of `ps` sees in a container, by command line.
+async fn processes_seen(env: &mut Env, id: &str) -> Vec<String> {
+    let out = env.cri.exec_sync(id, &["ps", "-o", "pid,args"], 10).await.expect("ExecSync ps");
+    assert_eq!(out.exit_code, 0, "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().skip(1).map(|l| l.trim().to_string()).collect()
+}
+
+#[tokio::test]
+async fn pid_namespaces_of_the_pod_the_container_and_the_node() {
+    let mut env = Env::start().await;
+    let image = env.image(images::OCI_REF).await;
+    let sleeper = |name: &str, mode: NamespaceMode| {
+        container(name, &image).command(&["sleep", "3600"]).pid_mode(mode)
+    };
+
+    // One namespace for the pod: its monitor is pid 1, and each container sees the other.
+    let pod = env.pod("shared").pid(NamespaceMode::Pod);
+    let pod_id = env.cri.run_pod(&pod).await.unwrap();
+    let a = env.cri.run_container(&pod_id, &pod, &sleeper("a", NamespaceMode::Pod)).await.unwrap();
+    let b = env.cri.run_container(&pod_id, &pod, &sleeper("b", NamespaceMode::Pod)).await.unwrap();
+    let seen = processes_seen(&mut env, &b).await;
+    assert_eq!(seen.iter().filter(|p| p.ends_with("sleep 3600")).count(), 2, "{seen:?}");
+    assert!(seen.iter().any(|p| p.starts_with("1 ") && p.contains(" monitor ")), "{seen:?}");
+    // The namespace outlives a container that leaves it.
+    env.cri.stop_container(&a, 0).await.unwrap();
+    let seen = processes_seen(&mut env, &b).await;
+    assert_eq!(seen.iter().filter(|p| p.ends_with("sleep 3600")).count(), 1, "{seen:?}");
+    env.stop_and_remove_pod(&pod_id).await;
+
+    // One per container: the container's own process is pid 1 and sees no other container.
+    let pod = env.pod("own").pid(NamespaceMode::Container);
+    let pod_id = env.cri.run_pod(&pod).await.unwrap();
+    let c = NamespaceMode::Container;
+    let a = env.cri.run_container(&pod_id, &pod, &sleeper("a", c)).await.unwrap();
+    env.cri.run_container(&pod_id, &pod, &sleeper("b", c)).await.unwrap();
+    let seen = processes_seen(&mut env, &a).await;
+    assert_eq!(seen.iter().filter(|p| p.contains("sleep")).collect::<Vec<_>>(), ["1 sleep 3600"]);
+    env.stop_and_remove_pod(&pod_id).await;
+
+    // The node's: berthd is in sight.
+    let pod = env.pod("node").pid(NamespaceMode::Node);
+    let pod_id = env.cri.run_pod(&pod).await.unwrap();
+    let a = env.cri.run_container(&pod_id, &pod, &sleeper("a", NamespaceMode::Node)).await.unwrap();
+    let seen = processes_seen(&mut env, &a).await;
+    let berthd = env.daemon.pid().as_raw().to_string();
+    assert!(seen.iter().any(|p| p.split_whitespace().next() == Some(&berthd)), "{seen:?}");
+    env.stop_and_remove_pod(&pod_id).await;
+    env.assert_no_containers().await;
+}
+
+#[tokio::test]
+async fn an_image_removed_under_a_container_keeps_its_layers_until_the_container_goes() {
+    let mut env = Env::start().await;
+    let image = env.image(images::OCI_REF).await;
+    let (pod_id, pod) = env.run_pod("held").await;
+    let spec = container("c", &image).command(&["sleep", "3600"]);
+    let id = env.cri.run_container(&pod_id, &pod, &spec).await.unwrap();
+    let snapshots = env.daemon.root.join("images/snapshots");
+    let layers = entries(&snapshots).len();
+    assert!(layers > 0);
+
+    // RemoveImage collects garbage, but not what a container runs on.
+    env.cri.remove_image(&image).await.expect("RemoveImage");
+    assert_eq!(entries(&snapshots).len(), layers, "layers of a running container collected");
+    let out = env.cri.exec_sync(&id, &["ls", "/bin/busybox"], 10).await.unwrap();
+    assert_eq!(out.exit_code, 0, "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Once the container is gone, the next collection takes them.
+    env.cri.stop_container(&id, 0).await.unwrap();
+    env.cri.remove_container(&id).await.unwrap();
+    env.cri.remove_image(&image).await.expect("RemoveImage of an absent image");
+    assert_eq!(entries(&snapshots), Vec::<String>::new(), "layers left after the container");
+    env.stop_and_remove_pod(&pod_id).await;
+    env.assert_no_containers().await;
+}
+
+#[tokio::test]
+async fn stdin_is_kept_open_only_when_asked_for() {
+    let mut env = Env::start().await;
+    let image = env.image(images::OCI_REF).await;
+    let (pod_id, pod) = env.run_pod("stdin").await;
+    // `cat` ends at the end of its input: /dev/null without stdin, never with it.
+    let without = container("without", &image).command(&["cat"]);
+    let with = container("with", &image).command(&["cat"]).stdin(true, false);
+    let without = env.cri.run_container(&pod_id, &pod, &without).await.unwrap();
+    let with = env.cri.run_container(&pod_id, &pod, &with).await.unwrap();
+    let status = env.cri.wait_exited(&without, EXIT_TIMEOUT).await;
+    assert_eq!(status.exit_code, 0, "{status:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = env.cri.container(&with).await;
+    assert_eq!(status.state, ContainerState::ContainerRunning as i32, "{status:?}");
     env.stop_and_remove_pod(&pod_id).await;
     env.assert_no_containers().await;
 }

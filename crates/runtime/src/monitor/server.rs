@@ -247,6 +247,13 @@ impl Monitor {
             self.expire(Instant::now());
         }
         self.kill_all();
+        // Their exits are recorded before the monitor goes, so that no container of a stopped
+        // pod is left looking alive.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while self.containers.values().any(|c| !c.exited()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+            self.reap();
+        }
     }
 
     /// Polls everything; returns the listener and signal tokens that are ready (output is read
