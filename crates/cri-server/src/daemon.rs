@@ -69,6 +69,26 @@ fn pid_suffix(pid: Option<u32>) -> String {
     pid.map(|pid| format!(" (pid {pid})")).unwrap_or_default()
 }
 
+/// The binary pods' monitors run: `berth-monitor` beside berthd when it is installed, else
+/// berthd itself (`/proc/self/exe`, valid even after an upgrade replaced the file), whose
+/// `monitor` subcommand does the same with more memory per pod.
+fn monitor_exe() -> PathBuf {
+    let sibling = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join("berth-monitor")))
+        .filter(|path| path.is_file());
+    match sibling {
+        Some(path) => path,
+        None => {
+            tracing::warn!(
+                "berth-monitor is not installed beside berthd: pod monitors run as `berthd monitor`, \
+                 which takes more memory per pod"
+            );
+            PathBuf::from("/proc/self/exe")
+        }
+    }
+}
+
 /// Runs berthd until a stop signal.
 pub async fn run(config: Config) -> Result<(), DaemonError> {
     let config = Arc::new(config);
@@ -93,7 +113,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             state: config.state.clone(),
             cgroup: config.cgroup.clone(),
             cni: config.cni.clone(),
-            monitor_exe: PathBuf::from("/proc/self/exe"),
+            monitor_exe: monitor_exe(),
         },
         images.clone(),
     )?;

@@ -9,6 +9,19 @@ use crate::error::{Error, Result};
 /// Writes `bytes` to `path` so that readers (and a crash) see the old content or the new, never
 /// a torn file: a temp file in the same directory, fsync, rename, fsync of the directory.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = replace(path, bytes, true)?;
+    sync_dir(dir)
+}
+
+/// Like [`atomic_write`] without the fsyncs, for files of the state dir (a tmpfs that a reboot
+/// empties anyway): a crash of the writer still leaves the old content or the new, and nothing
+/// waits for a disk.
+pub fn replace_volatile(path: &Path, bytes: &[u8]) -> Result<()> {
+    replace(path, bytes, false).map(|_| ())
+}
+
+/// Writes a temp file beside `path` and renames it over `path`; returns the directory.
+fn replace<'a>(path: &'a Path, bytes: &[u8], sync: bool) -> Result<&'a Path> {
     let dir = path
         .parent()
         .ok_or_else(|| Error::Internal(format!("{} has no parent", path.display())))?;
@@ -17,13 +30,15 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
         .tempfile_in(dir)
         .map_err(Error::io("creating a temp file in", dir))?;
     temp.write_all(bytes).map_err(Error::io("writing", temp.path()))?;
-    temp.as_file().sync_all().map_err(Error::io("syncing", temp.path()))?;
+    if sync {
+        temp.as_file().sync_all().map_err(Error::io("syncing", temp.path()))?;
+    }
     temp.persist(path).map_err(|err| Error::Io {
         what: "renaming into",
         path: path.to_path_buf(),
         source: err.error,
     })?;
-    sync_dir(dir)
+    Ok(dir)
 }
 
 /// Makes a rename or create in `dir` durable.

@@ -25,8 +25,8 @@ pub struct RuntimeOptions {
     pub state: PathBuf,
     pub cgroup: CgroupConfig,
     pub cni: CniConfig,
-    /// The binary whose `monitor` subcommand runs a pod's monitor: berthd's own
-    /// (`/proc/self/exe`, which stays valid when the file is replaced by an upgrade).
+    /// The binary whose `monitor` subcommand runs a pod's monitor: `berth-monitor`, or berthd's
+    /// own (`/proc/self/exe`, which stays valid when the file is replaced by an upgrade).
     pub monitor_exe: PathBuf,
 }
 

@@ -15,7 +15,7 @@ use crate::node::Node;
 
 static DAEMONS: AtomicUsize = AtomicUsize::new(0);
 
-/// The berthd binary of this workspace. It is built here (a no-op when fresh) rather than
+/// The berthd binary of this workspace (with berth-monitor beside it). It is built here (a no-op when fresh) rather than
 /// found lying in target/, so that `cargo test -p berth-e2e` never runs a stale daemon.
 /// `BERTHD=/path/to/berthd` runs another build instead.
 pub fn binary() -> &'static Path {
@@ -36,7 +36,8 @@ pub fn binary() -> &'static Path {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut build = std::process::Command::new(cargo);
         build
-            .args(["build", "--quiet", "-p", "berth-cri-server", "--bin", "berthd"])
+            .args(["build", "--quiet", "-p", "berth-cri-server"])
+            .args(["--bin", "berthd", "--bin", "berth-monitor"])
             .current_dir(env!("CARGO_MANIFEST_DIR"));
         if release {
             build.arg("--release");

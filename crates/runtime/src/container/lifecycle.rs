@@ -323,7 +323,7 @@ impl Inner {
                 }
                 let spec_json = serde_json::to_vec_pretty(&spec)
                     .map_err(|err| Error::Internal(format!("encoding the OCI spec: {err}")))?;
-                berth_images::fsutil::atomic_write(&bundle.join("config.json"), &spec_json)
+                berth_images::fsutil::replace_volatile(&bundle.join("config.json"), &spec_json)
                     .map_err(|err| Error::Internal(err.to_string()))?;
                 let resources = spec
                     .linux()

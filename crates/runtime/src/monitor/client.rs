@@ -97,7 +97,7 @@ impl MonitorClient {
 }
 
 /// Starts the monitor of a pod and waits until it listens. Returns its pid (in berthd's PID
-/// namespace). `exe` is berthd's own binary (`/proc/self/exe` in berthd).
+/// namespace). `exe` is `berth-monitor` or berthd itself; both take the `monitor` subcommand.
 pub async fn spawn(exe: &Path, pod_state_dir: &Path, pod_id: &str, pid_ns: bool) -> Result<u32> {
     let (exe, dir, pod) = (exe.to_path_buf(), pod_state_dir.to_path_buf(), pod_id.to_string());
     let started = tokio::task::spawn_blocking(move || spawn_blocking(&exe, &dir, &pod, pid_ns));

@@ -34,6 +34,29 @@
 //! with the bench run, and are stopped and removed even when the bench fails or is
 //! interrupted.
 //!
+//! `berth-bench lifecycle [--runs 50] [--parallel 50]` runs containers of the harness's busybox
+//! test image (pushed to a registry on the node and pulled once, untimed) in pods on the bridge
+//! network, as the kubelet would: each pod a log directory, each container its own PID
+//! namespace and a CRI log, running `sh -c 'trap "exit 0" TERM; echo ready; sleep 3600 & wait'`
+//! so that it exits on SIGTERM. After an untimed warm-up it prints, over `runs` fresh pods each
+//! run untimed, the times of CreateContainer (`create_container`), StartContainer
+//! (`start_container`) and StopContainer (grace period 10 s, once the container logged `ready`)
+//! plus RemoveContainer (`stop_remove_container`); over `runs` more, RunPodSandbox +
+//! CreateContainer + StartContainer (`pod_to_running`); `runs` ExecSync of `/bin/true` in one
+//! running container (`exec_sync`); all in ms. Then it starts `parallel` pods with one container
+//! each at once and prints the wall time until the last container is started
+//! (`parallel_pods_with_container`, s), and with them all running: the daemon's VmRSS
+//! (`daemon_rss_with_pods`), the largest and the sum of the VmRSS of the pods' monitors
+//! (`berthd monitor --pod <id>`; `monitor_rss_max`, `monitor_rss_sum`) and the sum of their PSS
+//! (`monitor_pss_sum`), and per pod what the pods added to the idle daemon, daemon plus monitors
+//! (`rss_per_pod`, and `pss_per_pod` by PSS), in MiB. No pod, container, hold, cgroup, veth,
+//! lease or monitor may be left at the end. `--save-log FILE` as for pull. With `--endpoint
+//! unix:///…`, the image is `--image REF` (it needs `/bin/sh`, `sleep` and `/bin/true`), or the
+//! same test image from a registry on the host's loopback; the daemon is measured only with
+//! `--daemon-pid PID`, and `--shim-name NAME` (`containerd-shim-runc-v2`, `conmon`) measures the
+//! processes of that name in place of monitors (those whose arguments name a pod or container
+//! of the run, or else all of them). Its pods are labelled and removed as for pods.
+//!
 //! Build and run: `cargo build --release -p berth-e2e --bin berth-bench &&
 //! sudo target/release/berth-bench pull --mb 200 --layers 5 --runs 3`.
 
@@ -43,10 +66,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use berth_cri_server::proto::{ListPodSandboxRequest, PodSandboxState};
+use berth_cri_server::proto::{
+    ContainerState, ListPodSandboxRequest, NamespaceMode, PodSandboxState,
+};
 use berth_e2e::cni::{self, BridgeNetwork};
 use berth_e2e::crafted;
-use berth_e2e::cri::{filter_labels, pod, Pod};
+use berth_e2e::cri::{container, filter_labels, pod, ContainerSpec, Pod};
 use berth_e2e::images;
 use berth_e2e::{Berthd, Cri, Node, Registry};
 use clap::{Parser, Subcommand};
@@ -66,6 +91,8 @@ enum Bench {
     Pull(PullArgs),
     /// Pod sandboxes with a CNI bridge network: run, stop + remove, many at once.
     Pods(PodsArgs),
+    /// Containers: create, start, stop + remove, exec, pods to running, many at once, memory.
+    Lifecycle(LifecycleArgs),
 }
 
 #[derive(clap::Args)]
@@ -112,6 +139,33 @@ struct PodsArgs {
     save_log: Option<PathBuf>,
 }
 
+#[derive(clap::Args)]
+struct LifecycleArgs {
+    /// Pods (and containers, and ExecSync calls) timed one after the other, for each metric.
+    #[arg(long, default_value_t = 50, value_parser = at_least_one())]
+    runs: usize,
+    /// Pods with one container each started at once.
+    #[arg(long, default_value_t = 50, value_parser = at_least_one())]
+    parallel: usize,
+    /// CRI socket of another runtime (`unix:///path`); without it, a berthd on a test node.
+    #[arg(long)]
+    endpoint: Option<String>,
+    /// With --endpoint: the daemon's pid, to report its RSS.
+    #[arg(long, requires = "endpoint")]
+    daemon_pid: Option<i32>,
+    /// With --endpoint: the name of the runtime's per-pod processes (containerd-shim-runc-v2,
+    /// conmon), measured in place of berth's monitors.
+    #[arg(long, requires = "endpoint")]
+    shim_name: Option<String>,
+    /// With --endpoint: the image to run (with /bin/sh, sleep and /bin/true); without it, the
+    /// harness's busybox test image from a registry on the host's loopback.
+    #[arg(long, requires = "endpoint")]
+    image: Option<String>,
+    /// Copy berthd's log here before it is deleted with the node.
+    #[arg(long, conflicts_with = "endpoint")]
+    save_log: Option<PathBuf>,
+}
+
 fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
     clap::builder::RangedU64ValueParser::new().range(1..)
 }
@@ -126,6 +180,7 @@ fn main() {
     let endpoint = match &cli.command {
         Bench::Pull(args) => &args.endpoint,
         Bench::Pods(args) => &args.endpoint,
+        Bench::Lifecycle(args) => &args.endpoint,
     };
     if endpoint.is_none() {
         if let Err(err) = prepare_berthd() {
@@ -151,6 +206,10 @@ fn main() {
         Bench::Pods(args) => match &args.endpoint {
             None => pods_berthd(&runtime, &interrupt, args),
             Some(endpoint) => pods_endpoint(&runtime, &interrupt, args, endpoint),
+        },
+        Bench::Lifecycle(args) => match &args.endpoint {
+            None => lifecycle_berthd(&runtime, &interrupt, args),
+            Some(endpoint) => lifecycle_endpoint(&runtime, &interrupt, args, endpoint),
         },
     };
     // Every guard has dropped by now.
@@ -693,6 +752,730 @@ fn report_pods(args: &PodsArgs, timings: &PodTimings, idle: Option<u64>) {
     }
 }
 
+/// What every container of the lifecycle bench runs: it says when its trap is set (before
+/// that, a SIGTERM to a PID namespace's init would be ignored, and every stop would take the
+/// whole grace period) and exits at once on SIGTERM.
+const WORKLOAD: &str = "trap 'exit 0' TERM; echo ready; sleep 3600 & wait";
+/// How long a started container may take to log `ready`.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// The grace period of the timed StopContainer calls.
+const STOP_TIMEOUT: i64 = 10;
+
+/// The processes that hold a runtime's pods, measured with the pods up.
+enum PerPod {
+    /// berth's `berthd monitor --pod <id>`.
+    Monitors,
+    /// Another runtime's shims or conmons, by the file name of their `argv[0]`.
+    Named(String),
+}
+
+impl PerPod {
+    fn describe(&self) -> &str {
+        match self {
+            PerPod::Monitors => "berthd monitor",
+            PerPod::Named(name) => name,
+        }
+    }
+}
+
+/// What a lifecycle run needs besides its CRI client.
+struct Lifecycle {
+    image: String,
+    tag: String,
+    /// Where each pod's log directory is made (the kubelet makes them before RunPodSandbox).
+    logs: PathBuf,
+    daemon_pid: Option<i32>,
+    per_pod: Option<PerPod>,
+    /// Every pod and container id this run got back, for finding its processes and leftovers.
+    ids: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+/// A process's memory, KiB.
+#[derive(Clone, Copy, Default)]
+struct Memory {
+    rss: u64,
+    pss: u64,
+}
+
+fn memory_of(pid: i32) -> Result<Memory, Error> {
+    Ok(Memory { rss: read_status_kib(pid, "VmRSS")?, pss: read_pss_kib(pid)? })
+}
+
+/// The memory of a set of processes, KiB.
+#[derive(Default)]
+struct GroupMemory {
+    count: usize,
+    rss_sum: u64,
+    rss_max: u64,
+    pss_sum: u64,
+}
+
+struct LifecycleTimings {
+    creates: Vec<f64>,
+    starts: Vec<f64>,
+    stop_removes: Vec<f64>,
+    pod_to_running: Vec<f64>,
+    execs: Vec<f64>,
+    parallel_wall: f64,
+    /// With the concurrent pods running.
+    daemon: Option<Memory>,
+    per_pod: Option<GroupMemory>,
+}
+
+/// Adds what an RPC was to its error.
+fn rpc(what: &'static str) -> impl FnOnce(tonic::Status) -> Error {
+    move |status| format!("{what}: {status}").into()
+}
+
+/// The default lifecycle bench: a berthd on a test node, the bridge network, the busybox test
+/// image from the node's registry.
+fn lifecycle_berthd(
+    runtime: &tokio::runtime::Runtime,
+    interrupt: &Notify,
+    args: &LifecycleArgs,
+) -> Result<(), Error> {
+    // Drops after the daemon (inside the async part): kills and removes all that is left,
+    // monitors and containers included (they live in the node's cgroup).
+    let node = Node::start();
+    let registry = Registry::start(&node);
+    check_interrupted()?;
+    let image = &images::TestImages::get().oci;
+    node.block_on(|| images::push_image(&registry.addr, image))?;
+    let setup = Lifecycle {
+        image: image.reference_at(&registry.addr),
+        tag: run_tag(),
+        logs: node.dir().join("pod-logs"),
+        daemon_pid: None,
+        per_pod: Some(PerPod::Monitors),
+        ids: Default::default(),
+    };
+    let (timings, idle) = runtime.block_on(interruptible(interrupt, async {
+        let started = Instant::now();
+        let daemon = Berthd::start(&node).await;
+        let net = BridgeNetwork::for_daemon(&daemon);
+        net.install(&daemon);
+        let pid = daemon.pid().as_raw();
+        eprintln!(
+            "berth-bench: berthd (pid {pid}) serving in {:.0} ms",
+            started.elapsed().as_secs_f64() * 1000.0
+        );
+        let idle = memory_of(pid)?;
+        let setup = Lifecycle { daemon_pid: Some(pid), ..setup };
+        let mut cri = daemon.client().await;
+        let result = lifecycle_runs(&mut cri, args, &setup).await;
+        if let Some(path) = &args.save_log {
+            std::fs::copy(&daemon.log, path)
+                .map_err(|err| format!("copying the log to {}: {err}", path.display()))?;
+        }
+        let timings = result?;
+        check_nothing_left(&node, &daemon, &net, &setup).await?;
+        Ok((timings, idle))
+    }))?;
+    report_lifecycle(args, &timings, Some(idle), Some(&PerPod::Monitors));
+    drop(registry);
+    drop(node);
+    Ok(())
+}
+
+/// After a berthd run: no record, hold, cgroup, veth, lease or monitor of a pod or container.
+async fn check_nothing_left(
+    node: &Node,
+    daemon: &Berthd,
+    net: &BridgeNetwork,
+    setup: &Lifecycle,
+) -> Result<(), Error> {
+    for (dir, what) in [
+        ("pods", "pod records"),
+        ("containers", "container records"),
+        ("images/holds", "image holds"),
+    ] {
+        let left: Vec<String> = std::fs::read_dir(daemon.root.join(dir))
+            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        if !left.is_empty() {
+            return Err(format!("{} {what} left at the end: {left:?}", left.len()).into());
+        }
+    }
+    let cgroups = node_cgroup_children(node)?;
+    if !cgroups.is_empty() {
+        return Err(format!("cgroups left at the end: {cgroups:?}").into());
+    }
+    let veths = cni::node_veths(node);
+    if !veths.is_empty() {
+        return Err(format!("veths left at the end: {veths:?}").into());
+    }
+    let leases = net.leases();
+    if !leases.is_empty() {
+        return Err(format!("IP leases left at the end: {leases:?}").into());
+    }
+    // A monitor may still be on its way out when RemovePodSandbox answers.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let monitors = per_pod_pids(&PerPod::Monitors, &setup.ids());
+        if monitors.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("monitors left at the end: pids {monitors:?}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every cgroup below the node's own, in each hierarchy berth manages.
+fn node_cgroup_children(node: &Node) -> Result<Vec<PathBuf>, Error> {
+    fn walk(dir: &Path, found: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                found.push(entry.path());
+                walk(&entry.path(), found);
+            }
+        }
+    }
+    let layout = berth_runtime::cgroups::CgroupLayout::detect()
+        .map_err(|err| format!("reading the cgroup layout: {err}"))?;
+    let dirs = layout
+        .dirs(Path::new(&node.name), true)
+        .map_err(|err| format!("the node's cgroups: {err}"))?;
+    let mut found = Vec::new();
+    for (_, dir) in dirs {
+        walk(&dir, &mut found);
+    }
+    Ok(found)
+}
+
+/// Another runtime on `endpoint`: `--image`, or the test image from a registry on the host's
+/// loopback.
+fn lifecycle_endpoint(
+    runtime: &tokio::runtime::Runtime,
+    interrupt: &Notify,
+    args: &LifecycleArgs,
+    endpoint: &str,
+) -> Result<(), Error> {
+    let socket = endpoint_socket(endpoint)?;
+    let registry = match &args.image {
+        Some(_) => None,
+        None => Some(HostRegistry::start()?),
+    };
+    check_interrupted()?;
+    let image = match (&args.image, &registry) {
+        (Some(image), _) => image.clone(),
+        (None, Some(registry)) => {
+            let image = &images::TestImages::get().oci;
+            runtime.block_on(interruptible(interrupt, async {
+                images::push_image(&registry.addr, image).await?;
+                Ok(())
+            }))?;
+            image.reference_at(&registry.addr)
+        }
+        (None, None) => unreachable!("a registry is started when there is no --image"),
+    };
+    let logs = tempfile::Builder::new().prefix("berth-bench-logs-").tempdir()?;
+    let setup = Lifecycle {
+        image,
+        tag: run_tag(),
+        logs: logs.path().to_path_buf(),
+        daemon_pid: args.daemon_pid,
+        per_pod: args.shim_name.clone().map(PerPod::Named),
+        ids: Default::default(),
+    };
+    let cri = runtime.block_on(interruptible(interrupt, async {
+        let mut cri = Cri::connect(&socket)
+            .await
+            .map_err(|err| format!("connecting to {}: {err}", socket.display()))?;
+        let version = cri.version().await?;
+        eprintln!(
+            "berth-bench: {} {} on {endpoint}",
+            version.runtime_name, version.runtime_version
+        );
+        Ok(cri)
+    }))?;
+    let result = runtime.block_on(interruptible(interrupt, async {
+        let mut cri = cri.clone();
+        let idle = args.daemon_pid.map(memory_of).transpose()?;
+        let timings = lifecycle_runs(&mut cri, args, &setup).await?;
+        Ok((timings, idle))
+    }));
+    // Whatever happened, no pod of this run stays on the other runtime (its containers go
+    // with it), nor the image when it came from the bench's own registry.
+    let cleanup = runtime.block_on(async {
+        let mut cri = cri.clone();
+        tokio::time::timeout(Duration::from_secs(120), async {
+            let removed = remove_tagged_pods(&mut cri, &setup.tag).await?;
+            if registry.is_some() {
+                cri.remove_image(&setup.image).await?;
+            }
+            Ok::<_, Error>(removed)
+        })
+        .await
+    });
+    match cleanup {
+        Ok(Ok(0)) => {}
+        Ok(Ok(n)) => eprintln!("berth-bench: removed {n} pods left by this run"),
+        Ok(Err(err)) => eprintln!("berth-bench: cleaning up after this run ({}): {err}", setup.tag),
+        Err(_) => eprintln!("berth-bench: cleaning up after this run ({}) timed out", setup.tag),
+    }
+    let (timings, idle) = result?;
+    report_lifecycle(args, &timings, idle, setup.per_pod.as_ref());
+    drop(logs);
+    drop(registry);
+    Ok(())
+}
+
+impl Lifecycle {
+    /// A pod of this run, named `<tag>-<name>`, with its log directory made, and a PID
+    /// namespace per container as the kubelet asks by default.
+    fn pod(&self, name: &str) -> Result<Pod, Error> {
+        let logs = self.logs.join(name);
+        std::fs::create_dir_all(&logs)
+            .map_err(|err| format!("creating {}: {err}", logs.display()))?;
+        let mut pod = pod(&format!("{}-{name}", self.tag))
+            .namespace(POD_NAMESPACE)
+            .label(RUN_LABEL, &self.tag)
+            .log_directory(logs);
+        let namespaces = pod
+            .config
+            .linux
+            .get_or_insert_with(Default::default)
+            .security_context
+            .get_or_insert_with(Default::default)
+            .namespace_options
+            .get_or_insert_with(Default::default);
+        namespaces.pid = NamespaceMode::Container.into();
+        Ok(pod)
+    }
+
+    fn container(&self) -> ContainerSpec {
+        container("work", &self.image)
+            .shell(WORKLOAD)
+            .log_path("work.log")
+            .pid_mode(NamespaceMode::Container)
+    }
+
+    fn remember(&self, id: &str) {
+        if let Ok(mut ids) = self.ids.lock() {
+            ids.insert(id.to_string());
+        }
+    }
+
+    fn ids(&self) -> std::collections::HashSet<String> {
+        self.ids.lock().map(|ids| ids.clone()).unwrap_or_default()
+    }
+
+    /// RunPodSandbox of a new pod `name`; returns its id and config.
+    async fn run_pod(&self, cri: &mut Cri, name: &str) -> Result<(String, Pod), Error> {
+        let pod = self.pod(name)?;
+        let id = cri.run_pod(&pod).await.map_err(rpc("RunPodSandbox"))?;
+        self.remember(&id);
+        Ok((id, pod))
+    }
+
+    /// Untimed: the container goes at once (SIGKILL), then its pod.
+    async fn remove_pod(&self, cri: &mut Cri, pod_id: &str, container: &str) -> Result<(), Error> {
+        cri.stop_container(container, 0).await.map_err(rpc("StopContainer"))?;
+        cri.stop_pod(pod_id).await.map_err(rpc("StopPodSandbox"))?;
+        cri.remove_pod(pod_id).await.map_err(rpc("RemovePodSandbox"))?;
+        Ok(())
+    }
+}
+
+/// Waits until the container has logged `ready` (its SIGTERM trap is set).
+async fn wait_ready(cri: &mut Cri, pod: &Pod, id: &str) -> Result<(), Error> {
+    let path = Path::new(&pod.config.log_directory).join("work.log");
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        // A CRI log line: `<time> stdout F ready`.
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        if text.lines().any(|line| line.ends_with(" F ready")) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let status = cri.container_status(id, false).await.ok().and_then(|r| r.status);
+            return Err(format!(
+                "container {id} did not log \"ready\" in {} within {READY_TIMEOUT:?}: {status:?}",
+                path.display()
+            )
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// The warm-up, the timed sequential steps, then the concurrent pods and the memory they take.
+async fn lifecycle_runs(
+    cri: &mut Cri,
+    args: &LifecycleArgs,
+    setup: &Lifecycle,
+) -> Result<LifecycleTimings, Error> {
+    let started = Instant::now();
+    cri.pull(&setup.image).await.map_err(rpc("PullImage"))?;
+    eprintln!("berth-bench: {} pulled in {:.0} ms (untimed)", setup.image, millis(started));
+    let spec = setup.container();
+
+    // The first pod on a node creates the bridge, another runtime may pull its pause image, and
+    // the first container of an image may cost more than the rest.
+    let started = Instant::now();
+    let (pod_id, pod) = setup.run_pod(cri, "warmup").await?;
+    check_ready(cri, &pod_id).await?;
+    let id = cri.run_container(&pod_id, &pod, &spec).await.map_err(rpc("Create/Start"))?;
+    setup.remember(&id);
+    wait_ready(cri, &pod, &id).await?;
+    let ready = millis(started);
+    let started = Instant::now();
+    cri.stop_container(&id, STOP_TIMEOUT).await.map_err(rpc("StopContainer"))?;
+    cri.remove_container(&id).await.map_err(rpc("RemoveContainer"))?;
+    cri.stop_pod(&pod_id).await.map_err(rpc("StopPodSandbox"))?;
+    cri.remove_pod(&pod_id).await.map_err(rpc("RemovePodSandbox"))?;
+    eprintln!(
+        "berth-bench: warm-up: pod and container ready in {ready:.1} ms, gone in {:.1} ms",
+        millis(started)
+    );
+
+    let (mut creates, mut starts, mut stops, mut removes) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for n in 1..=args.runs {
+        check_interrupted()?;
+        let (pod_id, pod) = setup.run_pod(cri, &format!("ctr-{n}")).await?;
+        let started = Instant::now();
+        let id =
+            cri.create_container(&pod_id, &pod, &spec).await.map_err(rpc("CreateContainer"))?;
+        creates.push(millis(started));
+        setup.remember(&id);
+        let started = Instant::now();
+        cri.start_container(&id).await.map_err(rpc("StartContainer"))?;
+        starts.push(millis(started));
+        wait_ready(cri, &pod, &id).await?;
+        let started = Instant::now();
+        cri.stop_container(&id, STOP_TIMEOUT).await.map_err(rpc("StopContainer"))?;
+        stops.push(millis(started));
+        // Untimed: it must have exited on the SIGTERM, not been killed.
+        let status = cri.container_status(&id, false).await.map_err(rpc("ContainerStatus"))?;
+        let status = status.status.ok_or("ContainerStatus: no status")?;
+        if status.state() != ContainerState::ContainerExited || status.exit_code != 0 {
+            return Err(format!("container {id} did not exit 0 on SIGTERM: {status:?}").into());
+        }
+        let started = Instant::now();
+        cri.remove_container(&id).await.map_err(rpc("RemoveContainer"))?;
+        removes.push(millis(started));
+        cri.stop_pod(&pod_id).await.map_err(rpc("StopPodSandbox"))?;
+        cri.remove_pod(&pod_id).await.map_err(rpc("RemovePodSandbox"))?;
+    }
+    let stop_removes: Vec<f64> = stops.iter().zip(&removes).map(|(s, r)| s + r).collect();
+    eprintln!(
+        "berth-bench: {} containers: create p50 {:.1} ms, start {:.1} ms, stop {:.1} ms, \
+         remove {:.1} ms",
+        args.runs,
+        percentile(&creates, 0.5),
+        percentile(&starts, 0.5),
+        percentile(&stops, 0.5),
+        percentile(&removes, 0.5)
+    );
+
+    let mut pod_to_running = Vec::with_capacity(args.runs);
+    for n in 1..=args.runs {
+        check_interrupted()?;
+        let started = Instant::now();
+        let (pod_id, pod) = setup.run_pod(cri, &format!("run-{n}")).await?;
+        let id =
+            cri.create_container(&pod_id, &pod, &spec).await.map_err(rpc("CreateContainer"))?;
+        cri.start_container(&id).await.map_err(rpc("StartContainer"))?;
+        pod_to_running.push(millis(started));
+        setup.remember(&id);
+        check_ready(cri, &pod_id).await?;
+        wait_ready(cri, &pod, &id).await?;
+        setup.remove_pod(cri, &pod_id, &id).await?;
+    }
+    eprintln!(
+        "berth-bench: {} pods to running, p50 {:.1} ms",
+        args.runs,
+        percentile(&pod_to_running, 0.5)
+    );
+
+    check_interrupted()?;
+    let (pod_id, pod) = setup.run_pod(cri, "exec").await?;
+    let id = cri.run_container(&pod_id, &pod, &spec).await.map_err(rpc("Create/Start"))?;
+    setup.remember(&id);
+    wait_ready(cri, &pod, &id).await?;
+    let mut execs = Vec::with_capacity(args.runs);
+    for _ in 0..args.runs {
+        check_interrupted()?;
+        let started = Instant::now();
+        let out = cri.exec_sync(&id, &["/bin/true"], 10).await.map_err(rpc("ExecSync"))?;
+        execs.push(millis(started));
+        if out.exit_code != 0 {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            return Err(format!("ExecSync /bin/true exited {}: {stderr}", out.exit_code).into());
+        }
+    }
+    setup.remove_pod(cri, &pod_id, &id).await?;
+    eprintln!("berth-bench: {} ExecSync, p50 {:.2} ms", args.runs, percentile(&execs, 0.5));
+
+    check_interrupted()?;
+    if let Some(pid) = setup.daemon_pid {
+        // What the runs so far left in the daemon, to tell from what the pods add.
+        let rss = read_status_kib(pid, "VmRSS")?;
+        eprintln!("berth-bench: daemon RSS before the pods {:.1} MiB", rss as f64 / 1024.0);
+    }
+    let (parallel_wall, running) = parallel_pods(cri, args, setup).await?;
+    for (pod_id, pod, id) in &running {
+        check_ready(cri, pod_id).await?;
+        wait_ready(cri, pod, id).await?;
+    }
+    let daemon = setup.daemon_pid.map(memory_of).transpose()?;
+    let per_pod = setup.per_pod.as_ref().map(|kind| {
+        let group = group_memory(&per_pod_pids(kind, &setup.ids()));
+        if group.count != args.parallel {
+            eprintln!(
+                "berth-bench: {} {} processes for {} pods",
+                group.count,
+                kind.describe(),
+                args.parallel
+            );
+        }
+        group
+    });
+
+    let started = Instant::now();
+    let mut calls = tokio::task::JoinSet::new();
+    for (pod_id, _, id) in running {
+        let mut cri = cri.clone();
+        calls.spawn(async move {
+            cri.stop_container(&id, 0).await.map_err(rpc("StopContainer"))?;
+            cri.stop_pod(&pod_id).await.map_err(rpc("StopPodSandbox"))?;
+            cri.remove_pod(&pod_id).await.map_err(rpc("RemovePodSandbox"))
+        });
+    }
+    while let Some(joined) = calls.join_next().await {
+        joined??;
+    }
+    eprintln!(
+        "berth-bench: {} pods removed at once in {:.3} s",
+        args.parallel,
+        started.elapsed().as_secs_f64()
+    );
+    if let Some(pid) = setup.daemon_pid {
+        let rss = read_status_kib(pid, "VmRSS")?;
+        eprintln!("berth-bench: daemon RSS after the removals {:.1} MiB", rss as f64 / 1024.0);
+    }
+    Ok(LifecycleTimings {
+        creates,
+        starts,
+        stop_removes,
+        pod_to_running,
+        execs,
+        parallel_wall,
+        daemon,
+        per_pod,
+    })
+}
+
+/// `parallel` pods, each with one container, run and started at once; returns the wall time
+/// until the last container was started, s, and the pods' ids, configs and container ids.
+async fn parallel_pods(
+    cri: &mut Cri,
+    args: &LifecycleArgs,
+    setup: &Lifecycle,
+) -> Result<(f64, Vec<(String, Pod, String)>), Error> {
+    let pods: Vec<Pod> =
+        (1..=args.parallel).map(|n| setup.pod(&format!("par-{n}"))).collect::<Result<_, _>>()?;
+    let spec = setup.container();
+    // Dropped (on an interrupt) it aborts the calls still running.
+    let mut calls = tokio::task::JoinSet::new();
+    let started = Instant::now();
+    for pod in pods {
+        let (mut cri, spec) = (cri.clone(), spec.clone());
+        calls.spawn(async move {
+            let started = Instant::now();
+            let pod_id = match cri.run_pod(&pod).await {
+                Ok(pod_id) => pod_id,
+                Err(status) => return Err((None, rpc("RunPodSandbox")(status))),
+            };
+            match cri.run_container(&pod_id, &pod, &spec).await {
+                Ok(id) => Ok((pod_id, pod, id, millis(started))),
+                Err(status) => Err((Some(pod_id), rpc("Create/Start")(status))),
+            }
+        });
+    }
+    let mut running = Vec::with_capacity(args.parallel);
+    let mut latencies = Vec::with_capacity(args.parallel);
+    let mut failure = None;
+    while let Some(joined) = calls.join_next().await {
+        match joined? {
+            Ok((pod_id, pod, id, latency)) => {
+                setup.remember(&pod_id);
+                setup.remember(&id);
+                running.push((pod_id, pod, id));
+                latencies.push(latency);
+            }
+            Err((pod_id, err)) => {
+                if let Some(pod_id) = pod_id {
+                    setup.remember(&pod_id);
+                }
+                failure.get_or_insert(err);
+            }
+        }
+    }
+    let wall = started.elapsed().as_secs_f64();
+    if let Some(err) = failure {
+        let failed = args.parallel - running.len();
+        return Err(format!("{failed} of {} concurrent pods failed: {err}", args.parallel).into());
+    }
+    eprintln!(
+        "berth-bench: {} pods with a container at once in {wall:.3} s (each p50 {:.0} ms, max \
+         {:.0} ms)",
+        args.parallel,
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 1.0)
+    );
+    Ok((wall, running))
+}
+
+/// A process as `/proc` shows it.
+struct Process {
+    pid: i32,
+    ppid: i32,
+    argv: Vec<String>,
+}
+
+/// Every process with a command line (kernel threads have none); those that exit during the
+/// scan are left out.
+fn processes() -> Vec<Process> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // After the command name: state, then ppid.
+            let ppid = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
+            let mut argv: Vec<String> = cmdline
+                .split(|b| *b == 0)
+                .map(|arg| String::from_utf8_lossy(arg).into_owned())
+                .collect();
+            // The command line ends with a NUL.
+            if argv.last().is_some_and(|arg| arg.is_empty()) {
+                argv.pop();
+            }
+            (!argv.is_empty()).then_some(Process { pid, ppid, argv })
+        })
+        .collect()
+}
+
+/// The pids of the per-pod processes of `kind` that belong to the pods or containers in `ids`.
+fn per_pod_pids(kind: &PerPod, ids: &std::collections::HashSet<String>) -> Vec<i32> {
+    let all = processes();
+    let matched: Vec<&Process> = match kind {
+        PerPod::Monitors => all
+            .iter()
+            .filter(|p| p.argv.get(1).is_some_and(|arg| arg == "monitor"))
+            .filter(|p| p.argv.windows(2).any(|w| w[0] == "--pod" && ids.contains(&w[1])))
+            .collect(),
+        PerPod::Named(name) => {
+            let named: Vec<&Process> = all
+                .iter()
+                .filter(|p| Path::new(&p.argv[0]).file_name().is_some_and(|f| f == name.as_str()))
+                .collect();
+            // containerd's shims name their pod (`-id <pod>`), conmon its container; a
+            // runtime whose processes name neither is measured whole.
+            let ours: Vec<&Process> =
+                named.iter().copied().filter(|p| p.argv.iter().any(|a| ids.contains(a))).collect();
+            if ours.is_empty() {
+                named
+            } else {
+                ours
+            }
+        }
+    };
+    // A monitor's child between its fork and its exec (a container waiting to start, an
+    // ExecSync) still has the monitor's command line: it is not another monitor.
+    let pids: std::collections::HashSet<i32> = matched.iter().map(|p| p.pid).collect();
+    matched.iter().filter(|p| !pids.contains(&p.ppid)).map(|p| p.pid).collect()
+}
+
+/// The memory of `pids`; a process that has gone meanwhile is left out.
+fn group_memory(pids: &[i32]) -> GroupMemory {
+    let mut group = GroupMemory::default();
+    for memory in pids.iter().filter_map(|pid| memory_of(*pid).ok()) {
+        group.count += 1;
+        group.rss_sum += memory.rss;
+        group.rss_max = group.rss_max.max(memory.rss);
+        group.pss_sum += memory.pss;
+    }
+    group
+}
+
+/// The proportional set size of `pid`, from `/proc/<pid>/smaps_rollup`, KiB.
+fn read_pss_kib(pid: i32) -> Result<u64, Error> {
+    let path = format!("/proc/{pid}/smaps_rollup");
+    let text = std::fs::read_to_string(&path).map_err(|err| format!("reading {path}: {err}"))?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("Pss:"))
+        .and_then(|rest| rest.trim().strip_suffix("kB")?.trim().parse().ok())
+        .ok_or_else(|| format!("no Pss in {path}").into())
+}
+
+fn report_lifecycle(
+    args: &LifecycleArgs,
+    timings: &LifecycleTimings,
+    idle: Option<Memory>,
+    per_pod: Option<&PerPod>,
+) {
+    let stats = |metric, values: &[f64]| {
+        print(&Line { stats: Some(Stats::of(values)), ..line("lifecycle", metric, "ms") });
+    };
+    stats("create_container", &timings.creates);
+    stats("start_container", &timings.starts);
+    stats("stop_remove_container", &timings.stop_removes);
+    stats("pod_to_running", &timings.pod_to_running);
+    stats("exec_sync", &timings.execs);
+    let pods = Some(args.parallel);
+    print(&Line {
+        n: pods,
+        value: Some(round(timings.parallel_wall, 4)),
+        ..line("lifecycle", "parallel_pods_with_container", "s")
+    });
+    let mib = |kib: u64| Some(round(kib as f64 / 1024.0, 2));
+    let per_pod_mib = |kib: i64| Some(round(kib as f64 / 1024.0 / args.parallel as f64, 3));
+    if let Some(daemon) = timings.daemon {
+        print(&Line {
+            n: pods,
+            value: mib(daemon.rss),
+            ..line("lifecycle", "daemon_rss_with_pods", "MiB")
+        });
+    }
+    if let (Some(group), Some(kind)) = (&timings.per_pod, per_pod) {
+        let processes = Some(kind.describe());
+        let n = Some(group.count);
+        for (metric, kib) in [
+            ("monitor_rss_max", group.rss_max),
+            ("monitor_rss_sum", group.rss_sum),
+            ("monitor_pss_sum", group.pss_sum),
+        ] {
+            print(&Line { n, value: mib(kib), processes, ..line("lifecycle", metric, "MiB") });
+        }
+    }
+    if let (Some(daemon), Some(idle)) = (timings.daemon, idle) {
+        let group = timings.per_pod.as_ref();
+        let added = |with: u64, group: u64, idle: u64| with as i64 + group as i64 - idle as i64;
+        let rss = added(daemon.rss, group.map_or(0, |g| g.rss_sum), idle.rss);
+        let pss = added(daemon.pss, group.map_or(0, |g| g.pss_sum), idle.pss);
+        print(&Line {
+            n: pods,
+            value: per_pod_mib(rss),
+            ..line("lifecycle", "rss_per_pod", "MiB")
+        });
+        print(&Line {
+            n: pods,
+            value: per_pod_mib(pss),
+            ..line("lifecycle", "pss_per_pod", "MiB")
+        });
+    }
+    if let Some(idle) = idle {
+        print(&Line { value: mib(idle.rss), ..line("idle", "daemon_rss", "MiB") });
+    }
+}
+
 /// One line of output. Fields in the order of the contract's example: what, then numbers.
 #[derive(Serialize)]
 struct Line<'a> {
@@ -708,6 +1491,9 @@ struct Line<'a> {
     value: Option<f64>,
     #[serde(flatten)]
     image: Option<ImageFields>,
+    /// Which processes a memory figure is about, when not the daemon's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    processes: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -743,7 +1529,7 @@ impl Stats {
 
 /// A line with only what it is about; fill in the rest with `..line(…)`.
 fn line<'a>(bench: &'a str, metric: &'a str, unit: &'a str) -> Line<'a> {
-    Line { bench, metric, unit, stats: None, n: None, value: None, image: None }
+    Line { bench, metric, unit, stats: None, n: None, value: None, image: None, processes: None }
 }
 
 fn print(line: &Line) {
