@@ -1,6 +1,6 @@
 //! CreateContainer, StartContainer, StopContainer, RemoveContainer, ContainerStatus,
-//! ListContainers, StreamContainers, ExecSync, ReopenContainerLog: translation between the CRI
-//! and `berth_runtime::container`.
+//! ListContainers, StreamContainers, UpdateContainerResources, ExecSync, ReopenContainerLog:
+//! translation between the CRI and `berth_runtime::container`.
 //!
 //! Enum values the CRI leaves open (any i32 can arrive) are checked here: prost's getters read an
 //! unknown value as the default, which for a mount's propagation or a PID mode would silently
@@ -22,6 +22,7 @@ use crate::proto::{
     ListContainersResponse, RemoveContainerRequest, RemoveContainerResponse,
     ReopenContainerLogRequest, ReopenContainerLogResponse, StartContainerRequest,
     StartContainerResponse, StopContainerRequest, StopContainerResponse, StreamContainersResponse,
+    UpdateContainerResourcesRequest, UpdateContainerResourcesResponse,
 };
 use crate::rpc_layer::{record_container, record_pod};
 use crate::service::Cri;
@@ -99,6 +100,20 @@ pub async fn stream(
         .chunks(STREAM_BATCH)
         .map(|batch| StreamContainersResponse { containers: batch.to_vec() })
         .collect())
+}
+
+pub async fn update_resources(
+    cri: &Cri,
+    request: UpdateContainerResourcesRequest,
+) -> CriResult<UpdateContainerResourcesResponse> {
+    let id = required_id(&request.container_id, "container id")?;
+    record_container(id);
+    // `windows` has no meaning on Linux, and the annotations name no experimental resources
+    // that berth knows. No `linux` changes nothing, but the container must still be one whose
+    // resources could change.
+    let resources = request.linux.map(resources).unwrap_or_default();
+    cri.runtime.containers().update_resources(id, resources).await?;
+    Ok(UpdateContainerResourcesResponse {})
 }
 
 pub async fn exec_sync(cri: &Cri, request: ExecSyncRequest) -> CriResult<ExecSyncResponse> {
@@ -247,7 +262,7 @@ fn proto_mount(m: &rt::Mount) -> proto::Mount {
     }
 }
 
-fn resources(r: proto::LinuxContainerResources) -> rt::Resources {
+pub(crate) fn resources(r: proto::LinuxContainerResources) -> rt::Resources {
     rt::Resources {
         cpu_period: r.cpu_period,
         cpu_quota: r.cpu_quota,

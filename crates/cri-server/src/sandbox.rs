@@ -1,5 +1,6 @@
 //! RunPodSandbox, StopPodSandbox, RemovePodSandbox, PodSandboxStatus, ListPodSandbox,
-//! StreamPodSandboxes, UpdateRuntimeConfig: translation between the CRI and `berth_runtime::pod`.
+//! StreamPodSandboxes, UpdatePodSandboxResources, UpdateRuntimeConfig: translation between the
+//! CRI and `berth_runtime::pod`.
 
 use std::collections::HashMap;
 
@@ -13,6 +14,7 @@ use crate::proto::{
     PodSandboxNetworkStatus, PodSandboxStatus, PodSandboxStatusRequest, PodSandboxStatusResponse,
     RemovePodSandboxRequest, RemovePodSandboxResponse, RunPodSandboxRequest, RunPodSandboxResponse,
     StopPodSandboxRequest, StopPodSandboxResponse, StreamPodSandboxesResponse,
+    UpdatePodSandboxResourcesRequest, UpdatePodSandboxResourcesResponse,
     UpdateRuntimeConfigRequest, UpdateRuntimeConfigResponse,
 };
 use crate::rpc_layer::record_pod;
@@ -132,6 +134,17 @@ async fn listed(cri: &Cri, filter: Option<PodSandboxFilter>) -> Vec<PodSandbox> 
             runtime_handler: record.config.runtime_handler.clone(),
         })
         .collect()
+}
+
+pub async fn update_resources(
+    cri: &Cri,
+    request: UpdatePodSandboxResourcesRequest,
+) -> CriResult<UpdatePodSandboxResourcesResponse> {
+    record_pod(&request.pod_sandbox_id);
+    let resources = request.resources.map(crate::container::resources).unwrap_or_default();
+    let overhead = request.overhead.map(crate::container::resources).unwrap_or_default();
+    cri.runtime.pods().update_resources(&request.pod_sandbox_id, resources, overhead).await?;
+    Ok(UpdatePodSandboxResourcesResponse {})
 }
 
 pub async fn update_runtime_config(

@@ -143,9 +143,9 @@ impl RuntimeService for Cri {
 
     async fn update_container_resources(
         &self,
-        _request: Request<UpdateContainerResourcesRequest>,
+        request: Request<UpdateContainerResourcesRequest>,
     ) -> Result<Response<UpdateContainerResourcesResponse>, Status> {
-        Err(unimplemented("RuntimeService", "UpdateContainerResources"))
+        Ok(Response::new(container::update_resources(self, request.into_inner()).await?))
     }
 
     async fn reopen_container_log(
@@ -288,9 +288,9 @@ impl RuntimeService for Cri {
 
     async fn update_pod_sandbox_resources(
         &self,
-        _request: Request<UpdatePodSandboxResourcesRequest>,
+        request: Request<UpdatePodSandboxResourcesRequest>,
     ) -> Result<Response<UpdatePodSandboxResourcesResponse>, Status> {
-        Err(unimplemented("RuntimeService", "UpdatePodSandboxResources"))
+        Ok(Response::new(sandbox::update_resources(self, request.into_inner()).await?))
     }
 }
 

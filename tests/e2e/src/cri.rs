@@ -751,3 +751,36 @@ pub async fn wait_log(
 fn strings(items: &[&str]) -> Vec<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
+
+impl Cri {
+    /// UpdateContainerResources with new Linux limits.
+    pub async fn update_container_resources(
+        &mut self,
+        id: &str,
+        linux: LinuxContainerResources,
+    ) -> Result<(), tonic::Status> {
+        let request = berth_cri_server::proto::UpdateContainerResourcesRequest {
+            container_id: id.to_string(),
+            linux: Some(linux),
+            ..Default::default()
+        };
+        self.runtime.update_container_resources(request).await?;
+        Ok(())
+    }
+
+    /// UpdatePodSandboxResources: the pod's resources (its containers' summed) and overhead.
+    pub async fn update_pod_resources(
+        &mut self,
+        id: &str,
+        resources: LinuxContainerResources,
+        overhead: LinuxContainerResources,
+    ) -> Result<(), tonic::Status> {
+        let request = berth_cri_server::proto::UpdatePodSandboxResourcesRequest {
+            pod_sandbox_id: id.to_string(),
+            resources: Some(resources),
+            overhead: Some(overhead),
+        };
+        self.runtime.update_pod_sandbox_resources(request).await?;
+        Ok(())
+    }
+}

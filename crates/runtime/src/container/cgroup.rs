@@ -121,13 +121,54 @@ impl ContainerCgroup {
         self.members.first().map_or(CgroupVersion::V2, |m| m.version)
     }
 
-    /// Writes `resources` into the cgroup's files; what `resources` leaves unset is left as it is.
+    /// Writes `resources` into the cgroup's files; what `resources` leaves unset is left as it
+    /// is. All or nothing: see [`ContainerCgroup::apply`].
     pub fn update(&self, resources: &LinuxResources) -> Result<()> {
+        self.apply(resources).map(drop)
+    }
+
+    /// Writes `resources` into the cgroup's files, all or nothing: the files it will write are
+    /// read first, and when the kernel refuses a write, those written before it get their old
+    /// values back and the refusal is returned. The result can undo a successful update too,
+    /// for a caller whose own next step fails.
+    ///
+    /// Device rules cannot be undone (their files are write-only, and a rule is an addition,
+    /// not a value); an update leaves them out.
+    pub fn apply(&self, resources: &LinuxResources) -> Result<Applied> {
         check(resources, self.version())?;
+        // A dry run first names every file the update will write, so that all of them are
+        // read before the first write.
+        let mut plan = Writer::plan();
+        self.write_all(resources, &mut plan)?;
+        let mut old = Vec::new();
+        for path in plan.planned {
+            match std::fs::read_to_string(&path) {
+                Ok(value) => old.push((path, value)),
+                // A missing file fails its write below with a message naming it; a write-only
+                // one has nothing to put back.
+                Err(err) => tracing::debug!("reading {} before an update: {err}", path.display()),
+            }
+        }
+        let mut writer = Writer::files();
+        let result = self.write_all(resources, &mut writer);
+        let applied = Applied { old, written: writer.written };
+        match result {
+            Ok(()) => Ok(applied),
+            Err(err) => match applied.revert() {
+                Ok(()) => Err(err),
+                Err(undo) => Err(Error::Cgroup(format!(
+                    "{err}; putting the old values back failed too, the cgroup is left \
+                     half updated: {undo}"
+                ))),
+            },
+        }
+    }
+
+    fn write_all(&self, resources: &LinuxResources, w: &mut Writer) -> Result<()> {
         for m in &self.members {
             match m.version {
-                CgroupVersion::V1 => apply_v1(m, resources)?,
-                CgroupVersion::V2 => apply_v2(m, resources)?,
+                CgroupVersion::V1 => apply_v1(m, resources, w)?,
+                CgroupVersion::V2 => apply_v2(m, resources, w)?,
             }
         }
         Ok(())
@@ -238,6 +279,112 @@ impl ContainerCgroup {
     }
 }
 
+/// The files an update wrote and what they held before, to put back.
+#[derive(Debug, Default)]
+pub struct Applied {
+    old: Vec<(PathBuf, String)>,
+    /// In the order written; a file may come twice.
+    written: Vec<PathBuf>,
+}
+
+impl Applied {
+    /// Puts the old values back, last write first: each state the update passed through was
+    /// one the kernel accepted (memory below memory+swap, a quota the parent allows), so going
+    /// back through them in reverse is accepted too. Every file is tried; the first failure is
+    /// returned.
+    pub fn revert(&self) -> Result<()> {
+        let mut first_err = None;
+        let mut done: Vec<&PathBuf> = Vec::new();
+        for path in self.written.iter().rev() {
+            if done.contains(&path) {
+                continue;
+            }
+            done.push(path);
+            let Some((_, value)) = self.old.iter().find(|(p, _)| p == path) else {
+                tracing::warn!("{} was written but its old value is unknown", path.display());
+                continue;
+            };
+            if let Err(err) = restore(path, value) {
+                tracing::warn!("{err}");
+                first_err.get_or_insert(err);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+/// Writes back a value read from a cgroup file. Files that hold several lines (`io.max`) take
+/// one line per write; an empty one (a v2 `cpuset.cpus`) takes a bare newline.
+fn restore(path: &Path, value: &str) -> Result<()> {
+    let lines: Vec<&str> = value.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let lines = if lines.is_empty() { vec!["\n"] } else { lines };
+    for line in lines {
+        write_raw(path, line).map_err(|err| {
+            Error::Cgroup(format!("restoring {line:?} to {}: {err}", path.display()))
+        })?;
+    }
+    Ok(())
+}
+
+/// Where the resource writes of an update go: to the files, or, for a dry run, into a list of
+/// the files that would be written.
+struct Writer {
+    dry_run: bool,
+    /// For a dry run: each file once, in the order of its first write.
+    planned: Vec<PathBuf>,
+    /// The writes the kernel took, in order.
+    written: Vec<PathBuf>,
+}
+
+impl Writer {
+    fn plan() -> Writer {
+        Writer { dry_run: true, planned: Vec::new(), written: Vec::new() }
+    }
+
+    fn files() -> Writer {
+        Writer { dry_run: false, planned: Vec::new(), written: Vec::new() }
+    }
+
+    fn write(&mut self, dir: &Path, file: &str, value: &str) -> Result<()> {
+        let path = dir.join(file);
+        if self.dry_run {
+            if !self.planned.contains(&path) {
+                self.planned.push(path);
+            }
+            return Ok(());
+        }
+        write_raw(&path, value).map_err(|err| refused(&path, value, &err))?;
+        self.written.push(path);
+        Ok(())
+    }
+}
+
+/// The error for a resource write the kernel refused, by what the refusal means for the
+/// caller: a value this node cannot take (a CPU it does not have, a quota below 1 ms) is the
+/// request's fault; a limit below what the cgroup uses now depends on the moment.
+fn refused(path: &Path, value: &str, err: &std::io::Error) -> Error {
+    let what = format!("writing {value:?} to {}: {err}", path.display());
+    let file = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+    match err.raw_os_error().map(Errno::from_raw) {
+        Some(Errno::EINVAL | Errno::ERANGE) => {
+            Error::InvalidArgument(format!("the kernel refused the cgroup value: {what}"))
+        }
+        Some(Errno::EBUSY) => {
+            let why = if file.starts_with("memory.") {
+                "the cgroup uses more memory than the new limit, and the kernel could not \
+                 reclaim enough"
+            } else if file.starts_with("cpuset.") {
+                "a child cgroup or a process of the cgroup uses CPUs or memory nodes outside \
+                 the new set"
+            } else {
+                "the cgroup is busy"
+            };
+            Error::FailedPrecondition(format!("{what} ({why})"))
+        }
+        _ => Error::Cgroup(what),
+    }
+}
+
 /// rmdir, retrying while the kernel still counts exiting processes in the cgroup.
 fn remove_dir(dir: &Path) -> Result<()> {
     let deadline = Instant::now() + REMOVE_TIMEOUT;
@@ -302,12 +449,16 @@ fn not_enabled<'a>(available: &'a str, enabled: &str) -> Vec<&'a str> {
 /// O_TRUNC; a fake tree in a test needs it.)
 fn write_file(dir: &Path, file: &str, value: &str) -> Result<()> {
     let path = dir.join(file);
+    write_raw(&path, value)
+        .map_err(|err| Error::Cgroup(format!("writing {value:?} to {}: {err}", path.display())))
+}
+
+fn write_raw(path: &Path, value: &str) -> std::io::Result<()> {
     std::fs::OpenOptions::new()
         .write(true)
         .truncate(true)
-        .open(&path)
+        .open(path)
         .and_then(|mut f| f.write_all(value.as_bytes()))
-        .map_err(|err| Error::Cgroup(format!("writing {value:?} to {}: {err}", path.display())))
 }
 
 fn read_number(path: &Path) -> Result<u64> {
@@ -422,38 +573,38 @@ fn device_rule(rule: &LinuxDeviceCgroup) -> Result<(&'static str, String)> {
     Ok((file, format!("{typ} {major}:{minor} {access}")))
 }
 
-fn apply_v1(m: &Member, r: &LinuxResources) -> Result<()> {
+fn apply_v1(m: &Member, r: &LinuxResources, w: &mut Writer) -> Result<()> {
     if let (true, Some(mem)) = (m.has("memory"), r.memory()) {
-        apply_v1_memory(&m.dir, mem)?;
+        apply_v1_memory(&m.dir, mem, w)?;
     }
     if let (true, Some(cpu)) = (m.has("cpu"), r.cpu()) {
-        apply_v1_cpu(&m.dir, cpu)?;
+        apply_v1_cpu(&m.dir, cpu, w)?;
     }
     if let (true, Some(cpu)) = (m.has("cpuset"), r.cpu()) {
         // cpus first: the kernel checks mems against nothing, but a cpuset with neither set
         // cannot take tasks, and cpus is what callers set.
         if let Some(cpus) = non_empty(cpu.cpus()) {
-            write_file(&m.dir, "cpuset.cpus", cpus)?;
+            w.write(&m.dir, "cpuset.cpus", cpus)?;
         }
         if let Some(mems) = non_empty(cpu.mems()) {
-            write_file(&m.dir, "cpuset.mems", mems)?;
+            w.write(&m.dir, "cpuset.mems", mems)?;
         }
     }
     if m.has("hugetlb") {
         for limit in r.hugepage_limits().iter().flatten() {
             let file = format!("hugetlb.{}.limit_in_bytes", hugepage_size(limit.page_size())?);
-            write_file(&m.dir, &file, &limit.limit().to_string())?;
+            w.write(&m.dir, &file, &limit.limit().to_string())?;
         }
     }
     if let (true, Some(pids)) = (m.has("pids"), r.pids()) {
         if let Some(value) = pids_max(pids.limit()) {
-            write_file(&m.dir, "pids.max", &value)?;
+            w.write(&m.dir, "pids.max", &value)?;
         }
     }
     if m.has("devices") {
         for rule in r.devices().iter().flatten() {
             let (file, value) = device_rule(rule)?;
-            write_file(&m.dir, file, &value)?;
+            w.write(&m.dir, file, &value)?;
         }
     }
     Ok(())
@@ -467,7 +618,7 @@ fn pids_max(limit: i64) -> Option<String> {
     }
 }
 
-fn apply_v1_memory(dir: &Path, mem: &LinuxMemory) -> Result<()> {
+fn apply_v1_memory(dir: &Path, mem: &LinuxMemory, w: &mut Writer) -> Result<()> {
     let limit = nonzero_i64(mem.limit());
     let mut swap = nonzero_i64(mem.swap());
     let memsw = "memory.memsw.limit_in_bytes";
@@ -487,22 +638,22 @@ fn apply_v1_memory(dir: &Path, mem: &LinuxMemory) -> Result<()> {
             // first depends on whether the limits rise or fall.
             let current = read_number(&dir.join(limit_file))?;
             if swap_first(current, swap) {
-                write_file(dir, memsw, &swap.to_string())?;
-                write_file(dir, limit_file, &limit.to_string())?;
+                w.write(dir, memsw, &swap.to_string())?;
+                w.write(dir, limit_file, &limit.to_string())?;
             } else {
-                write_file(dir, limit_file, &limit.to_string())?;
-                write_file(dir, memsw, &swap.to_string())?;
+                w.write(dir, limit_file, &limit.to_string())?;
+                w.write(dir, memsw, &swap.to_string())?;
             }
         }
-        (Some(limit), None) => write_file(dir, limit_file, &limit.to_string())?,
-        (None, Some(swap)) => write_file(dir, memsw, &swap.to_string())?,
+        (Some(limit), None) => w.write(dir, limit_file, &limit.to_string())?,
+        (None, Some(swap)) => w.write(dir, memsw, &swap.to_string())?,
         (None, None) => {}
     }
     if let Some(reservation) = nonzero_i64(mem.reservation()) {
-        write_file(dir, "memory.soft_limit_in_bytes", &reservation.to_string())?;
+        w.write(dir, "memory.soft_limit_in_bytes", &reservation.to_string())?;
     }
     if let Some(swappiness) = mem.swappiness() {
-        write_file(dir, "memory.swappiness", &swappiness.to_string())?;
+        w.write(dir, "memory.swappiness", &swappiness.to_string())?;
     }
     Ok(())
 }
@@ -513,9 +664,9 @@ fn swap_first(current_memory_limit: u64, new_swap: i64) -> bool {
     new_swap == -1 || u64::try_from(new_swap).is_ok_and(|s| s >= current_memory_limit)
 }
 
-fn apply_v1_cpu(dir: &Path, cpu: &LinuxCpu) -> Result<()> {
+fn apply_v1_cpu(dir: &Path, cpu: &LinuxCpu, w: &mut Writer) -> Result<()> {
     if let Some(shares) = nonzero_u64(cpu.shares()) {
-        write_file(dir, "cpu.shares", &shares.to_string())?;
+        w.write(dir, "cpu.shares", &shares.to_string())?;
     }
     let quota = nonzero_i64(cpu.quota());
     match nonzero_u64(cpu.period()) {
@@ -523,34 +674,34 @@ fn apply_v1_cpu(dir: &Path, cpu: &LinuxCpu) -> Result<()> {
             let period = period.to_string();
             // A new period may make the quota in force exceed what the parent allows; the
             // new quota first then makes it fit.
-            if let Err(err) = write_file(dir, "cpu.cfs_period_us", &period) {
+            if let Err(err) = w.write(dir, "cpu.cfs_period_us", &period) {
                 let Some(quota) = quota else { return Err(err) };
-                write_file(dir, "cpu.cfs_quota_us", &quota.to_string())?;
-                write_file(dir, "cpu.cfs_period_us", &period)?;
+                w.write(dir, "cpu.cfs_quota_us", &quota.to_string())?;
+                w.write(dir, "cpu.cfs_period_us", &period)?;
                 return Ok(());
             }
             if let Some(quota) = quota {
-                write_file(dir, "cpu.cfs_quota_us", &quota.to_string())?;
+                w.write(dir, "cpu.cfs_quota_us", &quota.to_string())?;
             }
         }
         None => {
             if let Some(quota) = quota {
-                write_file(dir, "cpu.cfs_quota_us", &quota.to_string())?;
+                w.write(dir, "cpu.cfs_quota_us", &quota.to_string())?;
             }
         }
     }
     Ok(())
 }
 
-fn apply_v2(m: &Member, r: &LinuxResources) -> Result<()> {
+fn apply_v2(m: &Member, r: &LinuxResources, w: &mut Writer) -> Result<()> {
     let dir = &m.dir;
     if let Some(mem) = r.memory() {
         if let Some(limit) = nonzero_i64(mem.limit()) {
-            write_file(dir, "memory.max", &max_or(limit))?;
+            w.write(dir, "memory.max", &max_or(limit))?;
         }
         if let Some(swap) = v2_swap(mem)? {
             if dir.join("memory.swap.max").exists() {
-                write_file(dir, "memory.swap.max", &swap)?;
+                w.write(dir, "memory.swap.max", &swap)?;
             } else {
                 tracing::debug!(
                     "{} has no memory.swap.max; the swap limit is not applied",
@@ -559,7 +710,7 @@ fn apply_v2(m: &Member, r: &LinuxResources) -> Result<()> {
             }
         }
         if let Some(reservation) = nonzero_i64(mem.reservation()) {
-            write_file(dir, "memory.low", &max_or(reservation))?;
+            w.write(dir, "memory.low", &max_or(reservation))?;
         }
         if mem.swappiness().is_some() {
             tracing::debug!("cgroup v2 has no memory.swappiness; ignoring it");
@@ -567,24 +718,24 @@ fn apply_v2(m: &Member, r: &LinuxResources) -> Result<()> {
     }
     if let Some(cpu) = r.cpu() {
         if let Some(shares) = nonzero_u64(cpu.shares()) {
-            write_file(dir, "cpu.weight", &shares_to_weight(shares).to_string())?;
+            w.write(dir, "cpu.weight", &shares_to_weight(shares).to_string())?;
         }
         if let Some(value) = cpu_max(nonzero_i64(cpu.quota()), nonzero_u64(cpu.period())) {
-            write_file(dir, "cpu.max", &value)?;
+            w.write(dir, "cpu.max", &value)?;
         }
         if let Some(cpus) = non_empty(cpu.cpus()) {
-            write_file(dir, "cpuset.cpus", cpus)?;
+            w.write(dir, "cpuset.cpus", cpus)?;
         }
         if let Some(mems) = non_empty(cpu.mems()) {
-            write_file(dir, "cpuset.mems", mems)?;
+            w.write(dir, "cpuset.mems", mems)?;
         }
     }
     for limit in r.hugepage_limits().iter().flatten() {
         let file = format!("hugetlb.{}.max", hugepage_size(limit.page_size())?);
-        write_file(dir, &file, &max_or(limit.limit()))?;
+        w.write(dir, &file, &max_or(limit.limit()))?;
     }
     if let Some(value) = r.pids().and_then(|p| pids_max(p.limit())) {
-        write_file(dir, "pids.max", &value)?;
+        w.write(dir, "pids.max", &value)?;
     }
     if r.devices().as_ref().is_some_and(|d| !d.is_empty()) {
         // v2 device control is an eBPF program attached to the cgroup, which berth does not
@@ -595,7 +746,7 @@ fn apply_v2(m: &Member, r: &LinuxResources) -> Result<()> {
         // Sorted, so that the same spec always writes in the same order.
         let sorted: std::collections::BTreeMap<&String, &String> = unified.iter().collect();
         for (key, value) in sorted {
-            write_file(dir, key, value)?;
+            w.write(dir, key, value)?;
         }
     }
     Ok(())
@@ -993,6 +1144,86 @@ mod tests {
         assert_eq!(read(&dir, "cpu.max"), "max 50000");
     }
 
+    /// Every file of every member, for comparing a cgroup before and after.
+    fn snapshot(cg: &ContainerCgroup) -> Vec<(PathBuf, String)> {
+        let mut files = Vec::new();
+        for dir in cg.dirs() {
+            for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+                let text = std::fs::read_to_string(entry.path()).unwrap();
+                files.push((entry.path(), text.trim().to_string()));
+            }
+        }
+        files.sort();
+        files
+    }
+
+    #[test]
+    fn v1_update_is_all_or_nothing() {
+        let (_tmp, layout) = fake(false, ALL_V1);
+        let path = "/pod1/ctr1";
+        precreate(&layout, path, V1_FILES);
+        let cg = ContainerCgroup::open(&layout, path, true).unwrap();
+        let mut first = full_resources();
+        first.set_devices(None);
+        cg.update(&first).unwrap();
+
+        // cpu, cpuset and memory are written, then the hugetlb file is missing.
+        let hugetlb = member_dir(&cg, "hugetlb");
+        std::fs::remove_file(hugetlb.join("hugetlb.2MB.limit_in_bytes")).unwrap();
+        let before = snapshot(&cg);
+        let mut r = full_resources();
+        r.set_devices(None);
+        r.set_memory(Some(
+            LinuxMemoryBuilder::default().limit(256 << 20).swap(512 << 20).build().unwrap(),
+        ));
+        r.set_cpu(Some(LinuxCpuBuilder::default().shares(2048u64).cpus("3").build().unwrap()));
+        let err = cg.update(&r).unwrap_err();
+        assert!(err.to_string().contains("hugetlb.2MB.limit_in_bytes"), "{err}");
+        assert_eq!(snapshot(&cg), before);
+
+        // A success can be undone by its caller.
+        r.set_hugepage_limits(None);
+        let applied = cg.apply(&r).unwrap();
+        assert_eq!(read(&member_dir(&cg, "cpu"), "cpu.shares"), "2048");
+        assert_eq!(read(&member_dir(&cg, "memory"), "memory.limit_in_bytes"), "268435456");
+        applied.revert().unwrap();
+        assert_eq!(snapshot(&cg), before);
+    }
+
+    #[test]
+    fn v2_update_is_all_or_nothing() {
+        let (_tmp, layout) = fake(true, &[]);
+        let path = "/pod1/ctr1";
+        precreate(&layout, path, V2_FILES);
+        let cg = ContainerCgroup::open(&layout, path, true).unwrap();
+        let dir = member_dir(&cg, "v2");
+        let before = snapshot(&cg);
+        let mut r = full_resources();
+        // Sorted last: the unified files; this one does not exist.
+        r.set_unified(Some(HashMap::from([("io.weight".to_string(), "200".to_string())])));
+        let err = cg.update(&r).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Internal);
+        assert!(err.to_string().contains("io.weight"), "{err}");
+        assert_eq!(snapshot(&cg), before);
+        // The empty cpuset is written back as the kernel takes it.
+        assert_eq!(read(&dir, "cpuset.cpus"), "\n");
+
+        // A file that held several lines gets them back one write each (cgroupfs takes one
+        // line per write; the fake keeps the last).
+        std::fs::write(dir.join("io.weight"), "default 100\n8:0 50\n").unwrap();
+        std::fs::write(dir.join("io.max"), "").unwrap();
+        let mut r = LinuxResources::default();
+        r.set_unified(Some(HashMap::from([
+            ("io.weight".to_string(), "default 300".to_string()),
+            ("io.max".to_string(), "8:0 rbps=1".to_string()),
+            ("memory.max".to_string(), "1M".to_string()),
+        ])));
+        std::fs::remove_file(dir.join("memory.max")).unwrap();
+        assert!(cg.update(&r).is_err());
+        assert_eq!(read(&dir, "io.max"), "\n");
+        assert_eq!(read(&dir, "io.weight"), "8:0 50");
+    }
+
     #[test]
     fn v2_conversions() {
         assert_eq!(shares_to_weight(2), 1);
@@ -1193,6 +1424,33 @@ mod tests {
             assert!(err.to_string().contains("memory."), "{err}");
         }
         assert_eq!(cg.oom_kills(), 0);
+
+        // The kernel refuses the last write (swappiness above 200): the limits written before
+        // it go back, in the order the kernel accepts, whether they were rising or falling.
+        let cpu = cg.v1_mounts().into_iter().find(|(n, _)| n == "cpu" || n == "cpu,cpuacct");
+        let shares = |cpu: &Option<(String, PathBuf)>| {
+            cpu.as_ref().map(|(_, dir)| read(dir, "cpu.shares").trim().to_string())
+        };
+        let shares_before = shares(&cpu);
+        let (limit, memsw) = (
+            number("memory.limit_in_bytes"),
+            swap_accounting.then(|| number("memory.memsw.limit_in_bytes")),
+        );
+        for (new_limit, new_swap) in [(256 << 20, 512 << 20), (16 << 20, 16 << 20)] {
+            let mut bad = set(new_limit, new_swap);
+            bad.set_cpu(Some(LinuxCpuBuilder::default().shares(1000u64).build().unwrap()));
+            let mut memory = bad.memory().unwrap();
+            memory.set_swappiness(Some(1000));
+            bad.set_memory(Some(memory));
+            let err = cg.update(&bad).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+            assert!(err.to_string().contains("memory.swappiness"), "{err}");
+            assert_eq!(number("memory.limit_in_bytes"), limit);
+            if let Some(memsw) = memsw {
+                assert_eq!(number("memory.memsw.limit_in_bytes"), memsw);
+            }
+            assert_eq!(shares(&cpu), shares_before);
+        }
 
         // A shell that keeps forking once it is in the cgroup (stdin tells it when).
         let mut child = std::process::Command::new("/bin/busybox")

@@ -1,5 +1,5 @@
-//! CreateContainer, StartContainer, StopContainer, RemoveContainer, ExecSync and the queries,
-//! over the container store and the pods' monitors.
+//! CreateContainer, StartContainer, StopContainer, RemoveContainer, UpdateContainerResources,
+//! ExecSync and the queries, over the container store and the pods' monitors.
 //!
 //! Create does all the work that can be done before the process runs (the user, the spec, the
 //! cgroup with its limits, the process itself set up to its last step and waiting), so that
@@ -121,6 +121,15 @@ impl Containers {
     pub async fn remove(&self, id: &str) -> Result<()> {
         let (inner, id) = (self.inner.clone(), id.to_string());
         spawn(async move { inner.remove(&id).await }).await
+    }
+
+    /// UpdateContainerResources: the new limits go into the container's cgroup, its record
+    /// and its spec, all or none of them. What `resources` leaves unset (zero, empty) stays as
+    /// it is; `oom_score_adj` cannot change once the process runs and is ignored, as
+    /// containerd does.
+    pub async fn update_resources(&self, id: &str, resources: Resources) -> Result<()> {
+        let (inner, id) = (self.inner.clone(), id.to_string());
+        spawn(async move { inner.update_resources(&id, resources).await }).await
     }
 
     pub async fn status(&self, id: &str, verbose: bool) -> Result<ContainerDetails> {
@@ -612,6 +621,56 @@ impl Inner {
         Ok(())
     }
 
+    async fn update_resources(&self, id: &str, requested: Resources) -> Result<()> {
+        let entry = self.store.get(id)?;
+        let _step = entry.step.lock().await;
+        if !self.store.contains(&entry.id) {
+            return Err(Error::NotFound(format!("container {id:?} not found")));
+        }
+        let mut record = self.refreshed(&entry.record());
+        if !matches!(record.state, ContainerState::Created | ContainerState::Running { .. }) {
+            return Err(Error::FailedPrecondition(format!(
+                "container {} is {}: only a created or running container's resources can be \
+                 updated",
+                record.id,
+                record.state.name()
+            )));
+        }
+        let limits = spec::limits(&requested)?;
+        let merged = merge_resources(&record.config.resources, &requested);
+        let spec_path = self.bundle(&record.id).join("config.json");
+        record.config.resources = merged.clone();
+
+        let (layout, nest, path) = (self.cgroups.clone(), self.nest, record.cgroup.clone());
+        let spec_file = spec_path.clone();
+        let (applied, old_spec) = blocking(move || {
+            let old_spec = std::fs::read(&spec_file).map_err(Error::io("reading", &spec_file))?;
+            let new_spec = respec(&old_spec, &merged)?;
+            let cgroup = ContainerCgroup::open(&layout, &path, nest)?;
+            let applied = cgroup.apply(&limits)?;
+            if let Err(err) = berth_images::fsutil::atomic_write(&spec_file, &new_spec) {
+                undo(&applied);
+                return Err(Error::Internal(format!("writing the updated OCI spec: {err}")));
+            }
+            Ok((applied, old_spec))
+        })
+        .await?;
+        if let Err(err) = self.store.save(&record) {
+            // The record is the truth for ContainerStatus: without it, nothing changed.
+            blocking(move || {
+                undo(&applied);
+                if let Err(err) = berth_images::fsutil::atomic_write(&spec_path, &old_spec) {
+                    tracing::warn!(path = %spec_path.display(), error = %err, "putting the old OCI spec back");
+                }
+                Ok(())
+            })
+            .await?;
+            return Err(err);
+        }
+        tracing::info!(container_id = %record.id, resources = ?record.config.resources, "container resources updated");
+        Ok(())
+    }
+
     fn status(&self, id: &str, verbose: bool) -> Result<ContainerDetails> {
         let entry = self.store.get(id)?;
         let record = self.refreshed(&entry.record());
@@ -807,6 +866,70 @@ fn split_layers(layers: &[PathBuf]) -> Result<(PathBuf, Vec<PathBuf>)> {
     Ok((base, lower))
 }
 
+/// The resources a container has after an update: each field the update sets replaces the
+/// old one, as containerd applies an update to the spec. A memory limit brings its swap
+/// setting along (zero: memory+swap equal to the limit), so that an old swap limit below a
+/// raised memory limit is not kept. `oom_score_adj` stays.
+fn merge_resources(old: &Resources, new: &Resources) -> Resources {
+    let mut merged = old.clone();
+    if new.memory_limit_in_bytes != 0 {
+        merged.memory_limit_in_bytes = new.memory_limit_in_bytes;
+        merged.memory_swap_limit_in_bytes = new.memory_swap_limit_in_bytes;
+    } else if new.memory_swap_limit_in_bytes != 0 {
+        merged.memory_swap_limit_in_bytes = new.memory_swap_limit_in_bytes;
+    }
+    for (to, from) in [
+        (&mut merged.cpu_period, new.cpu_period),
+        (&mut merged.cpu_quota, new.cpu_quota),
+        (&mut merged.cpu_shares, new.cpu_shares),
+    ] {
+        if from != 0 {
+            *to = from;
+        }
+    }
+    for (to, from) in
+        [(&mut merged.cpuset_cpus, &new.cpuset_cpus), (&mut merged.cpuset_mems, &new.cpuset_mems)]
+    {
+        if !from.is_empty() {
+            to.clone_from(from);
+        }
+    }
+    for limit in &new.hugepage_limits {
+        match merged.hugepage_limits.iter_mut().find(|l| l.page_size == limit.page_size) {
+            Some(old) => old.limit = limit.limit,
+            None => merged.hugepage_limits.push(limit.clone()),
+        }
+    }
+    merged.unified.extend(new.unified.iter().map(|(k, v)| (k.clone(), v.clone())));
+    merged
+}
+
+/// The OCI spec `spec` (JSON) with the limits of `resources`; its device rules (and anything
+/// else of `linux.resources` the CRI does not set) stay.
+fn respec(spec: &[u8], resources: &Resources) -> Result<Vec<u8>> {
+    let mut spec: oci_spec::runtime::Spec = serde_json::from_slice(spec)
+        .map_err(|err| Error::Internal(format!("reading the container's OCI spec: {err}")))?;
+    let built = spec::limits(resources)?;
+    let mut linux = spec.linux().clone().unwrap_or_default();
+    let mut current = linux.resources().clone().unwrap_or_default();
+    current
+        .set_memory(*built.memory())
+        .set_cpu(built.cpu().clone())
+        .set_hugepage_limits(built.hugepage_limits().clone())
+        .set_unified(built.unified().clone());
+    linux.set_resources(Some(current));
+    spec.set_linux(Some(linux));
+    serde_json::to_vec_pretty(&spec)
+        .map_err(|err| Error::Internal(format!("encoding the OCI spec: {err}")))
+}
+
+/// Puts a cgroup's old limits back after a later step of an update failed.
+fn undo(applied: &crate::container::cgroup::Applied) {
+    if let Err(err) = applied.revert() {
+        tracing::error!(error = %err, "putting a container's old cgroup limits back");
+    }
+}
+
 fn log_path(directory: &str, path: &str) -> Result<Option<PathBuf>> {
     if path.is_empty() {
         return Ok(None);
@@ -869,6 +992,100 @@ mod tests {
         assert_eq!(lower, vec![PathBuf::from("bb/fs"), PathBuf::from("aa/fs")]);
         assert!(split_layers(&[]).is_err());
         assert!(split_layers(&[PathBuf::from("/a/b/fs"), PathBuf::from("/c/d/fs")]).is_err());
+    }
+
+    #[test]
+    fn updates_replace_what_they_set() {
+        let old = Resources {
+            cpu_period: 100_000,
+            cpu_quota: 50_000,
+            cpu_shares: 512,
+            memory_limit_in_bytes: 64 << 20,
+            memory_swap_limit_in_bytes: 96 << 20,
+            oom_score_adj: 500,
+            cpuset_cpus: "0".into(),
+            cpuset_mems: "0".into(),
+            hugepage_limits: vec![HugepageLimit { page_size: "2MB".into(), limit: 2 << 20 }],
+            unified: [("memory.high".to_string(), "1M".to_string())].into(),
+        };
+        // Nothing set: nothing changes.
+        assert_eq!(merge_resources(&old, &Resources::default()), old);
+        let new = Resources {
+            cpu_quota: 20_000,
+            memory_limit_in_bytes: 128 << 20,
+            oom_score_adj: -1000,
+            cpuset_cpus: "1".into(),
+            hugepage_limits: vec![
+                HugepageLimit { page_size: "2MB".into(), limit: 4 << 20 },
+                HugepageLimit { page_size: "1GB".into(), limit: 1 << 30 },
+            ],
+            unified: [("memory.low".to_string(), "1K".to_string())].into(),
+            ..Default::default()
+        };
+        let merged = merge_resources(&old, &new);
+        assert_eq!(
+            merged,
+            Resources {
+                cpu_quota: 20_000,
+                memory_limit_in_bytes: 128 << 20,
+                // The new limit comes with its own swap setting: none, so equal to it.
+                memory_swap_limit_in_bytes: 0,
+                cpuset_cpus: "1".into(),
+                hugepage_limits: new.hugepage_limits.clone(),
+                unified: [
+                    ("memory.high".to_string(), "1M".to_string()),
+                    ("memory.low".to_string(), "1K".to_string())
+                ]
+                .into(),
+                ..old.clone()
+            }
+        );
+        assert_eq!(merged.oom_score_adj, 500);
+        let swap_only = Resources { memory_swap_limit_in_bytes: -1, ..Default::default() };
+        let merged = merge_resources(&old, &swap_only);
+        assert_eq!(
+            (merged.memory_limit_in_bytes, merged.memory_swap_limit_in_bytes),
+            (64 << 20, -1)
+        );
+    }
+
+    #[test]
+    fn the_spec_gets_the_new_limits_and_keeps_its_devices() {
+        use oci_spec::runtime::{
+            LinuxBuilder, LinuxDeviceCgroupBuilder, LinuxPidsBuilder, LinuxResourcesBuilder,
+            SpecBuilder,
+        };
+        let resources = LinuxResourcesBuilder::default()
+            .devices(vec![LinuxDeviceCgroupBuilder::default().allow(false).build().unwrap()])
+            .pids(LinuxPidsBuilder::default().limit(10).build().unwrap())
+            .build()
+            .unwrap();
+        let spec = SpecBuilder::default()
+            .linux(LinuxBuilder::default().resources(resources).build().unwrap())
+            .build()
+            .unwrap();
+        let bytes = serde_json::to_vec(&spec).unwrap();
+        let r = Resources {
+            memory_limit_in_bytes: 32 << 20,
+            cpu_shares: 256,
+            cpuset_cpus: "0".into(),
+            ..Default::default()
+        };
+        let updated: oci_spec::runtime::Spec =
+            serde_json::from_slice(&respec(&bytes, &r).unwrap()).unwrap();
+        let got = updated.linux().as_ref().unwrap().resources().clone().unwrap();
+        let memory = got.memory().unwrap();
+        assert_eq!((memory.limit(), memory.swap()), (Some(32 << 20), Some(32 << 20)));
+        let cpu = got.cpu().clone().unwrap();
+        assert_eq!((cpu.shares(), cpu.cpus().as_deref()), (Some(256), Some("0")));
+        assert_eq!(got.devices().as_ref().unwrap().len(), 1);
+        assert_eq!(got.pids().as_ref().unwrap().limit(), 10);
+        // A bad value is refused before anything is written.
+        let bad = Resources { cpu_shares: -2, ..Default::default() };
+        assert_eq!(
+            respec(&bytes, &bad).unwrap_err().kind(),
+            crate::error::ErrorKind::InvalidArgument
+        );
     }
 
     #[test]

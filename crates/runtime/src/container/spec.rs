@@ -880,6 +880,14 @@ fn non_negative(value: i64, what: &str) -> Result<u64> {
     u64::try_from(value).map_err(|_| Error::InvalidArgument(format!("{what} {value} is negative")))
 }
 
+/// The cgroup limits of `r` alone, without device rules: what an update of a running
+/// container's (or a pod's) resources writes.
+pub(crate) fn limits(r: &Resources) -> Result<LinuxResources> {
+    let mut out = resources(r, false, &[])?;
+    out.set_devices(None);
+    Ok(out)
+}
+
 fn resources(
     r: &Resources,
     privileged: bool,

@@ -4,7 +4,11 @@
 
 use std::path::{Path, PathBuf};
 
+use oci_spec::runtime::LinuxResources;
+
 use crate::cgroups::{CgroupLayout, CgroupVersion};
+use crate::container::cgroup::ContainerCgroup;
+use crate::container::Resources;
 use crate::error::{Error, Result};
 
 /// The parent of the pods that have no `cgroup_parent`: berth's own, shared by those pods.
@@ -103,6 +107,60 @@ pub fn remove(layout: &CgroupLayout, created: &[String], nest: bool) -> Result<(
     Ok(())
 }
 
+/// Writes `resources` into the pod's cgroup `path`, all or nothing. A pod's cgroup has the
+/// same files as a container's, so the container's writer does the work.
+pub fn update(
+    layout: &CgroupLayout,
+    path: &str,
+    nest: bool,
+    resources: &LinuxResources,
+) -> Result<()> {
+    let cgroup = ContainerCgroup::open(layout, path, nest)?;
+    if let Some(dir) = cgroup.dirs().iter().find(|dir| !dir.is_dir()) {
+        return Err(Error::NotFound(format!("the pod's cgroup {} is gone", dir.display())));
+    }
+    cgroup.update(resources)
+}
+
+/// The pod's limits: `resources` (the sum of its containers', as the kubelet computes it) with
+/// `overhead` (what the runtime handler itself needs) added to each limit that is set. An
+/// unset limit (zero) stays unset: there is nothing to add the overhead to. CPU sets,
+/// hugepages and `unified` are the pod's own.
+pub fn combine(resources: &Resources, overhead: &Resources) -> Resources {
+    let plus = |limit: i64, extra: i64| {
+        if limit > 0 {
+            limit.saturating_add(extra.max(0))
+        } else {
+            limit
+        }
+    };
+    // The overhead's quota is per its own period; the sum is per the pod's.
+    let period = |p: i64| if p > 0 { p as i128 } else { DEFAULT_CFS_PERIOD };
+    let overhead_quota = if overhead.cpu_quota > 0 {
+        let scaled =
+            overhead.cpu_quota as i128 * period(resources.cpu_period) / period(overhead.cpu_period);
+        i64::try_from(scaled).unwrap_or(i64::MAX)
+    } else {
+        0
+    };
+    Resources {
+        memory_limit_in_bytes: plus(
+            resources.memory_limit_in_bytes,
+            overhead.memory_limit_in_bytes,
+        ),
+        memory_swap_limit_in_bytes: plus(
+            resources.memory_swap_limit_in_bytes,
+            overhead.memory_limit_in_bytes,
+        ),
+        cpu_shares: plus(resources.cpu_shares, overhead.cpu_shares),
+        cpu_quota: plus(resources.cpu_quota, overhead_quota),
+        ..resources.clone()
+    }
+}
+
+/// The kernel's CFS period when none is set, in microseconds.
+const DEFAULT_CFS_PERIOD: i128 = 100_000;
+
 /// A new v1 cpuset cgroup has no CPUs and no memory nodes, and joining it fails until they
 /// are set: give it its parent's.
 pub(crate) fn inherit_cpuset(dir: &Path) -> Result<()> {
@@ -191,6 +249,98 @@ mod tests {
                 assert!(!dir.join("burstable").exists());
             }
             remove(&layout, &created, true).unwrap();
+        }
+    }
+
+    #[test]
+    fn overhead_adds_to_the_limits_that_are_set() {
+        let resources = Resources {
+            memory_limit_in_bytes: 100 << 20,
+            memory_swap_limit_in_bytes: 200 << 20,
+            cpu_shares: 1024,
+            cpu_quota: 50_000,
+            cpu_period: 100_000,
+            cpuset_cpus: "0".into(),
+            ..Default::default()
+        };
+        let overhead = Resources {
+            memory_limit_in_bytes: 10 << 20,
+            cpu_shares: 128,
+            cpu_quota: 5_000,
+            cpu_period: 50_000,
+            cpuset_cpus: "1".into(),
+            ..Default::default()
+        };
+        let pod = combine(&resources, &overhead);
+        assert_eq!(pod.memory_limit_in_bytes, 110 << 20);
+        assert_eq!(pod.memory_swap_limit_in_bytes, 210 << 20);
+        assert_eq!(pod.cpu_shares, 1152);
+        // 5 ms per 50 ms is 10 ms per 100 ms.
+        assert_eq!((pod.cpu_quota, pod.cpu_period), (60_000, 100_000));
+        assert_eq!(pod.cpuset_cpus, "0");
+
+        // Unset (or unlimited) limits stay so; no overhead leaves the resources as they are.
+        let unset = Resources { memory_swap_limit_in_bytes: -1, ..Default::default() };
+        assert_eq!(combine(&unset, &overhead), unset);
+        assert_eq!(combine(&resources, &Resources::default()), resources);
+        // The default period on either side.
+        let one_cpu = Resources { cpu_quota: 100_000, ..Default::default() };
+        let tenth = Resources { cpu_quota: 10_000, ..Default::default() };
+        assert_eq!(combine(&one_cpu, &tenth).cpu_quota, 110_000);
+    }
+
+    /// What a v1 memory limit file holds when there is no limit.
+    const UNLIMITED: &str = "9223372036854771712\n";
+
+    #[test]
+    fn update_writes_the_pod_cgroup_or_nothing() {
+        for v2 in [false, true] {
+            let (_dir, layout) = fake(v2);
+            let path = "/berth/pod-1";
+            let limits = |r: Resources| crate::container::spec::limits(&r).unwrap();
+            let memory =
+                |bytes: i64| Resources { memory_limit_in_bytes: bytes, ..Default::default() };
+            let err = update(&layout, path, true, &limits(memory(1 << 20))).unwrap_err();
+            assert_eq!(err.kind(), crate::error::ErrorKind::NotFound, "{err}");
+            create(&layout, path, true).unwrap();
+            let dirs = layout.dirs(Path::new(path), true).unwrap();
+            let dir_of = |controller: &str| {
+                dirs.iter().find(|(h, _)| v2 || h.controllers[0] == controller).unwrap().1.clone()
+            };
+            let (mem_dir, cpu_dir) = (dir_of("memory"), dir_of("cpuset"));
+            let read = |dir: &Path, file: &str| std::fs::read_to_string(dir.join(file)).unwrap();
+            let files: &[(&str, &str)] = if v2 {
+                &[("memory.max", "max\n"), ("memory.swap.max", "max\n")]
+            } else {
+                &[("memory.limit_in_bytes", UNLIMITED), ("memory.memsw.limit_in_bytes", UNLIMITED)]
+            };
+            for (file, value) in files {
+                std::fs::write(mem_dir.join(file), value).unwrap();
+            }
+            update(&layout, path, true, &limits(memory(64 << 20))).unwrap();
+            assert_eq!(read(&mem_dir, files[0].0), (64u64 << 20).to_string());
+
+            // A write that fails after others were made: those get their old values back.
+            let err = if v2 {
+                // memory.max is written, then cpu.max is missing.
+                let r = Resources { cpu_quota: 20_000, ..memory(128 << 20) };
+                update(&layout, path, true, &limits(r)).unwrap_err()
+            } else {
+                // cpuset.cpus (its hierarchy comes first) is written, then the memory
+                // controller's files are missing.
+                for (file, _) in files {
+                    std::fs::remove_file(mem_dir.join(file)).unwrap();
+                }
+                let r = Resources { cpuset_cpus: "1".into(), ..memory(128 << 20) };
+                update(&layout, path, true, &limits(r)).unwrap_err()
+            };
+            let missing = if v2 { "cpu.max" } else { "memory.limit_in_bytes" };
+            assert!(err.to_string().contains(missing), "{err}");
+            if v2 {
+                assert_eq!(read(&mem_dir, "memory.max"), (64u64 << 20).to_string());
+            } else {
+                assert_eq!(read(&cpu_dir, "cpuset.cpus"), "0-1");
+            }
         }
     }
 

@@ -126,6 +126,20 @@ impl Pods {
             .map_err(|err| Error::Internal(format!("pod removal task failed: {err}")))?
     }
 
+    /// UpdatePodSandboxResources: the pod's cgroup gets `resources` (its containers' limits,
+    /// summed by the kubelet) plus `overhead`, all or nothing.
+    pub async fn update_resources(
+        &self,
+        id: &str,
+        resources: crate::container::Resources,
+        overhead: crate::container::Resources,
+    ) -> Result<()> {
+        let (inner, id) = (self.inner.clone(), id.to_string());
+        tokio::spawn(async move { inner.update_resources(&id, &resources, &overhead).await })
+            .await
+            .map_err(|err| Error::Internal(format!("pod update task failed: {err}")))?
+    }
+
     pub async fn status(&self, id: &str) -> Result<PodDetails> {
         self.inner.status(id)
     }
@@ -458,6 +472,31 @@ impl Inner {
         self.store.forget(&record.id);
         self.store.release_name(&record.config.metadata.key(), &record.id);
         tracing::info!(pod_id = %record.id, "pod sandbox removed");
+        Ok(())
+    }
+
+    async fn update_resources(
+        &self,
+        id: &str,
+        resources: &crate::container::Resources,
+        overhead: &crate::container::Resources,
+    ) -> Result<()> {
+        let entry = self.store.get(id)?;
+        let _step = entry.step.lock().await;
+        if !self.store.contains(&entry.id) {
+            return Err(Error::NotFound(format!("pod sandbox {id:?} not found")));
+        }
+        let record = entry.record();
+        if record.state != PodState::Ready {
+            return Err(Error::FailedPrecondition(format!(
+                "pod sandbox {} is not ready: its resources cannot be updated",
+                record.id
+            )));
+        }
+        let limits = crate::container::spec::limits(&cgroup::combine(resources, overhead))?;
+        let (layout, path, nest) = (self.cgroups.clone(), record.cgroup.clone(), self.nest);
+        blocking(move || cgroup::update(&layout, &path, nest, &limits)).await?;
+        tracing::info!(pod_id = %record.id, ?resources, ?overhead, "pod sandbox resources updated");
         Ok(())
     }
 
