@@ -307,17 +307,39 @@ fn security_context(ctx: proto::LinuxContainerSecurityContext) -> CriResult<rt::
             "user namespaces for containers are not supported yet".into(),
         ));
     }
-    // Merge (the image's groups of the user, then the config's) is what the runtime does; the
-    // runtime does not advertise Strict, so a kubelet does not send it.
-    match proto::SupplementalGroupsPolicy::try_from(ctx.supplemental_groups_policy) {
-        Ok(proto::SupplementalGroupsPolicy::Merge) => {}
-        _ => {
-            return Err(CriError::InvalidRequest(format!(
-                "supplemental groups policy {} is not supported (only Merge)",
-                ctx.supplemental_groups_policy
-            )))
+    let supplemental_groups_policy =
+        match proto::SupplementalGroupsPolicy::try_from(ctx.supplemental_groups_policy) {
+            Ok(proto::SupplementalGroupsPolicy::Merge) => rt::SupplementalGroupsPolicy::Merge,
+            Ok(proto::SupplementalGroupsPolicy::Strict) => rt::SupplementalGroupsPolicy::Strict,
+            Err(_) => {
+                return Err(CriError::InvalidRequest(format!(
+                    "unknown supplemental groups policy {}",
+                    ctx.supplemental_groups_policy
+                )))
+            }
+        };
+    // As containerd: an absent seccomp profile (and no deprecated path) is none, an absent
+    // AppArmor one is the runtime's default.
+    let seccomp = match ctx.seccomp {
+        Some(profile) => security_profile(profile, "seccomp")?,
+        None if !ctx.seccomp_profile_path.is_empty() => {
+            profile_path(&ctx.seccomp_profile_path, "seccomp")?
         }
-    }
+        None => rt::SecurityProfile::Unconfined,
+    };
+    let apparmor = match ctx.apparmor {
+        Some(profile) => security_profile(profile, "AppArmor")?,
+        None if !ctx.apparmor_profile.is_empty() => {
+            profile_path(&ctx.apparmor_profile, "AppArmor")?
+        }
+        None => rt::SecurityProfile::RuntimeDefault,
+    };
+    let selinux = ctx.selinux_options.map(|o| rt::SelinuxOptions {
+        user: o.user,
+        role: o.role,
+        r#type: o.r#type,
+        level: o.level,
+    });
     let pid = match proto::NamespaceMode::try_from(options.pid) {
         Ok(proto::NamespaceMode::Pod) => NamespaceMode::Pod,
         Ok(proto::NamespaceMode::Container) => NamespaceMode::Container,
@@ -331,7 +353,6 @@ fn security_context(ctx: proto::LinuxContainerSecurityContext) -> CriResult<rt::
         }
     };
     let capabilities = ctx.capabilities.unwrap_or_default();
-    let non_empty = |paths: Vec<String>| Some(paths).filter(|p| !p.is_empty());
     Ok(rt::SecurityContext {
         capabilities: rt::Capabilities {
             add: capabilities.add_capabilities,
@@ -347,9 +368,49 @@ fn security_context(ctx: proto::LinuxContainerSecurityContext) -> CriResult<rt::
         readonly_rootfs: ctx.readonly_rootfs,
         supplemental_groups: ctx.supplemental_groups,
         no_new_privs: ctx.no_new_privs,
-        masked_paths: non_empty(ctx.masked_paths),
-        readonly_paths: non_empty(ctx.readonly_paths),
+        // As containerd since 1.5: the kubelet always sends the lists it wants (its defaults,
+        // or none for `procMount: Unmasked`), and protobuf cannot tell an empty list from an
+        // absent one, so an empty list means no path.
+        masked_paths: Some(ctx.masked_paths),
+        readonly_paths: Some(ctx.readonly_paths),
+        seccomp,
+        apparmor,
+        selinux,
+        supplemental_groups_policy,
     })
+}
+
+/// A CRI `SecurityProfile` (`what`: seccomp or AppArmor).
+fn security_profile(profile: proto::SecurityProfile, what: &str) -> CriResult<rt::SecurityProfile> {
+    use proto::security_profile::ProfileType;
+    let kind = ProfileType::try_from(profile.profile_type).map_err(|_| {
+        CriError::InvalidRequest(format!("unknown {what} profile type {}", profile.profile_type))
+    })?;
+    match kind {
+        ProfileType::Localhost if profile.localhost_ref.is_empty() => Err(
+            CriError::InvalidRequest(format!("a Localhost {what} profile needs a localhost_ref")),
+        ),
+        ProfileType::Localhost => Ok(rt::SecurityProfile::Localhost(profile.localhost_ref)),
+        _ if !profile.localhost_ref.is_empty() => Err(CriError::InvalidRequest(format!(
+            "{what} localhost_ref {:?} is only for a Localhost profile",
+            profile.localhost_ref
+        ))),
+        ProfileType::RuntimeDefault => Ok(rt::SecurityProfile::RuntimeDefault),
+        ProfileType::Unconfined => Ok(rt::SecurityProfile::Unconfined),
+    }
+}
+
+/// The deprecated string form of a profile: `runtime/default` (or `docker/default`),
+/// `unconfined`, `localhost/<profile>`.
+fn profile_path(path: &str, what: &str) -> CriResult<rt::SecurityProfile> {
+    match path {
+        "runtime/default" | "docker/default" => Ok(rt::SecurityProfile::RuntimeDefault),
+        "unconfined" => Ok(rt::SecurityProfile::Unconfined),
+        _ => match path.strip_prefix("localhost/") {
+            Some(name) if !name.is_empty() => Ok(rt::SecurityProfile::Localhost(name.into())),
+            _ => Err(CriError::InvalidRequest(format!("invalid {what} profile {path:?}"))),
+        },
+    }
 }
 
 /// The CRI's stop signal as the runtime (and an image's `STOPSIGNAL`) names it: the runtime
@@ -868,6 +929,21 @@ mod tests {
                     no_new_privs: true,
                     masked_paths: vec!["/proc/kcore".into()],
                     readonly_paths: vec!["/proc/sys".into()],
+                    seccomp: Some(proto::SecurityProfile {
+                        profile_type: proto::security_profile::ProfileType::Localhost.into(),
+                        localhost_ref: "/var/lib/kubelet/seccomp/p.json".into(),
+                    }),
+                    apparmor: Some(proto::SecurityProfile {
+                        profile_type: proto::security_profile::ProfileType::Unconfined.into(),
+                        localhost_ref: String::new(),
+                    }),
+                    selinux_options: Some(proto::SeLinuxOption {
+                        user: "u".into(),
+                        role: "r".into(),
+                        r#type: "t".into(),
+                        level: "s0".into(),
+                    }),
+                    supplemental_groups_policy: proto::SupplementalGroupsPolicy::Strict.into(),
                     ..Default::default()
                 }),
             }),
@@ -956,6 +1032,15 @@ mod tests {
                 no_new_privs: true,
                 masked_paths: Some(vec!["/proc/kcore".into()]),
                 readonly_paths: Some(vec!["/proc/sys".into()]),
+                seccomp: rt::SecurityProfile::Localhost("/var/lib/kubelet/seccomp/p.json".into()),
+                apparmor: rt::SecurityProfile::Unconfined,
+                selinux: Some(rt::SelinuxOptions {
+                    user: "u".into(),
+                    role: "r".into(),
+                    r#type: "t".into(),
+                    level: "s0".into(),
+                }),
+                supplemental_groups_policy: rt::SupplementalGroupsPolicy::Strict,
             },
             stop_signal: "SIGQUIT".into(),
         };
@@ -975,44 +1060,89 @@ mod tests {
             }),
             ..Default::default()
         };
+        // Nothing set: no user, the pod's PID namespace, no masked or read-only paths, no
+        // seccomp, the default AppArmor profile, Merge.
+        let none = rt::SecurityContext {
+            masked_paths: Some(vec![]),
+            readonly_paths: Some(vec![]),
+            apparmor: rt::SecurityProfile::RuntimeDefault,
+            ..Default::default()
+        };
+        let profile = |kind: proto::security_profile::ProfileType, reference: &str| {
+            Some(proto::SecurityProfile {
+                profile_type: kind.into(),
+                localhost_ref: reference.into(),
+            })
+        };
+        use proto::security_profile::ProfileType as P;
+        use rt::SecurityProfile as R;
         let table: Vec<(Ctx, rt::SecurityContext)> = vec![
-            // Nothing set: no user, the pod's PID namespace, the runtime's default paths.
-            (Ctx::default(), rt::SecurityContext::default()),
+            (Ctx::default(), none.clone()),
             (
                 Ctx { run_as_user: Some(proto::Int64Value { value: 0 }), ..Default::default() },
-                rt::SecurityContext { run_as_user: Some(0), ..Default::default() },
+                rt::SecurityContext { run_as_user: Some(0), ..none.clone() },
             ),
             (
                 Ctx { run_as_group: Some(proto::Int64Value { value: 5 }), ..Default::default() },
-                rt::SecurityContext { run_as_group: Some(5), ..Default::default() },
+                rt::SecurityContext { run_as_group: Some(5), ..none.clone() },
             ),
             (
                 Ctx { run_as_username: "berth".into(), ..Default::default() },
-                rt::SecurityContext { run_as_username: "berth".into(), ..Default::default() },
+                rt::SecurityContext { run_as_username: "berth".into(), ..none.clone() },
             ),
-            (pid(proto::NamespaceMode::Pod), rt::SecurityContext::default()),
+            (pid(proto::NamespaceMode::Pod), none.clone()),
             (
                 pid(proto::NamespaceMode::Container),
-                rt::SecurityContext { pid: NamespaceMode::Container, ..Default::default() },
+                rt::SecurityContext { pid: NamespaceMode::Container, ..none.clone() },
             ),
             (
                 pid(proto::NamespaceMode::Node),
-                rt::SecurityContext { pid: NamespaceMode::Node, ..Default::default() },
-            ),
-            // Empty lists are "the defaults", not "nothing masked".
-            (
-                Ctx { masked_paths: vec![], readonly_paths: vec![], ..Default::default() },
-                rt::SecurityContext {
-                    masked_paths: None,
-                    readonly_paths: None,
-                    ..Default::default()
-                },
+                rt::SecurityContext { pid: NamespaceMode::Node, ..none.clone() },
             ),
             (
                 Ctx { readonly_paths: vec!["/proc/bus".into()], ..Default::default() },
                 rt::SecurityContext {
                     readonly_paths: Some(vec!["/proc/bus".into()]),
+                    ..none.clone()
+                },
+            ),
+            // seccomp and AppArmor: the message, else the deprecated string.
+            (
+                Ctx { seccomp: profile(P::RuntimeDefault, ""), ..Default::default() },
+                rt::SecurityContext { seccomp: R::RuntimeDefault, ..none.clone() },
+            ),
+            (
+                Ctx {
+                    seccomp: profile(P::Unconfined, ""),
+                    seccomp_profile_path: "runtime/default".into(),
                     ..Default::default()
+                },
+                none.clone(),
+            ),
+            (
+                Ctx { seccomp_profile_path: "docker/default".into(), ..Default::default() },
+                rt::SecurityContext { seccomp: R::RuntimeDefault, ..none.clone() },
+            ),
+            (
+                Ctx { seccomp_profile_path: "localhost//p.json".into(), ..Default::default() },
+                rt::SecurityContext { seccomp: R::Localhost("/p.json".into()), ..none.clone() },
+            ),
+            (
+                Ctx { apparmor: profile(P::Localhost, "custom"), ..Default::default() },
+                rt::SecurityContext { apparmor: R::Localhost("custom".into()), ..none.clone() },
+            ),
+            (
+                Ctx { apparmor_profile: "unconfined".into(), ..Default::default() },
+                rt::SecurityContext { apparmor: R::Unconfined, ..none.clone() },
+            ),
+            (
+                Ctx {
+                    supplemental_groups_policy: proto::SupplementalGroupsPolicy::Strict.into(),
+                    ..Default::default()
+                },
+                rt::SecurityContext {
+                    supplemental_groups_policy: rt::SupplementalGroupsPolicy::Strict,
+                    ..none.clone()
                 },
             ),
             (
@@ -1026,7 +1156,7 @@ mod tests {
                     }),
                     ..Default::default()
                 },
-                rt::SecurityContext::default(),
+                none.clone(),
             ),
         ];
         for (ctx, expected) in table {
@@ -1057,13 +1187,21 @@ mod tests {
                 },
                 "17",
             ),
+            (Ctx { supplemental_groups_policy: 7, ..Default::default() }, "policy 7"),
+            (Ctx { seccomp: profile(P::RuntimeDefault, "x"), ..Default::default() }, "\"x\""),
+            (Ctx { seccomp: profile(P::Localhost, ""), ..Default::default() }, "localhost_ref"),
             (
                 Ctx {
-                    supplemental_groups_policy: proto::SupplementalGroupsPolicy::Strict.into(),
+                    apparmor: Some(proto::SecurityProfile {
+                        profile_type: 9,
+                        localhost_ref: String::new(),
+                    }),
                     ..Default::default()
                 },
-                "supplemental groups policy",
+                "AppArmor profile type 9",
             ),
+            (Ctx { seccomp_profile_path: "bogus".into(), ..Default::default() }, "bogus"),
+            (Ctx { apparmor_profile: "localhost/".into(), ..Default::default() }, "AppArmor"),
         ];
         for (ctx, words) in refused {
             let message = bad_request(security_context(ctx));

@@ -61,7 +61,7 @@ pub async fn status(cri: &Cri, request: StatusRequest) -> CriResult<StatusRespon
         runtime_handlers: cri.runtime.handlers().into_iter().map(handler).collect(),
         // Each feature is advertised once it works end to end; the kubelet relies on them.
         features: Some(RuntimeFeatures {
-            supplemental_groups_policy: false,
+            supplemental_groups_policy: true,
             user_namespaces_host_network: false,
         }),
     })

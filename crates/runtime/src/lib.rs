@@ -9,10 +9,12 @@ pub mod config;
 pub mod container;
 pub mod error;
 pub mod executor;
+pub mod lsm;
 pub mod monitor;
 pub mod namespaces;
 pub mod pod;
 mod runtime;
+pub mod seccomp;
 pub mod store;
 
 pub use error::{Error, ErrorKind, Result};

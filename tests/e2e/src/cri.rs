@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use berth_cri_server::proto::image_service_client::ImageServiceClient;
 use berth_cri_server::proto::runtime_service_client::RuntimeServiceClient;
+pub use berth_cri_server::proto::security_profile::ProfileType;
 use berth_cri_server::proto::{
     AuthConfig, Capability, Container, ContainerConfig, ContainerFilter, ContainerMetadata,
     ContainerState, ContainerStateValue, ContainerStatus, ContainerStatusRequest,
@@ -17,9 +18,10 @@ use berth_cri_server::proto::{
     PodSandboxConfig, PodSandboxFilter, PodSandboxMetadata, PodSandboxState, PodSandboxStateValue,
     PodSandboxStatusRequest, PodSandboxStatusResponse, PortMapping, Protocol, PullImageRequest,
     RemoveContainerRequest, RemoveImageRequest, RemovePodSandboxRequest, ReopenContainerLogRequest,
-    RunPodSandboxRequest, RuntimeConfig, Signal, StartContainerRequest, StopContainerRequest,
-    StopPodSandboxRequest, StreamContainersRequest, StreamPodSandboxesRequest,
-    UpdateRuntimeConfigRequest, VersionRequest, VersionResponse,
+    RunPodSandboxRequest, RuntimeConfig, SecurityProfile, Signal, StartContainerRequest,
+    StopContainerRequest, StopPodSandboxRequest, StreamContainersRequest,
+    StreamPodSandboxesRequest, SupplementalGroupsPolicy, UpdateRuntimeConfigRequest,
+    VersionRequest, VersionResponse,
 };
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint};
@@ -463,8 +465,27 @@ pub struct ContainerSpec {
     pub config: ContainerConfig,
 }
 
-/// A container `name` (attempt 0) of `image`, with a label `app=<name>`, no log, and nothing
-/// else set: the image's entrypoint, cmd, env, working dir and user apply.
+/// The masked paths the kubelet sends for `procMount: Default` (an empty list for Unmasked).
+pub const KUBELET_MASKED_PATHS: &[&str] = &[
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+/// The read-only paths the kubelet sends for `procMount: Default`.
+pub const KUBELET_READONLY_PATHS: &[&str] =
+    &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+
+/// A container `name` (attempt 0) of `image`, with a label `app=<name>`, no log, the masked and
+/// read-only paths the kubelet sends by default, and nothing else set: the image's entrypoint,
+/// cmd, env, working dir and user apply, no seccomp profile.
 pub fn container(name: &str, image: &str) -> ContainerSpec {
     let config = ContainerConfig {
         metadata: Some(ContainerMetadata { name: name.to_string(), attempt: 0 }),
@@ -474,6 +495,8 @@ pub fn container(name: &str, image: &str) -> ContainerSpec {
             resources: Some(LinuxContainerResources::default()),
             security_context: Some(LinuxContainerSecurityContext {
                 namespace_options: Some(NamespaceOption::default()),
+                masked_paths: strings(KUBELET_MASKED_PATHS),
+                readonly_paths: strings(KUBELET_READONLY_PATHS),
                 ..Default::default()
             }),
         }),
@@ -626,6 +649,44 @@ impl ContainerSpec {
 
     pub fn stop_signal(mut self, signal: Signal) -> ContainerSpec {
         self.config.stop_signal = signal.into();
+        self
+    }
+
+    pub fn masked_paths(mut self, paths: &[&str]) -> ContainerSpec {
+        self.security().masked_paths = strings(paths);
+        self
+    }
+
+    pub fn readonly_paths(mut self, paths: &[&str]) -> ContainerSpec {
+        self.security().readonly_paths = strings(paths);
+        self
+    }
+
+    /// The `seccomp` field (`localhost_ref` only for Localhost).
+    pub fn seccomp(mut self, kind: ProfileType, localhost_ref: &str) -> ContainerSpec {
+        self.security().seccomp = Some(SecurityProfile {
+            profile_type: kind.into(),
+            localhost_ref: localhost_ref.to_string(),
+        });
+        self
+    }
+
+    /// The deprecated `seccomp_profile_path` (`runtime/default`, `localhost/<path>`, …).
+    pub fn seccomp_profile_path(mut self, path: &str) -> ContainerSpec {
+        self.security().seccomp_profile_path = path.to_string();
+        self
+    }
+
+    pub fn apparmor(mut self, kind: ProfileType, localhost_ref: &str) -> ContainerSpec {
+        self.security().apparmor = Some(SecurityProfile {
+            profile_type: kind.into(),
+            localhost_ref: localhost_ref.to_string(),
+        });
+        self
+    }
+
+    pub fn supplemental_groups_policy(mut self, policy: SupplementalGroupsPolicy) -> ContainerSpec {
+        self.security().supplemental_groups_policy = policy.into();
         self
     }
 }

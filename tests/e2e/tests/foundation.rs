@@ -53,7 +53,7 @@ async fn status_reports_network_readiness_from_the_cni_config_dir() {
     // Recursive read-only mounts work on any kernel with mount_setattr (5.12), as here.
     assert!(features.recursive_read_only_mounts && !features.user_namespaces);
     let features = answer.features.expect("runtime features");
-    assert!(!features.supplemental_groups_policy && !features.user_namespaces_host_network);
+    assert!(features.supplemental_groups_policy && !features.user_namespaces_host_network);
 
     // A network config whose plugin is missing is still not ready, and says which plugin.
     let conf_dir = daemon.dir.join("cni/net.d");

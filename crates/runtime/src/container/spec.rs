@@ -26,6 +26,8 @@ use crate::container::types::{
     SecurityContext,
 };
 use crate::error::{Error, Result};
+use crate::lsm::{self, LsmHost};
+use crate::seccomp;
 
 /// The `PATH` a container gets when neither its image nor its config sets one.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -189,6 +191,15 @@ pub fn build(inputs: &SpecInputs) -> Result<Spec> {
     let (mounts, rootfs_propagation) = mounts(inputs)?;
     let devices = devices(&config.devices, privileged)?;
 
+    let process = process(inputs, &LsmHost::detect())?;
+    let bounding: Vec<String> = process
+        .capabilities()
+        .as_ref()
+        .and_then(|caps| caps.bounding().as_ref())
+        .map(|set| set.iter().map(|c| c.to_string()).collect())
+        .unwrap_or_default();
+    let seccomp = seccomp::for_container(&security.seccomp, privileged, &bounding)?;
+
     let mut linux = Linux::default();
     linux
         .set_resources(Some(resources(&config.resources, privileged, &devices)?))
@@ -196,7 +207,7 @@ pub fn build(inputs: &SpecInputs) -> Result<Spec> {
         .set_namespaces(Some(namespaces(inputs.pod)))
         .set_devices((!devices.is_empty()).then(|| devices.into_iter().map(|d| d.0).collect()))
         .set_rootfs_propagation(rootfs_propagation.map(str::to_string))
-        .set_seccomp(None)
+        .set_seccomp(seccomp)
         .set_sysctl(None)
         .set_uid_mappings(None)
         .set_gid_mappings(None);
@@ -227,7 +238,7 @@ pub fn build(inputs: &SpecInputs) -> Result<Spec> {
     spec.set_version(oci_spec::runtime::VERSION.to_string())
         .set_root(Some(root))
         .set_mounts(Some(mounts))
-        .set_process(Some(process(inputs)?))
+        .set_process(Some(process))
         // runc refuses a hostname without a UTS namespace of the container's own; the pod's
         // already has it.
         .set_hostname(inputs.pod.uts.as_ref().map(|_| inputs.pod.hostname.clone()))
@@ -399,9 +410,14 @@ fn host_path(m: &Mount) -> Result<&Path> {
     Ok(host)
 }
 
-fn process(inputs: &SpecInputs) -> Result<Process> {
+fn process(inputs: &SpecInputs, lsm: &LsmHost) -> Result<Process> {
     let config = inputs.config;
     let security = &config.security;
+    let apparmor = lsm::apparmor_profile(&security.apparmor, security.privileged, lsm)?;
+    if apparmor.as_deref() == Some(lsm::DEFAULT_APPARMOR_PROFILE) {
+        lsm::ensure_default_apparmor_profile(lsm)?;
+    }
+    let selinux = lsm::selinux_label(security.selinux.as_ref(), lsm)?;
 
     let mut user = User::default();
     user.set_uid(inputs.user.uid)
@@ -421,11 +437,13 @@ fn process(inputs: &SpecInputs) -> Result<Process> {
         .set_env(Some(process_env(config, inputs.image, &inputs.pod.hostname)?))
         .set_cwd(process_cwd(config, inputs.image)?)
         .set_capabilities(Some(capabilities(security)?))
-        // As containerd: no rlimits of our own, the container inherits the daemon's.
+        // As containerd's CRI plugin (which removed the default spec's RLIMIT_NOFILE 1024 so
+        // as not to differ from Docker): no rlimits of our own. A container inherits those of
+        // its pod's monitor, which are berthd's when the monitor was started.
         .set_rlimits(None)
         .set_no_new_privileges(Some(security.no_new_privs))
-        .set_apparmor_profile(None)
-        .set_selinux_label(None)
+        .set_apparmor_profile(apparmor)
+        .set_selinux_label(selinux)
         .set_oom_score_adj(oom_score_adj(
             config.resources.oom_score_adj,
             inputs.oom_score_adj_floor,
@@ -1372,6 +1390,53 @@ mod tests {
             let options = m.options().as_ref().unwrap();
             assert!(options.contains(&"rw".to_string()) && !options.contains(&"ro".to_string()));
         }
+    }
+
+    #[test]
+    fn seccomp_and_lsm_in_the_spec() {
+        use crate::container::types::SecurityProfile;
+        let with = |seccomp: SecurityProfile, privileged: bool, add: &[&str]| ContainerConfig {
+            security: SecurityContext {
+                seccomp,
+                privileged,
+                capabilities: CriCaps { add: strings(add), ..Default::default() },
+                ..Default::default()
+            },
+            ..config()
+        };
+        let seccomp_of = |config: &ContainerConfig| {
+            build_for(config, &pod()).unwrap().linux().as_ref().unwrap().seccomp().clone()
+        };
+        let allows = |seccomp: &oci_spec::runtime::LinuxSeccomp, name: &str| {
+            seccomp.syscalls().iter().flatten().any(|call| {
+                call.action() == oci_spec::runtime::LinuxSeccompAction::ScmpActAllow
+                    && call.args().is_none()
+                    && call.names().iter().any(|n| n == name)
+            })
+        };
+        assert_eq!(seccomp_of(&config()), None);
+        assert_eq!(seccomp_of(&with(SecurityProfile::RuntimeDefault, true, &[])), None);
+        let default = seccomp_of(&with(SecurityProfile::RuntimeDefault, false, &[])).unwrap();
+        assert!(allows(&default, "read") && !allows(&default, "mount"));
+        // The profile follows the capabilities the container ends up with.
+        let admin = seccomp_of(&with(SecurityProfile::RuntimeDefault, false, &["SYS_ADMIN"]));
+        assert!(allows(&admin.unwrap(), "mount"));
+        let missing = with(SecurityProfile::Localhost("/no/such.json".into()), false, &[]);
+        assert_invalid(build_for(&missing, &pod()), "/no/such.json");
+
+        // No AppArmor or SELinux asked for: none in the spec, on any node.
+        let spec = build_for(&config(), &pod()).unwrap();
+        let process = spec.process().as_ref().unwrap();
+        assert_eq!((process.apparmor_profile(), process.selinux_label()), (&None, &None));
+        // A profile that is not loaded (or a node without AppArmor) is refused.
+        let config = ContainerConfig {
+            security: SecurityContext {
+                apparmor: SecurityProfile::Localhost("berth-test-not-loaded".into()),
+                ..Default::default()
+            },
+            ..config()
+        };
+        assert_invalid(build_for(&config, &pod()), "berth-test-not-loaded");
     }
 
     #[test]

@@ -96,9 +96,50 @@ pub struct SecurityContext {
     pub readonly_rootfs: bool,
     pub supplemental_groups: Vec<i64>,
     pub no_new_privs: bool,
-    /// Empty means the runtime's defaults.
+    /// `None`: the runtime's defaults; an empty list: none.
     pub masked_paths: Option<Vec<String>>,
     pub readonly_paths: Option<Vec<String>>,
+    #[serde(default)]
+    pub seccomp: SecurityProfile,
+    #[serde(default)]
+    pub apparmor: SecurityProfile,
+    #[serde(default)]
+    pub selinux: Option<SelinuxOptions>,
+    #[serde(default)]
+    pub supplemental_groups_policy: SupplementalGroupsPolicy,
+}
+
+/// A seccomp or AppArmor profile, as the CRI names one (cri-server has already resolved the
+/// deprecated string forms and what an absent field means).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SecurityProfile {
+    /// None at all.
+    #[default]
+    Unconfined,
+    /// The runtime's own: for seccomp berth's built-in profile, for AppArmor `berth-default`.
+    RuntimeDefault,
+    /// For seccomp the path of a JSON profile on the node; for AppArmor a loaded profile's name.
+    Localhost(String),
+}
+
+/// CRI `SELinuxOption`: the parts of the process label to set; an empty part is taken from the
+/// node's default container context.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SelinuxOptions {
+    pub user: String,
+    pub role: String,
+    pub r#type: String,
+    pub level: String,
+}
+
+/// Which groups a container's process gets beside the primary one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SupplementalGroupsPolicy {
+    /// The user's groups in the image's `/etc/group`, then the config's.
+    #[default]
+    Merge,
+    /// Only the config's.
+    Strict,
 }
 
 /// CRI `ContainerConfig`, with the image already resolved by the caller.

@@ -21,7 +21,7 @@ use nix::fcntl::{openat2, readlinkat, AtFlags, OFlag, OpenHow, ResolveFlag};
 use nix::libc;
 use nix::sys::stat::{fstat, fstatat, FileStat};
 
-use crate::container::types::{ResolvedUser, SecurityContext};
+use crate::container::types::{ResolvedUser, SecurityContext, SupplementalGroupsPolicy};
 use crate::error::{Error, Result};
 
 /// /etc/passwd and /etc/group are small; anything larger is not one to trust.
@@ -382,7 +382,8 @@ fn parse_user(spec: &str, files: &mut ImageFiles) -> Result<(u32, u32, Option<St
 
 /// Resolves the user of a container: `run_as_user`, else `run_as_username`, else the image's
 /// `USER`; `run_as_group` then overrides the group. The additional groups are the primary one,
-/// the image's groups that list the user (by name) as a member, then `supplemental_groups`.
+/// the image's groups that list the user (by name) as a member (not under the Strict policy),
+/// then `supplemental_groups`.
 pub fn resolve(
     security: &SecurityContext,
     image_user: &str,
@@ -410,7 +411,8 @@ pub fn resolve(
     let gid = run_as_group.unwrap_or(gid);
 
     let mut additional_gids = vec![gid];
-    if let Some(name) = name {
+    let merge = security.supplemental_groups_policy == SupplementalGroupsPolicy::Merge;
+    if let Some(name) = name.filter(|_| merge) {
         // As containerd: the group named after the user is its primary group, not one of
         // its supplementary ones.
         for group in files.group()? {
@@ -729,6 +731,28 @@ dup:x:1000:7::/:
                 }
             }
         }
+    }
+
+    #[test]
+    fn strict_policy_leaves_the_image_groups_out() {
+        let image = Image::new(1);
+        image.file(0, "etc/passwd", "app:x:1000:1001::/home/app:/bin/sh\n").file(
+            0,
+            "etc/group",
+            "app:x:1001:app\nwheel:x:10:app\n",
+        );
+        let security = |policy| SecurityContext {
+            supplemental_groups: vec![3000, 1001],
+            supplemental_groups_policy: policy,
+            ..Default::default()
+        };
+        let merge = resolve(&security(SupplementalGroupsPolicy::Merge), "app", &image.layers);
+        assert_eq!(merge.unwrap().additional_gids, vec![1001, 10, 3000]);
+        let strict = resolve(&security(SupplementalGroupsPolicy::Strict), "app", &image.layers);
+        assert_eq!(
+            strict.unwrap(),
+            ResolvedUser { uid: 1000, gid: 1001, additional_gids: vec![1001, 3000] }
+        );
     }
 
     #[test]

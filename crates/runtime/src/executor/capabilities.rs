@@ -5,6 +5,14 @@
 //! effective set); setuid keeps the permitted set only under `PR_SET_KEEPCAPS`; and each
 //! capset must keep effective ⊆ permitted, so inheritable and effective are set while the
 //! permitted set is still whole, permitted then, ambient (⊆ permitted ∩ inheritable) last.
+//!
+//! A seccomp filter goes on after all this, right before execve. Without no_new_privs the
+//! kernel wants `CAP_SYS_ADMIN` in effect for that, so a process that is not to have it keeps
+//! it in its effective and permitted sets only, never in the bounding, inheritable or ambient
+//! ones. execve then takes it away by itself: the new permitted set is made of the bounding
+//! set (for root), the inheritable set (with the file's) and the ambient set, never of the old
+//! permitted set. So execve is the only call the filter sees from the executor, and a profile
+//! need not allow `capset` for the container to start.
 
 use std::str::FromStr;
 
@@ -98,11 +106,16 @@ pub(super) fn become_user(process: &ProcessPlan) -> Step<()> {
         .map_err(|e| Failure::internal_errno(format!("setting uid {}", process.uid), e))?;
     if let Some(plan) = &process.caps {
         prctl(libc::PR_SET_KEEPCAPS, 0, "clearing keep-caps")?;
+        let (mut effective, mut permitted) = (plan.effective.clone(), plan.permitted.clone());
+        if process.seccomp_needs_admin {
+            effective.insert(Capability::CAP_SYS_ADMIN);
+            permitted.insert(Capability::CAP_SYS_ADMIN);
+        }
         caps::set(None, CapSet::Inheritable, &plan.inheritable)
             .map_err(caps_failure("setting the inheritable capabilities"))?;
-        caps::set(None, CapSet::Effective, &plan.effective)
+        caps::set(None, CapSet::Effective, &effective)
             .map_err(caps_failure("setting the effective capabilities"))?;
-        caps::set(None, CapSet::Permitted, &plan.permitted)
+        caps::set(None, CapSet::Permitted, &permitted)
             .map_err(caps_failure("setting the permitted capabilities"))?;
         caps::set(None, CapSet::Ambient, &plan.ambient)
             .map_err(caps_failure("setting the ambient capabilities"))?;

@@ -105,6 +105,10 @@ pub(super) fn create_main(ctx: &CreateContext) -> ! {
             _ => exit(0),
         }
     }
+    if let Err(failure) = confine(&ctx.plan.process) {
+        report(ctx.sock, &failure);
+        exit(1)
+    }
     let errno = execve(&exe, &ctx.plan.process);
     report(ctx.sock, &Failure::user_errno(format!("exec {}", exe.to_string_lossy()), errno));
     exit(127)
@@ -161,6 +165,10 @@ pub(super) fn exec_main(ctx: &ExecContext) -> ! {
     match prepare_exec(ctx) {
         Ok(exe) => {
             mark_fds_cloexec();
+            if let Err(failure) = confine(ctx.process) {
+                report(ctx.sock, &failure);
+                exit(127)
+            }
             let errno = execve(&exe, ctx.process);
             let status = if errno == Errno::ENOENT { 127 } else { 126 };
             to_stderr(&format!("exec {}: {}", exe.to_string_lossy(), describe(errno)));
@@ -207,6 +215,16 @@ fn become_process(process: &ProcessPlan) -> Step<CString> {
             ));
         }
     }
+    // While still root: AppArmor and SELinux check who may set these.
+    if let Some(profile) = &process.apparmor {
+        write_exec_attr(
+            &["/proc/thread-self/attr/apparmor/exec", "/proc/self/attr/exec"],
+            profile,
+        )?;
+    }
+    if let Some(label) = &process.selinux {
+        write_exec_attr(&["/proc/thread-self/attr/exec", "/proc/self/attr/exec"], label)?;
+    }
     capabilities::become_user(process)?;
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(process.umask));
     nix::unistd::chdir(&process.cwd).map_err(|e| {
@@ -216,6 +234,37 @@ fn become_process(process: &ProcessPlan) -> Step<CString> {
         )
     })?;
     find_executable(&process.command, &process.search_path)
+}
+
+/// Writes an LSM exec attribute (the profile or label the next execve takes on) to the first
+/// of `paths` that exists: the per-LSM file of a kernel with stacked LSMs, else the shared one.
+fn write_exec_attr(paths: &[&str], value: &CStr) -> Step<()> {
+    let mut last = Errno::ENOENT;
+    for path in paths {
+        match std::fs::OpenOptions::new().write(true).open(path) {
+            Ok(mut file) => {
+                use std::io::Write;
+                return file.write_all(value.to_bytes()).map_err(|e| {
+                    Failure::user_errno(
+                        format!("setting {} to {:?}", path, value.to_string_lossy()),
+                        errno_of(&e),
+                    )
+                });
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => last = Errno::ENOENT,
+            Err(e) => last = errno_of(&e),
+        }
+    }
+    Err(Failure::internal_errno(format!("opening {}", paths.join(" or ")), last))
+}
+
+/// The last step before execve: the seccomp filter, so that nothing of the executor but
+/// execve runs under it (see `capabilities` for the `CAP_SYS_ADMIN` it may take).
+fn confine(process: &ProcessPlan) -> Step<()> {
+    if let Some(filters) = &process.seccomp {
+        filters.install().map_err(|e| Failure::internal_errno("loading the seccomp filter", e))?;
+    }
+    Ok(())
 }
 
 /// Finds the executable as a shell (or Go's exec.LookPath) does: a name with a `/` is taken as

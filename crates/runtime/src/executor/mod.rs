@@ -7,12 +7,15 @@
 //! back.
 //!
 //! ```text
-//!   create ── plan (spec checked, converted) ── clone(new namespaces) ──▶ child:
-//!             cgroups, stdio, setns, overlay, mounts, /dev, pivot_root, masks, limits,
-//!             user, caps, cwd, executable found ──"ready <host pid>"──▶ parent: Created
-//!   start  ── start byte ──▶ child: execve ── sync socket closes (CLOEXEC) ──▶ parent: Ok
+//!   create ── plan (spec checked, converted, seccomp compiled) ── clone(new namespaces) ──▶
+//!             child: cgroups, stdio, setns, overlay, mounts, /dev, pivot_root, masks, limits,
+//!             LSM exec attrs, user, caps, cwd, executable found ──"ready <host pid>"──▶
+//!             parent: Created
+//!   start  ── start byte ──▶ child: seccomp, execve ── sync socket closes (CLOEXEC) ──▶
+//!             parent: Ok
 //!   spawn_exec ── setns(pid ns of the container) ; fork ; setns(own pid ns) ──▶ child:
-//!             cgroups, stdio, setns ipc/uts/net/cgroup/mnt, cwd, limits, user, caps, execve
+//!             cgroups, stdio, setns ipc/uts/net/cgroup/mnt, cwd, limits, LSM exec attrs,
+//!             user, caps, seccomp, execve
 //! ```
 //!
 //! Parent and child talk over a `SOCK_SEQPACKET` socket pair rather than two pipes: one
@@ -37,7 +40,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 use nix::sys::wait::waitpid;
 use nix::unistd::{ForkResult, Pid};
-use oci_spec::runtime::{Process, Spec};
+use oci_spec::runtime::{LinuxSeccomp, Process, Spec};
 
 use crate::error::{Error, Result};
 
@@ -100,6 +103,8 @@ pub struct ExecRequest<'a> {
     pub container_pid: u32,
     pub cgroup_procs: &'a [PathBuf],
     pub process: &'a Process,
+    /// The container's seccomp profile (`linux.seccomp` of its spec), which an exec gets too.
+    pub seccomp: Option<&'a LinuxSeccomp>,
     pub stdin: BorrowedFd<'a>,
     pub stdout: BorrowedFd<'a>,
     pub stderr: BorrowedFd<'a>,
@@ -176,7 +181,7 @@ pub fn start(created: Created) -> Result<()> {
 /// reaps it. A command that cannot be found or run is not an error here: like a shell, the
 /// process prints why on its stderr and exits with 127 (not found) or 126.
 pub fn spawn_exec(req: &ExecRequest) -> Result<Pid> {
-    let process = plan::process(req.process)?;
+    let process = plan::process(req.process, req.seccomp)?;
     let ns_dir = PathBuf::from(format!("/proc/{}/ns", req.container_pid));
     let open = |name: &str| {
         open_ns(&ns_dir.join(name)).map_err(|err| match err {

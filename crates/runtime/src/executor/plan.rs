@@ -9,11 +9,14 @@ use std::path::{Component, Path, PathBuf};
 use nix::mount::MsFlags;
 use nix::sched::CloneFlags;
 use nix::sys::stat::SFlag;
-use oci_spec::runtime::{LinuxDeviceType, LinuxNamespaceType, PosixRlimitType, Process, Spec};
+use oci_spec::runtime::{
+    LinuxDeviceType, LinuxNamespaceType, LinuxSeccomp, PosixRlimitType, Process, Spec,
+};
 
 use super::capabilities::{self, CapsPlan};
 use super::{CgroupMount, Rootfs};
 use crate::error::{Error, Result};
+use crate::seccomp::Filters;
 
 /// The search path used when the spec's environment has no `PATH` (the one containerd and
 /// Docker put in an image's environment by default).
@@ -118,6 +121,15 @@ pub(super) struct ProcessPlan {
     pub rlimits: Vec<Rlimit>,
     pub oom_score_adj: Option<i32>,
     pub terminal: bool,
+    /// Installed last, just before execve; `None` when the spec has none or it allows all.
+    pub seccomp: Option<Filters>,
+    /// Loading a filter without no_new_privs takes `CAP_SYS_ADMIN` in the effective set: the
+    /// process keeps it past the switch to its user, and execve drops it.
+    pub seccomp_needs_admin: bool,
+    /// `exec <profile>`, for the AppArmor exec attribute.
+    pub apparmor: Option<CString>,
+    /// The SELinux label, for the exec attribute.
+    pub selinux: Option<CString>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -218,7 +230,7 @@ pub(super) fn container(
         devices: devices(linux.devices().as_deref().unwrap_or_default())?,
         masked: container_paths("masked path", linux.masked_paths())?,
         readonly: container_paths("readonly path", linux.readonly_paths())?,
-        process: self::process(process)?,
+        process: self::process(process, linux.seccomp().as_ref())?,
     })
 }
 
@@ -461,8 +473,9 @@ fn devices(spec_devices: &[oci_spec::runtime::LinuxDevice]) -> Result<Vec<Device
     Ok(plans)
 }
 
-/// Checks a process (a container's or an exec's) and converts it for the child.
-pub(super) fn process(process: &Process) -> Result<ProcessPlan> {
+/// Checks a process (a container's or an exec's) and converts it for the child, with the
+/// container's seccomp profile compiled.
+pub(super) fn process(process: &Process, seccomp: Option<&LinuxSeccomp>) -> Result<ProcessPlan> {
     let args_in = process.args().as_deref().unwrap_or_default();
     let Some(command) = args_in.first().filter(|a| !a.is_empty()) else {
         return Err(invalid("the process has no command"));
@@ -489,6 +502,24 @@ pub(super) fn process(process: &Process) -> Result<ProcessPlan> {
         .flatten()
         .map(|r| Rlimit { resource: rlimit_resource(r.typ()), soft: r.soft(), hard: r.hard() })
         .collect();
+    let caps = process.capabilities().as_ref().map(capabilities::plan).transpose()?;
+    let no_new_privs = process.no_new_privileges().unwrap_or(false);
+    let seccomp = seccomp.map(crate::seccomp::compile).transpose()?.filter(|f| !f.is_empty());
+    let seccomp_needs_admin = seccomp.is_some()
+        && !no_new_privs
+        && caps.as_ref().is_some_and(|c| !c.effective.contains(&caps::Capability::CAP_SYS_ADMIN));
+    if seccomp.is_some() && !no_new_privs && caps.is_none() && user.uid() != 0 {
+        return Err(invalid(
+            "a seccomp filter for a process that is not root needs no_new_privileges or \
+             capabilities",
+        ));
+    }
+    let attr = |what: &str, value: Option<String>| {
+        value.filter(|v| !v.is_empty()).map(|v| cstring(what, v.as_bytes())).transpose()
+    };
+    let apparmor =
+        attr("AppArmor profile", process.apparmor_profile().as_ref().map(|p| format!("exec {p}")))?;
+    let selinux = attr("SELinux label", process.selinux_label().clone())?;
     Ok(ProcessPlan {
         args,
         command: command.clone(),
@@ -499,11 +530,15 @@ pub(super) fn process(process: &Process) -> Result<ProcessPlan> {
         gid: user.gid(),
         groups: user.additional_gids().clone().unwrap_or_default(),
         umask: user.umask().unwrap_or(DEFAULT_UMASK) & 0o777,
-        caps: process.capabilities().as_ref().map(capabilities::plan).transpose()?,
-        no_new_privs: process.no_new_privileges().unwrap_or(false),
+        caps,
+        no_new_privs,
         rlimits,
         oom_score_adj: process.oom_score_adj(),
         terminal: process.terminal().unwrap_or(false),
+        seccomp,
+        seccomp_needs_admin,
+        apparmor,
+        selinux,
     })
 }
 

@@ -186,6 +186,8 @@ struct Container {
     memory_cgroup: Option<PathBuf>,
     cgroup_procs: Vec<PathBuf>,
     waiters: Vec<(UnixStream, Instant)>,
+    /// The spec's seccomp profile: an exec in the container runs under it too.
+    seccomp: Option<oci_spec::runtime::LinuxSeccomp>,
 }
 
 impl Container {
@@ -469,6 +471,7 @@ impl Monitor {
                 memory_cgroup: request.memory_cgroup,
                 cgroup_procs: request.cgroup_procs,
                 waiters: Vec::new(),
+                seccomp: spec.linux().as_ref().and_then(|linux| linux.seccomp().clone()),
             },
         );
         Reply::Created { pid: host_pid }
@@ -536,6 +539,7 @@ impl Monitor {
             container_pid: container.host_pid,
             cgroup_procs: &container.cgroup_procs,
             process: &request.process,
+            seccomp: container.seccomp.as_ref(),
             stdin: null.as_fd(),
             stdout: out_w.as_fd(),
             stderr: err_w.as_fd(),
