@@ -47,8 +47,8 @@
 //! each at once and prints the wall time until the last container is started
 //! (`parallel_pods_with_container`, s), and with them all running: the daemon's VmRSS
 //! (`daemon_rss_with_pods`), the largest and the sum of the VmRSS of the pods' monitors
-//! (`berthd monitor --pod <id>`; `monitor_rss_max`, `monitor_rss_sum`) and the sum of their PSS
-//! (`monitor_pss_sum`), and per pod what the pods added to the idle daemon, daemon plus monitors
+//! (`berth-monitor monitor --pod <id>`; `monitor_rss_max`, `monitor_rss_sum`) and the sum of
+//! their PSS (`monitor_pss_sum`), and per pod what the pods added to the idle daemon, daemon plus monitors
 //! (`rss_per_pod`, and `pss_per_pod` by PSS), in MiB. No pod, container, hold, cgroup, veth,
 //! lease or monitor may be left at the end. `--save-log FILE` as for pull. With `--endpoint
 //! unix:///…`, the image is `--image REF` (it needs `/bin/sh`, `sleep` and `/bin/true`), or the
@@ -763,7 +763,7 @@ const STOP_TIMEOUT: i64 = 10;
 
 /// The processes that hold a runtime's pods, measured with the pods up.
 enum PerPod {
-    /// berth's `berthd monitor --pod <id>`.
+    /// berth's pod monitors (`… monitor --pod <id>`).
     Monitors,
     /// Another runtime's shims or conmons, by the file name of their `argv[0]`.
     Named(String),
@@ -772,7 +772,7 @@ enum PerPod {
 impl PerPod {
     fn describe(&self) -> &str {
         match self {
-            PerPod::Monitors => "berthd monitor",
+            PerPod::Monitors => "berth monitors",
             PerPod::Named(name) => name,
         }
     }
