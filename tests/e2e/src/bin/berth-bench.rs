@@ -48,14 +48,19 @@
 //! (`parallel_pods_with_container`, s), and with them all running: the daemon's VmRSS
 //! (`daemon_rss_with_pods`), the largest and the sum of the VmRSS of the pods' monitors
 //! (`berth-monitor monitor --pod <id>`; `monitor_rss_max`, `monitor_rss_sum`) and the sum of
-//! their PSS (`monitor_pss_sum`), and per pod what the pods added to the idle daemon, daemon plus monitors
-//! (`rss_per_pod`, and `pss_per_pod` by PSS), in MiB. No pod, container, hold, cgroup, veth,
+//! their PSS (`monitor_pss_sum`), and per pod what the pods added to the idle daemon, daemon
+//! plus monitors (`rss_per_pod`, and `pss_per_pod` by PSS), in MiB. No pod, container, hold, cgroup, veth,
 //! lease or monitor may be left at the end. `--save-log FILE` as for pull. With `--endpoint
 //! unix:///…`, the image is `--image REF` (it needs `/bin/sh`, `sleep` and `/bin/true`), or the
 //! same test image from a registry on the host's loopback; the daemon is measured only with
 //! `--daemon-pid PID`, and `--shim-name NAME` (`containerd-shim-runc-v2`, `conmon`) measures the
 //! processes of that name in place of monitors (those whose arguments name a pod or container
 //! of the run, or else all of them). Its pods are labelled and removed as for pods.
+//!
+//! `berth-bench handlers [--runs 20] [--handlers default,runc,crun]` times CreateContainer and
+//! StartContainer of the same container with each runtime handler (default: every handler
+//! berthd's Status lists), one line per handler and metric with a `handler` field; a handler
+//! that cannot run here gets a line with `skipped` and the reason instead of figures.
 //!
 //! Build and run: `cargo build --release -p berth-e2e --bin berth-bench &&
 //! sudo target/release/berth-bench pull --mb 200 --layers 5 --runs 3`.
@@ -91,6 +96,9 @@ enum Bench {
     Pull(PullArgs),
     /// Pod sandboxes with a CNI bridge network: run, stop + remove, many at once.
     Pods(PodsArgs),
+    /// CreateContainer and StartContainer with each runtime handler berthd offers (the embedded
+    /// executor, runc, crun), side by side.
+    Handlers(HandlersArgs),
     /// Containers: create, start, stop + remove, exec, pods to running, many at once, memory.
     Lifecycle(LifecycleArgs),
 }
@@ -166,6 +174,17 @@ struct LifecycleArgs {
     save_log: Option<PathBuf>,
 }
 
+#[derive(clap::Args)]
+struct HandlersArgs {
+    /// Containers created and started one after the other, per handler.
+    #[arg(long, default_value_t = 20, value_parser = at_least_one())]
+    runs: usize,
+    /// Handlers to measure ("default" is the embedded executor); default: every handler
+    /// berthd's Status lists.
+    #[arg(long, value_delimiter = ',')]
+    handlers: Vec<String>,
+}
+
 fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
     clap::builder::RangedU64ValueParser::new().range(1..)
 }
@@ -181,6 +200,7 @@ fn main() {
         Bench::Pull(args) => &args.endpoint,
         Bench::Pods(args) => &args.endpoint,
         Bench::Lifecycle(args) => &args.endpoint,
+        Bench::Handlers(_) => &None,
     };
     if endpoint.is_none() {
         if let Err(err) = prepare_berthd() {
@@ -211,6 +231,7 @@ fn main() {
             None => lifecycle_berthd(&runtime, &interrupt, args),
             Some(endpoint) => lifecycle_endpoint(&runtime, &interrupt, args, endpoint),
         },
+        Bench::Handlers(args) => handlers_berthd(&runtime, &interrupt, args),
     };
     // Every guard has dropped by now.
     drop(runtime);
@@ -788,6 +809,8 @@ struct Lifecycle {
     per_pod: Option<PerPod>,
     /// Every pod and container id this run got back, for finding its processes and leftovers.
     ids: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// The pods' `runtime_handler` ("" is the runtime's default).
+    handler: String,
 }
 
 /// A process's memory, KiB.
@@ -848,6 +871,7 @@ fn lifecycle_berthd(
         daemon_pid: None,
         per_pod: Some(PerPod::Monitors),
         ids: Default::default(),
+        handler: String::new(),
     };
     let (timings, idle) = runtime.block_on(interruptible(interrupt, async {
         let started = Instant::now();
@@ -875,6 +899,128 @@ fn lifecycle_berthd(
     drop(registry);
     drop(node);
     Ok(())
+}
+
+/// The handlers bench: a berthd on a test node; for each handler, `runs` pods with one
+/// container, CreateContainer and StartContainer timed. A handler whose first container fails
+/// (crun refuses a hybrid cgroup layout) is reported as skipped, with the reason.
+fn handlers_berthd(
+    runtime: &tokio::runtime::Runtime,
+    interrupt: &Notify,
+    args: &HandlersArgs,
+) -> Result<(), Error> {
+    let node = Node::start();
+    let registry = Registry::start(&node);
+    check_interrupted()?;
+    let image = &images::TestImages::get().oci;
+    node.block_on(|| images::push_image(&registry.addr, image))?;
+    let template = Lifecycle {
+        image: image.reference_at(&registry.addr),
+        tag: run_tag(),
+        logs: node.dir().join("pod-logs"),
+        daemon_pid: None,
+        per_pod: None,
+        ids: Default::default(),
+        handler: String::new(),
+    };
+    let results = runtime.block_on(interruptible(interrupt, async {
+        let daemon = Berthd::start(&node).await;
+        let net = BridgeNetwork::for_daemon(&daemon);
+        net.install(&daemon);
+        let mut cri = daemon.client().await;
+        cri.pull(&template.image).await.map_err(rpc("PullImage"))?;
+        let handlers = match args.handlers.is_empty() {
+            false => args.handlers.clone(),
+            true => {
+                let request = berth_cri_server::proto::StatusRequest { verbose: false };
+                let status = cri.runtime.status(request).await.map_err(rpc("Status"))?;
+                let mut names: Vec<String> =
+                    status.into_inner().runtime_handlers.into_iter().map(|h| h.name).collect();
+                names.retain(|name| !name.is_empty());
+                names
+            }
+        };
+        let mut results = Vec::new();
+        for handler in handlers {
+            check_interrupted()?;
+            let setup = Lifecycle {
+                handler: if handler == "default" { String::new() } else { handler.clone() },
+                tag: format!("{}-{handler}", template.tag),
+                image: template.image.clone(),
+                logs: template.logs.clone(),
+                daemon_pid: None,
+                per_pod: None,
+                ids: Default::default(),
+            };
+            let outcome = handler_runs(&mut cri, args.runs, &setup).await;
+            if let Err(err) = &outcome {
+                eprintln!("berth-bench: skipping handler {handler}: {err}");
+            }
+            results.push((handler, outcome.map_err(|err| err.to_string())));
+        }
+        check_nothing_left(&node, &daemon, &net, &template).await?;
+        Ok(results)
+    }))?;
+    for (handler, outcome) in &results {
+        for (metric, index) in [("create_container", 0), ("start_container", 1)] {
+            let mut line = Line { handler: Some(handler), ..line("handlers", metric, "ms") };
+            match outcome {
+                Ok(timings) => line.stats = Some(Stats::of(&timings[index])),
+                Err(reason) => line.skipped = Some(reason),
+            }
+            print(&line);
+        }
+    }
+    drop(registry);
+    drop(node);
+    Ok(())
+}
+
+/// `runs` pods with one container of `setup.handler`; returns the create and start times, ms.
+/// The first container is a probe: if it cannot run, nothing is timed.
+async fn handler_runs(
+    cri: &mut Cri,
+    runs: usize,
+    setup: &Lifecycle,
+) -> Result<[Vec<f64>; 2], Error> {
+    let spec = setup.container();
+    let (mut creates, mut starts) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
+    for n in 0..=runs {
+        check_interrupted()?;
+        let (pod_id, pod) = setup.run_pod(cri, &format!("h-{n}")).await?;
+        let result = async {
+            let started = Instant::now();
+            let id =
+                cri.create_container(&pod_id, &pod, &spec).await.map_err(rpc("CreateContainer"))?;
+            let create = millis(started);
+            setup.remember(&id);
+            let started = Instant::now();
+            cri.start_container(&id).await.map_err(rpc("StartContainer"))?;
+            let start = millis(started);
+            wait_ready(cri, &pod, &id).await?;
+            Ok::<_, Error>((id, create, start))
+        }
+        .await;
+        let removed = async {
+            cri.stop_pod(&pod_id).await.map_err(rpc("StopPodSandbox"))?;
+            cri.remove_pod(&pod_id).await.map_err(rpc("RemovePodSandbox"))
+        }
+        .await;
+        let (_, create, start) = result?;
+        removed?;
+        // The first one warms the caches up.
+        if n > 0 {
+            creates.push(create);
+            starts.push(start);
+        }
+    }
+    eprintln!(
+        "berth-bench: handler {:?}: create p50 {:.1} ms, start p50 {:.1} ms",
+        setup.handler,
+        percentile(&creates, 0.5),
+        percentile(&starts, 0.5)
+    );
+    Ok([creates, starts])
 }
 
 /// After a berthd run: no record, hold, cgroup, veth, lease or monitor of a pod or container.
@@ -978,6 +1124,7 @@ fn lifecycle_endpoint(
         daemon_pid: args.daemon_pid,
         per_pod: args.shim_name.clone().map(PerPod::Named),
         ids: Default::default(),
+        handler: String::new(),
     };
     let cri = runtime.block_on(interruptible(interrupt, async {
         let mut cri = Cri::connect(&socket)
@@ -1042,7 +1189,7 @@ impl Lifecycle {
             .namespace_options
             .get_or_insert_with(Default::default);
         namespaces.pid = NamespaceMode::Container.into();
-        Ok(pod)
+        Ok(pod.runtime_handler(&self.handler))
     }
 
     fn container(&self) -> ContainerSpec {
@@ -1494,6 +1641,12 @@ struct Line<'a> {
     /// Which processes a memory figure is about, when not the daemon's.
     #[serde(skip_serializing_if = "Option::is_none")]
     processes: Option<&'a str>,
+    /// The runtime handler a figure is about (the `handlers` bench).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    handler: Option<&'a str>,
+    /// Why there is no figure: the handler cannot run containers on this host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    skipped: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -1529,7 +1682,18 @@ impl Stats {
 
 /// A line with only what it is about; fill in the rest with `..line(…)`.
 fn line<'a>(bench: &'a str, metric: &'a str, unit: &'a str) -> Line<'a> {
-    Line { bench, metric, unit, stats: None, n: None, value: None, image: None, processes: None }
+    Line {
+        bench,
+        metric,
+        unit,
+        stats: None,
+        n: None,
+        value: None,
+        image: None,
+        processes: None,
+        handler: None,
+        skipped: None,
+    }
 }
 
 fn print(line: &Line) {
