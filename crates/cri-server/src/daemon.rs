@@ -93,6 +93,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             state: config.state.clone(),
             cgroup: config.cgroup.clone(),
             cni: config.cni.clone(),
+            runtimes: config.runtimes.clone(),
             monitor_exe: PathBuf::from("/proc/self/exe"),
         },
         images.clone(),

@@ -9,6 +9,7 @@ pub mod config;
 pub mod container;
 pub mod error;
 pub mod executor;
+pub mod handlers;
 pub mod monitor;
 pub mod namespaces;
 pub mod pod;
@@ -16,6 +17,5 @@ mod runtime;
 pub mod store;
 
 pub use error::{Error, ErrorKind, Result};
-pub use runtime::{
-    HandlerFeatures, HandlerInfo, NetworkStatus, Runtime, RuntimeOptions, DEFAULT_HANDLER,
-};
+pub use handlers::{HandlerFeatures, HandlerInfo, DEFAULT_HANDLER};
+pub use runtime::{NetworkStatus, Runtime, RuntimeOptions};
