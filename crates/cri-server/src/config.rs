@@ -1,12 +1,14 @@
 //! berthd's configuration: a TOML file whose every key has a default, overridden for the common
-//! keys by command-line flags. Each crate owns the section it reads (`[cgroup]` and `[cni]` are
-//! the runtime's, `[registry]` the images'); this file composes them and checks the whole.
+//! keys by command-line flags. Each crate owns the section it reads (`[cgroup]`, `[cni]` and
+//! `[runtimes]` are the runtime's, `[registry]` the images'); this file composes them and checks
+//! the whole.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use berth_images::config::{ImagesConfig, RegistryConfig};
-use berth_runtime::config::{CgroupConfig, CniConfig};
+use berth_runtime::config::{CgroupConfig, CniConfig, OciRuntimeConfig};
 use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/berth/config.toml";
@@ -25,6 +27,9 @@ pub struct Config {
     pub grpc: GrpcConfig,
     pub cgroup: CgroupConfig,
     pub cni: CniConfig,
+    /// External OCI runtimes offered as runtime handlers, by handler name. A file that lists
+    /// any replaces the default list.
+    pub runtimes: BTreeMap<String, OciRuntimeConfig>,
     pub registry: RegistryConfig,
     pub images: ImagesConfig,
     pub streaming: StreamingConfig,
@@ -40,6 +45,7 @@ impl Default for Config {
             grpc: GrpcConfig::default(),
             cgroup: CgroupConfig::default(),
             cni: CniConfig::default(),
+            runtimes: berth_runtime::config::default_runtimes(),
             registry: RegistryConfig::default(),
             images: ImagesConfig::default(),
             streaming: StreamingConfig::default(),
@@ -208,6 +214,7 @@ impl Config {
             return Err(format!("cni.bin_dirs must hold absolute paths, not {}", dir.display()));
         }
         self.socket_path()?;
+        berth_runtime::config::validate_runtimes(&self.runtimes)?;
         for (key, size) in [
             ("grpc.max_recv_message_size", self.grpc.max_recv_message_size),
             ("grpc.max_send_message_size", self.grpc.max_send_message_size),
@@ -311,12 +318,33 @@ mod tests {
             ("[grpc]\nmax_recv_message_size = 10", "grpc.max_recv_message_size"),
             ("[registry]\nmax_concurrent_downloads = 0", "registry.max_concurrent_downloads"),
             ("[streaming]\naddress = \"nowhere\"", "streaming.address"),
+            ("[runtimes.Runc]\npath = \"runc\"", "runtimes.\"Runc\""),
+            ("[runtimes.default]\npath = \"runc\"", "runtimes.\"default\""),
+            ("[runtimes.runc]\npath = \"sbin/runc\"", "runtimes.runc.path"),
+            ("[runtimes.runc]\npath = \"runc\"\nroot = \"r\"", "runtimes.runc.root"),
+            ("[runtimes.runc]\npth = \"runc\"", "pth"),
             ("[streaming]\ntls_cert_file = \"/c\"", "streaming.tls_cert_file"),
         ];
         for (text, key) in cases {
             let err = Config::parse(text).expect_err(text);
             assert!(err.contains(key), "error for {text:?} should name {key:?}: {err}");
         }
+    }
+
+    #[test]
+    fn runtimes_listed_replace_the_defaults() {
+        let defaults = Config::default();
+        assert_eq!(defaults.runtimes.keys().collect::<Vec<_>>(), ["crun", "runc"]);
+        let config = Config::parse(
+            "[runtimes.kata]\npath = \"/opt/kata/bin/kata-runtime\"\nroot = \"/run/k\"",
+        )
+        .unwrap();
+        let kata = &config.runtimes["kata"];
+        assert_eq!(kata.path, PathBuf::from("/opt/kata/bin/kata-runtime"));
+        assert_eq!(kata.root, Some(PathBuf::from("/run/k")));
+        assert_eq!(config.runtimes.len(), 1);
+        // An empty table: the embedded executor alone.
+        assert!(Config::parse("[runtimes]\n").unwrap().runtimes.is_empty());
     }
 
     #[test]

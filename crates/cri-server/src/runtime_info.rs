@@ -54,6 +54,7 @@ pub async fn status(cri: &Cri, request: StatusRequest) -> CriResult<StatusRespon
     if request.verbose {
         info.insert("config".into(), json(&*cri.config));
         info.insert("cgroups".into(), cri.runtime.cgroup_layout().summary().to_string());
+        info.insert("runtimeHandlers".into(), cri.runtime.handlers_summary().to_string());
     }
     Ok(StatusResponse {
         status: Some(RuntimeStatus { conditions: vec![runtime_ready, network_ready] }),

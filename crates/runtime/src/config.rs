@@ -1,6 +1,7 @@
 //! The runtime's sections of berthd's configuration file. Every key has a default, so that
 //! berthd runs with no file at all; unknown keys are errors rather than silently ignored typos.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -44,5 +45,98 @@ impl Default for CniConfig {
             conf_dir: PathBuf::from("/etc/cni/net.d"),
             bin_dirs: vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")],
         }
+    }
+}
+
+/// `[runtimes.<name>]`: an external OCI runtime (runc, crun, …) offered as the runtime handler
+/// `<name>`, beside the embedded executor (`""` / `default`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OciRuntimeConfig {
+    /// The runtime's binary: an absolute path, or a bare name searched in `PATH`.
+    pub path: PathBuf,
+    /// The runtime's state directory (its `--root`); `<state>/runtimes/<name>` when unset, so
+    /// that it is gone on reboot along with the containers it describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<PathBuf>,
+}
+
+/// The external runtimes a default configuration offers: Debian's runc and crun, each only
+/// where its binary is installed and answers.
+pub fn default_runtimes() -> BTreeMap<String, OciRuntimeConfig> {
+    ["runc", "crun"]
+        .into_iter()
+        .map(|name| (name.to_string(), OciRuntimeConfig { path: PathBuf::from(name), root: None }))
+        .collect()
+}
+
+/// What the types cannot say about `[runtimes]`; messages name the key.
+pub fn validate_runtimes(runtimes: &BTreeMap<String, OciRuntimeConfig>) -> Result<(), String> {
+    for (name, runtime) in runtimes {
+        if !is_handler_name(name) {
+            return Err(format!(
+                "runtimes.{name:?}: a handler name is a DNS label (lower-case letters, digits \
+                 and '-', at most 63) other than \"default\""
+            ));
+        }
+        let path = runtime.path.as_os_str();
+        if path.is_empty() {
+            return Err(format!("runtimes.{name}.path is empty"));
+        }
+        let bare = !runtime.path.to_string_lossy().contains('/');
+        if !bare && !runtime.path.is_absolute() {
+            return Err(format!(
+                "runtimes.{name}.path must be absolute or a bare name searched in PATH, not {}",
+                runtime.path.display()
+            ));
+        }
+        if let Some(root) = runtime.root.as_ref().filter(|root| !root.is_absolute()) {
+            return Err(format!(
+                "runtimes.{name}.root must be an absolute path, not {}",
+                root.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A RuntimeClass handler is a DNS label; `default` is the embedded executor's other name.
+fn is_handler_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && name != "default"
+        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes.first().is_some_and(u8::is_ascii_alphanumeric)
+        && bytes.last().is_some_and(u8::is_ascii_alphanumeric)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handler_names_are_dns_labels() {
+        for good in ["runc", "crun", "kata-v2", "r1"] {
+            assert!(is_handler_name(good), "{good}");
+        }
+        for bad in ["", "default", "Runc", "-runc", "runc-", "run_c", "a/b", &"a".repeat(64)] {
+            assert!(!is_handler_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn runtime_paths_are_checked() {
+        let one = |path: &str, root: Option<&str>| {
+            let runtime =
+                OciRuntimeConfig { path: PathBuf::from(path), root: root.map(PathBuf::from) };
+            validate_runtimes(&[("x".to_string(), runtime)].into())
+        };
+        assert!(one("runc", None).is_ok());
+        assert!(one("/usr/sbin/runc", Some("/run/x")).is_ok());
+        assert!(one("", None).unwrap_err().contains("runtimes.x.path"));
+        assert!(one("bin/runc", None).unwrap_err().contains("runtimes.x.path"));
+        assert!(one("runc", Some("rel")).unwrap_err().contains("runtimes.x.root"));
+        assert!(validate_runtimes(&default_runtimes()).is_ok());
     }
 }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod container;
 pub mod error;
 pub mod executor;
+pub mod handlers;
 pub mod lsm;
 pub mod monitor;
 pub mod namespaces;
@@ -18,6 +19,5 @@ pub mod seccomp;
 pub mod store;
 
 pub use error::{Error, ErrorKind, Result};
-pub use runtime::{
-    HandlerFeatures, HandlerInfo, NetworkStatus, Runtime, RuntimeOptions, DEFAULT_HANDLER,
-};
+pub use handlers::{HandlerFeatures, HandlerInfo, DEFAULT_HANDLER};
+pub use runtime::{NetworkStatus, Runtime, RuntimeOptions};

@@ -1,23 +1,18 @@
 //! The runtime as berthd holds it: what this node can run and whether it is ready to.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
-
-use crate::cgroups::CgroupLayout;
 use std::sync::Arc;
 
-use crate::cni::{self, Cni, NetworkLookup};
-use crate::config::{CgroupConfig, CgroupDriver, CniConfig};
-use crate::container::{Containers, ContainersOptions};
-use crate::pod::Pods;
-use crate::Result;
 use berth_images::ImageService;
 
-/// The name the CRI uses for "the runtime's default handler" (an empty `runtime_handler`).
-pub const DEFAULT_HANDLER: &str = "";
-
-/// The default handler answers to both the empty name and "default", as kubelet and crictl
-/// users write either.
-const HANDLERS: [&str; 2] = [DEFAULT_HANDLER, "default"];
+use crate::cgroups::CgroupLayout;
+use crate::cni::{self, Cni, NetworkLookup};
+use crate::config::{CgroupConfig, CgroupDriver, CniConfig, OciRuntimeConfig};
+use crate::container::{Containers, ContainersOptions};
+use crate::handlers::{HandlerInfo, Handlers};
+use crate::pod::Pods;
+use crate::Result;
 
 #[derive(Debug, Clone)]
 pub struct RuntimeOptions {
@@ -25,6 +20,8 @@ pub struct RuntimeOptions {
     pub state: PathBuf,
     pub cgroup: CgroupConfig,
     pub cni: CniConfig,
+    /// The external OCI runtimes offered as handlers beside the embedded executor.
+    pub runtimes: BTreeMap<String, OciRuntimeConfig>,
     /// The binary whose `monitor` subcommand runs a pod's monitor: `berth-monitor`, or berthd's
     /// own (`/proc/self/exe`, which stays valid when the file is replaced by an upgrade).
     pub monitor_exe: PathBuf,
@@ -37,23 +34,10 @@ pub enum NetworkStatus {
     NotReady { message: String },
 }
 
-/// What one runtime handler can do. Every flag is true only once it really works end to end,
-/// because the kubelet admits pods on these flags.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct HandlerFeatures {
-    pub recursive_read_only_mounts: bool,
-    pub user_namespaces: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HandlerInfo {
-    pub name: String,
-    pub features: HandlerFeatures,
-}
-
 pub struct Runtime {
     options: RuntimeOptions,
     cgroups: Arc<CgroupLayout>,
+    handlers: Arc<Handlers>,
     pods: Pods,
     containers: Containers,
 }
@@ -73,14 +57,14 @@ impl Runtime {
             options.cni.bin_dirs.clone(),
             options.root.join("cni-cache"),
         );
-        let handlers = HANDLERS.map(String::from).to_vec();
+        let handlers = Arc::new(Handlers::probe(&options.runtimes, &options.state));
         let pods = Pods::open(
             &options.root,
             &options.state,
             cgroups.clone(),
             options.cgroup.nest_under_self,
             cni,
-            handlers,
+            handlers.clone(),
             options.monitor_exe.clone(),
         )?;
         let containers = Containers::open(
@@ -89,11 +73,12 @@ impl Runtime {
                 state: options.state.clone(),
                 cgroups: cgroups.clone(),
                 nest: options.cgroup.nest_under_self,
+                handlers: handlers.clone(),
             },
             images,
             pods.clone(),
         )?;
-        Ok(Runtime { options, cgroups, pods, containers })
+        Ok(Runtime { options, cgroups, handlers, pods, containers })
     }
 
     /// StopPodSandbox: the pod's containers, then the pod.
@@ -144,35 +129,13 @@ impl Runtime {
         }
     }
 
-    /// The handlers a pod may name in `runtime_handler`.
+    /// The handlers a pod may name in `runtime_handler`, with their features.
     pub fn handlers(&self) -> Vec<HandlerInfo> {
-        HANDLERS
-            .into_iter()
-            .map(|name| HandlerInfo {
-                name: name.to_string(),
-                features: HandlerFeatures {
-                    recursive_read_only_mounts: kernel_has_mount_setattr(),
-                    user_namespaces: false,
-                },
-            })
-            .collect()
+        self.handlers.list()
     }
-}
 
-/// Recursive read-only mounts need `mount_setattr(2)` (Linux 5.12); the kubelet refuses such
-/// mounts on a handler that does not claim them.
-fn kernel_has_mount_setattr() -> bool {
-    // SAFETY: invalid arguments on purpose: the kernel answers EBADF/EINVAL when the call
-    // exists and ENOSYS when it does not, and touches nothing.
-    let result = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            -1,
-            std::ptr::null::<u8>(),
-            0,
-            std::ptr::null::<u8>(),
-            0,
-        )
-    };
-    result == -1 && nix::errno::Errno::last() != nix::errno::Errno::ENOSYS
+    /// The handlers' binaries, versions, and why a configured one is not offered.
+    pub fn handlers_summary(&self) -> serde_json::Value {
+        self.handlers.summary()
+    }
 }

@@ -51,14 +51,15 @@ pub const RUN_USER_UID_GID_REF: &str = "berth-test/run:user-uid-gid";
 pub const RUN_USER_NAME_GROUP_REF: &str = "berth-test/run:user-name-group";
 
 /// A script in the `run` layer that prints, one `probe <key>=<value>` line each, what a
-/// container was started with: `args` (its arguments), `cwd`, `FOO` and `BAR` (`<unset>` when
-/// unset), `uid`, `gid` and `groups` (from `id -u`, `id -g`, `id -G`).
+/// container was started with: `args` (its arguments), `cwd`, `FOO`, `BAR` and `HOME`
+/// (`<unset>` when unset), `uid`, `gid` and `groups` (from `id -u`, `id -g`, `id -G`).
 pub const PROBE: &str = "/usr/bin/probe";
 const PROBE_SCRIPT: &str = "#!/bin/sh\n\
 echo \"probe args=$*\"\n\
 echo \"probe cwd=$(pwd)\"\n\
 echo \"probe FOO=${FOO-<unset>}\"\n\
 echo \"probe BAR=${BAR-<unset>}\"\n\
+echo \"probe HOME=${HOME-<unset>}\"\n\
 echo \"probe uid=$(id -u)\"\n\
 echo \"probe gid=$(id -g)\"\n\
 echo \"probe groups=$(id -G)\"\n";

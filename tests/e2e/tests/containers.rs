@@ -5,16 +5,23 @@
 //! filters of ListContainers, what StopPodSandbox and RemovePodSandbox do to containers, bad
 //! input that must leave nothing behind, and containers that outlive a killed berthd.
 //!
+//! The whole suite runs once per runtime handler, with the same expectations: the embedded
+//! executor (module `embedded`), runc (`runc`) and crun (`crun`). Each case is an `async fn`
+//! taking the handler; `cases!` at the end makes one test per (handler, case). A handler that
+//! cannot run a container on this host (crun refuses hybrid cgroup hosts) has its cases
+//! skipped, with the reason printed. Status and refused handlers are tested once.
+//!
 //! Containers report back through their CRI log (see `berth_e2e::cri::read_log`), so that
 //! most tests depend on nothing but Create/Start/Status and the log writer.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use berth_cri_server::proto::NamespaceMode;
 use berth_cri_server::proto::{
-    Container, ContainerState, ContainerStatus, Mount, MountPropagation, Signal,
+    Container, ContainerState, ContainerStatus, Mount, MountPropagation, Signal, StatusRequest,
 };
 use berth_e2e::berthd::Options;
 use berth_e2e::cri::{
@@ -40,18 +47,24 @@ struct Env {
     daemon: Berthd,
     registry: Registry,
     node: Node,
+    /// The runtime handler of every pod the test makes.
+    handler: &'static str,
 }
 
 impl Env {
-    async fn start() -> Env {
+    async fn start(handler: &'static str) -> Env {
+        Self::start_with(handler, Options::default()).await
+    }
+
+    async fn start_with(handler: &'static str, options: Options) -> Env {
         let node = Node::start();
         let registry = Registry::start(&node);
         let addr = registry.addr.clone();
         node.block_on(|| images::push_all(&addr)).expect("pushing the test images");
         node.block_on(|| images::push_run(&addr)).expect("pushing the run images");
-        let daemon = Berthd::start(&node).await;
+        let daemon = Berthd::start_with(&node, options).await;
         let cri = daemon.client().await;
-        Env { cri, daemon, registry, node }
+        Env { cri, daemon, registry, node, handler }
     }
 
     /// Pulls a test image (`berth-test/…:tag`) and returns the reference it was pulled by.
@@ -65,7 +78,7 @@ impl Env {
     fn pod(&self, name: &str) -> Pod {
         let logs = self.node.dir().join("logs").join(name);
         std::fs::create_dir_all(&logs).unwrap();
-        pod(name).hostname("").host_network().log_directory(logs)
+        pod(name).hostname("").host_network().log_directory(logs).runtime_handler(self.handler)
     }
 
     async fn run_pod(&mut self, name: &str) -> (String, Pod) {
@@ -115,11 +128,23 @@ impl Env {
         entries(&self.daemon.root.join("containers"))
     }
 
-    /// No container is listed, recorded, or has a cgroup left.
+    /// No container is listed, recorded, or has a cgroup or a mounted rootfs left.
     async fn assert_no_containers(&mut self) {
         assert_eq!(self.cri.list_containers(None).await, Vec::<Container>::new());
         assert_eq!(self.container_dirs(), Vec::<String>::new(), "container directories left");
         assert_eq!(cgroup_children(&self.node), Vec::<PathBuf>::new(), "cgroups left");
+        let state = self.daemon.state.join("containers").display().to_string();
+        let mounted: Vec<String> =
+            node_mount_points(&self.node).into_iter().filter(|p| p.starts_with(&state)).collect();
+        assert_eq!(mounted, Vec::<String>::new(), "rootfs mounts left");
+    }
+
+    /// Whether Status says the test's handler has recursive read-only mounts.
+    async fn handler_has_rro(&mut self) -> bool {
+        let answer = self.cri.runtime.status(StatusRequest { verbose: false }).await.unwrap();
+        let handlers = answer.into_inner().runtime_handlers;
+        let handler = handlers.iter().find(|h| h.name == self.handler).expect("the handler");
+        handler.features.as_ref().is_some_and(|f| f.recursive_read_only_mounts)
     }
 
     /// SIGKILL to berthd: nothing of it runs its shutdown.
@@ -220,9 +245,8 @@ struct Row {
     ids: Option<(i64, i64, &'static [i64])>,
 }
 
-#[tokio::test]
-async fn the_process_follows_the_image_and_config_rules() {
-    let mut env = Env::start().await;
+async fn the_process_follows_the_image_and_config_rules(handler: &'static str) {
+    let mut env = Env::start(handler).await;
     let ep = env.image(images::RUN_ENTRYPOINT_REF).await;
     let cmd = env.image(images::RUN_CMD_REF).await;
     let user_name = env.image(images::RUN_USER_NAME_REF).await;
@@ -268,6 +292,11 @@ async fn the_process_follows_the_image_and_config_rules() {
             vec![("FOO", "two")],
         ),
         row("unset stays unset", container("c", &cmd), vec![("FOO", "<unset>")]),
+        // HOME, as runc sets it: the user's home in the image's passwd, else `/`.
+        row("root's home", container("c", &cmd), vec![("HOME", "/root")]),
+        row("a user's home", container("c", &cmd).run_as_user(1000), vec![("HOME", "/home/berth")]),
+        row("no passwd entry", container("c", &cmd).run_as_user(4242), vec![("HOME", "/")]),
+        row("config HOME wins", container("c", &cmd).env("HOME", "/h"), vec![("HOME", "/h")]),
         row(
             "config env adds",
             container("c", &cmd).env("BAR", "config-bar"),
@@ -355,9 +384,8 @@ async fn the_process_follows_the_image_and_config_rules() {
     env.assert_no_containers().await;
 }
 
-#[tokio::test]
-async fn read_only_and_read_write_mounts() {
-    let mut env = Env::start().await;
+async fn read_only_and_read_write_mounts(handler: &'static str) {
+    let mut env = Env::start(handler).await;
     let image = env.image(images::OCI_REF).await;
     let (pod_id, pod) = env.run_pod("mounts").await;
     let ro = env.dir("ro");
@@ -394,9 +422,8 @@ async fn read_only_and_read_write_mounts() {
     env.assert_no_containers().await;
 }
 
-#[tokio::test]
-async fn mount_propagation_private_host_to_container_and_bidirectional() {
-    let mut env = Env::start().await;
+async fn mount_propagation_private_host_to_container_and_bidirectional(handler: &'static str) {
+    let mut env = Env::start(handler).await;
     let image = env.image(images::OCI_REF).await;
     let (pod_id, pod) = env.run_pod("propagation").await;
     // Each source is a shared mount of its own on the node, as the kubelet's volumes are when
@@ -457,9 +484,8 @@ async fn mount_propagation_private_host_to_container_and_bidirectional() {
     env.assert_no_containers().await;
 }
 
-#[tokio::test]
-async fn a_recursive_read_only_mount_is_read_only_below_too() {
-    let mut env = Env::start().await;
+async fn a_recursive_read_only_mount_is_read_only_below_too(handler: &'static str) {
+    let mut env = Env::start(handler).await;
     let image = env.image(images::OCI_REF).await;
     let (pod_id, pod) = env.run_pod("rro").await;
     let source = env.dir("rro");
@@ -478,6 +504,15 @@ async fn a_recursive_read_only_mount_is_read_only_below_too() {
              if touch /rro/sub/below 2>/dev/null; then echo sub:writable; \
              else echo sub:refused; fi",
         );
+    // A handler that does not claim the feature refuses such a mount, as the kubelet would.
+    if !env.handler_has_rro().await {
+        let err = env.cri.create_container(&pod_id, &pod, &spec).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(err.message().contains("recursive read-only"), "{err:?}");
+        env.stop_and_remove_pod(&pod_id).await;
+        env.assert_no_containers().await;
+        return;
+    }
     let (status, messages) = env.run_to_exit(&pod_id, &pod, &spec).await;
     assert_eq!(messages, ["in-submount", "top:refused", "sub:refused"], "{status:?}");
     assert!(status.mounts.first().is_some_and(|m| m.recursive_read_only), "{status:?}");
@@ -486,9 +521,8 @@ async fn a_recursive_read_only_mount_is_read_only_below_too() {
     env.assert_no_containers().await;
 }
 
-#[tokio::test]
-async fn a_missing_host_directory_is_created() {
-    let mut env = Env::start().await;
+async fn a_missing_host_directory_is_created(handler: &'static str) {
+    let mut env = Env::start(handler).await;
     let image = env.image(images::OCI_REF).await;
     let (pod_id, pod) = env.run_pod("missing").await;
     let missing = env.node.dir().join("not-yet/made/here");
@@ -507,9 +541,8 @@ async fn a_missing_host_directory_is_created() {
     env.assert_no_containers().await;
 }
 
-#[tokio::test]
-async fn a_symlink_out_of_the_root_as_mount_target_stays_inside() {
-    let mut env = Env::start().await;
+async fn a_symlink_out_of_the_root_as_mount_target_stays_inside(handler: &'static str) {
+    let mut env = Env::start(handler).await;
     let image = env.image(images::RUN_CMD_REF).await;
     let (pod_id, pod) = env.run_pod("links").await;
     let abs = env.dir("abs");
@@ -546,9 +579,8 @@ async fn a_symlink_out_of_the_root_as_mount_target_stays_inside() {
     env.assert_no_containers().await;
 }
 
-#[tokio::test]
-async fn the_log_is_in_the_cri_format() {
-    let mut env = Env::start().await;
+async fn the_log_is_in_the_cri_format(handler: &'static str) {
+    let mut env = Env::start(handler).await;
     let image = env.image(images::OCI_REF).await;
     let (pod_id, pod) = env.run_pod("logs").await;
 
@@ -616,9 +648,8 @@ async fn the_log_is_in_the_cri_format() {
     env.assert_no_containers().await;
 }
 
-#[tokio::test]
-async fn exit_codes_and_reasons() {
-    let mut env = Env::start().await;
+async fn exit_codes_and_reasons(handler: &'static str) {
+    let mut env = Env::start(handler).await;
     let image = env.image(images::OCI_REF).await;
     let (pod_id, pod) = env.run_pod("exits").await;
 
@@ -660,9 +691,8 @@ async fn processes_seen(env: &mut Env, id: &str) -> Vec<String> {
     String::from_utf8_lossy(&out.stdout).lines().skip(1).map(|l| l.trim().to_string()).collect()
 }
 
-#[tokio::test]
-async fn pid_namespaces_of_the_pod_the_container_and_the_node() {
-    let mut env = Env::start().await;
+async fn pid_namespaces_of_the_pod_the_container_and_the_node(handler: &'static str) {
+    let mut env = Env::start(handler).await;
     let image = env.image(images::OCI_REF).await;
     let sleeper = |name: &str, mode: NamespaceMode| {
         container(name, &image).command(&["sleep", "3600"]).pid_mode(mode)
@@ -703,9 +733,10 @@ async fn pid_namespaces_of_the_pod_the_container_and_the_node() {
     env.assert_no_containers().await;
 }
 
-#[tokio::test]
-async fn an_image_removed_under_a_container_keeps_its_layers_until_the_container_goes() {
-    let mut env = Env::start().await;
+async fn an_image_removed_under_a_container_keeps_its_layers_until_the_container_goes(
+    handler: &'static str,
+) {
+    let mut env = Env::start(handler).await;
     let image = env.image(images::OCI_REF).await;
     let (pod_id, pod) = env.run_pod("held").await;
     let spec = container("c", &image).command(&["sleep", "3600"]);
@@ -729,9 +760,8 @@ async fn an_image_removed_under_a_container_keeps_its_layers_until_the_container
     env.assert_no_containers().await;
 }
 
-#[tokio::test]
-async fn stdin_is_kept_open_only_when_asked_for() {
-    let mut env = Env::start().await;
+async fn stdin_is_kept_open_only_when_asked_for(handler: &'static str) {
+    let mut env = Env::start(handler).await;
     let image = env.image(images::OCI_REF).await;
     let (pod_id, pod) = env.run_pod("stdin").await;
     // `cat` ends at the end of its input: /dev/null without stdin, never with it.
@@ -748,9 +778,8 @@ async fn stdin_is_kept_open_only_when_asked_for() {
     env.assert_no_containers().await;
 }
 
-#[tokio::test]
-async fn stop_signals_waits_the_grace_period_and_kills() {
-    let mut env = Env::start().await;
+async fn stop_signals_waits_the_grace_period_and_kills(handler: &'static str) {
+    let mut env = Env::start(handler).await;
     let image = env.image(images::OCI_REF).await;
     let (pod_id, pod) = env.run_pod("stops").await;
 
@@ -798,9 +827,8 @@ async fn stop_signals_waits_the_grace_period_and_kills() {
     env.assert_no_containers().await;
 }
 
-#[tokio::test]
-async fn exec_sync_output_exit_codes_and_timeout() {
-    let mut env = Env::start().await;
+async fn exec_sync_output_exit_codes_and_timeout(handler: &'static str) {
+    let mut env = Env::start(handler).await;
     let image = env.image(images::OCI_REF).await;
     let (pod_id, pod) = env.run_pod("exec").await;
     let spec = container("target", &image).env("FOO", "from-config").command(&["sleep", "1000"]);
@@ -829,6 +857,13 @@ async fn exec_sync_output_exit_codes_and_timeout() {
     let ps = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(!ps.contains("sleep 30"), "{ps}");
 
+    // A command that cannot run fails with its name on stderr. The exit code is the
+    // executor's: 127 from the embedded one (as a shell), runc's own 255 through runc.
+    let out = env.cri.exec_sync(&id, &["no-such-command"], 10).await.unwrap();
+    assert_ne!(out.exit_code, 0);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no-such-command"), "{stderr}");
+
     let err = env.cri.exec_sync(&id, &[], 0).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     env.cri.stop_container(&id, 0).await.unwrap();
@@ -839,9 +874,8 @@ async fn exec_sync_output_exit_codes_and_timeout() {
     env.assert_no_containers().await;
 }
 
-#[tokio::test]
-async fn list_filters_stream_and_what_a_listed_container_says() {
-    let mut env = Env::start().await;
+async fn list_filters_stream_and_what_a_listed_container_says(handler: &'static str) {
+    let mut env = Env::start(handler).await;
     let image = env.image(images::OCI_REF).await;
     let (pod_a, a) = env.run_pod("a").await;
     let (pod_b, b) = env.run_pod("b").await;
@@ -912,9 +946,8 @@ async fn list_filters_stream_and_what_a_listed_container_says() {
     env.assert_no_containers().await;
 }
 
-#[tokio::test]
-async fn stop_pod_sandbox_stops_its_containers_and_remove_removes_them() {
-    let mut env = Env::start().await;
+async fn stop_pod_sandbox_stops_its_containers_and_remove_removes_them(handler: &'static str) {
+    let mut env = Env::start(handler).await;
     let image = env.image(images::OCI_REF).await;
     let (pod_id, pod) = env.run_pod("web").await;
     let (other_id, other) = env.run_pod("other").await;
@@ -951,9 +984,8 @@ async fn stop_pod_sandbox_stops_its_containers_and_remove_removes_them() {
     env.cri.remove_container(&one).await.expect("RemoveContainer of a removed container");
 }
 
-#[tokio::test]
-async fn bad_input_fails_and_leaves_nothing() {
-    let mut env = Env::start().await;
+async fn bad_input_fails_and_leaves_nothing(handler: &'static str) {
+    let mut env = Env::start(handler).await;
     let image = env.image(images::OCI_REF).await;
     let (pod_id, pod) = env.run_pod("bad").await;
     let cgroups_before = cgroup_children(&env.node);
@@ -1035,9 +1067,8 @@ fn log_sizes(paths: &[PathBuf]) -> Vec<u64> {
     paths.iter().map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)).collect()
 }
 
-#[tokio::test]
-async fn containers_outlive_a_killed_berthd() {
-    let mut env = Env::start().await;
+async fn containers_outlive_a_killed_berthd(handler: &'static str) {
+    let mut env = Env::start(handler).await;
     let image = env.image(images::OCI_REF).await;
     let pods = [env.run_pod("left").await, env.run_pod("right").await];
     let trigger = env.dir("trigger");
@@ -1133,10 +1164,9 @@ const STATUS_AS_VALUES: &str =
 const DENY_MKDIR_PROFILE: &str = r#"{"defaultAction": "SCMP_ACT_ALLOW",
     "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO"}]}"#;
 
-#[tokio::test]
-async fn seccomp_runtime_default_localhost_unconfined_and_privileged() {
+async fn seccomp_runtime_default_localhost_unconfined_and_privileged(handler: &'static str) {
     use berth_e2e::cri::ProfileType;
-    let mut env = Env::start().await;
+    let mut env = Env::start(handler).await;
     let image = env.image(images::OCI_REF).await;
     let (pod_id, pod) = env.run_pod("seccomp").await;
     let profile = env.dir("seccomp").join("deny-mkdir.json");
@@ -1208,10 +1238,9 @@ async fn seccomp_runtime_default_localhost_unconfined_and_privileged() {
     env.assert_no_containers().await;
 }
 
-#[tokio::test]
-async fn bad_security_profiles_fail_create_and_leave_nothing() {
+async fn bad_security_profiles_fail_create_and_leave_nothing(handler: &'static str) {
     use berth_e2e::cri::ProfileType;
-    let mut env = Env::start().await;
+    let mut env = Env::start(handler).await;
     let image = env.image(images::OCI_REF).await;
     let (pod_id, pod) = env.run_pod("bad-profiles").await;
     let cgroups_before = cgroup_children(&env.node);
@@ -1263,9 +1292,8 @@ async fn bad_security_profiles_fail_create_and_leave_nothing() {
     env.assert_no_containers().await;
 }
 
-#[tokio::test]
-async fn capabilities_no_new_privs_and_a_read_only_root() {
-    let mut env = Env::start().await;
+async fn capabilities_no_new_privs_and_a_read_only_root(handler: &'static str) {
+    let mut env = Env::start(handler).await;
     let image = env.image(images::OCI_REF).await;
     let (pod_id, pod) = env.run_pod("caps").await;
     let data = env.dir("caps-data");
@@ -1338,9 +1366,8 @@ async fn capabilities_no_new_privs_and_a_read_only_root() {
     env.assert_no_containers().await;
 }
 
-#[tokio::test]
-async fn masked_and_read_only_paths_by_default_not_when_empty_or_privileged() {
-    let mut env = Env::start().await;
+async fn masked_and_read_only_paths_by_default_not_when_empty_or_privileged(handler: &'static str) {
+    let mut env = Env::start(handler).await;
     let image = env.image(images::OCI_REF).await;
     let (pod_id, pod) = env.run_pod("masks").await;
 
@@ -1381,10 +1408,9 @@ async fn masked_and_read_only_paths_by_default_not_when_empty_or_privileged() {
     env.assert_no_containers().await;
 }
 
-#[tokio::test]
-async fn supplemental_groups_strict_and_merge_and_inherited_rlimits() {
+async fn supplemental_groups_strict_and_merge_and_inherited_rlimits(handler: &'static str) {
     use berth_cri_server::proto::SupplementalGroupsPolicy;
-    let mut env = Env::start().await;
+    let mut env = Env::start(handler).await;
     let image = env.image(images::RUN_CMD_REF).await;
     let (pod_id, pod) = env.run_pod("groups").await;
 
@@ -1437,4 +1463,199 @@ async fn supplemental_groups_strict_and_merge_and_inherited_rlimits() {
 
     env.stop_and_remove_pod(&pod_id).await;
     env.assert_no_containers().await;
+}
+/// Why `handler` cannot run containers on this host, found once per test binary by running
+/// one trivial container with it; None when it can. The embedded executor always must.
+fn unsupported(handler: &'static str) -> Option<String> {
+    static RUNC: OnceLock<Option<String>> = OnceLock::new();
+    static CRUN: OnceLock<Option<String>> = OnceLock::new();
+    let cell = match handler {
+        "runc" => &RUNC,
+        "crun" => &CRUN,
+        _ => return None,
+    };
+    // On a thread and a runtime of its own: every test has its own runtime, and the first to
+    // ask holds the others until the answer is there.
+    cell.get_or_init(|| {
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+            runtime.expect("a runtime for the probe").block_on(probe(handler))
+        })
+        .join()
+        .unwrap_or_else(|_| Some(format!("probing {handler} panicked")))
+    })
+    .clone()
+}
+
+async fn probe(handler: &'static str) -> Option<String> {
+    let mut env = Env::start(handler).await;
+    let image = env.image(images::OCI_REF).await;
+    let pod = env.pod("probe");
+    let pod_id = match env.cri.run_pod(&pod).await {
+        Ok(id) => id,
+        Err(err) => return Some(err.message().to_string()),
+    };
+    let spec = container("probe", &image).command(&["true"]);
+    let reason = match env.cri.run_container(&pod_id, &pod, &spec).await {
+        Err(err) => Some(err.message().to_string()),
+        Ok(id) => {
+            let status = env.cri.wait_exited(&id, EXIT_TIMEOUT).await;
+            (status.exit_code != 0).then(|| format!("`true` exited with {status:?}"))
+        }
+    };
+    env.stop_and_remove_pod(&pod_id).await;
+    reason
+}
+
+/// One `#[tokio::test]` per case in a module per handler: `embedded::exit_codes_and_reasons`,
+/// `runc::exit_codes_and_reasons`, …
+macro_rules! cases {
+    ($($case:ident),* $(,)?) => {
+        cases!(@handler embedded, "", $($case),*);
+        cases!(@handler runc, "runc", $($case),*);
+        cases!(@handler crun, "crun", $($case),*);
+    };
+    (@handler $module:ident, $handler:literal, $($case:ident),*) => {
+        mod $module {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    if let Some(reason) = super::unsupported($handler) {
+                        eprintln!("skipping {} cases: {reason}", $handler);
+                        return;
+                    }
+                    super::$case($handler).await
+                }
+            )*
+        }
+    };
+}
+
+cases!(
+    the_process_follows_the_image_and_config_rules,
+    read_only_and_read_write_mounts,
+    mount_propagation_private_host_to_container_and_bidirectional,
+    a_recursive_read_only_mount_is_read_only_below_too,
+    a_missing_host_directory_is_created,
+    a_symlink_out_of_the_root_as_mount_target_stays_inside,
+    the_log_is_in_the_cri_format,
+    exit_codes_and_reasons,
+    pid_namespaces_of_the_pod_the_container_and_the_node,
+    an_image_removed_under_a_container_keeps_its_layers_until_the_container_goes,
+    stdin_is_kept_open_only_when_asked_for,
+    stop_signals_waits_the_grace_period_and_kills,
+    exec_sync_output_exit_codes_and_timeout,
+    list_filters_stream_and_what_a_listed_container_says,
+    stop_pod_sandbox_stops_its_containers_and_remove_removes_them,
+    bad_input_fails_and_leaves_nothing,
+    containers_outlive_a_killed_berthd,
+    the_container_runs_in_the_cgroup_berth_made,
+    seccomp_runtime_default_localhost_unconfined_and_privileged,
+    bad_security_profiles_fail_create_and_leave_nothing,
+    capabilities_no_new_privs_and_a_read_only_root,
+    masked_and_read_only_paths_by_default_not_when_empty_or_privileged,
+    supplemental_groups_strict_and_merge_and_inherited_rlimits,
+);
+
+/// Where the container's process really is: in the cgroup berth made for it (with its limits),
+/// in every hierarchy berth manages, whichever runtime put it there.
+async fn the_container_runs_in_the_cgroup_berth_made(handler: &'static str) {
+    let mut env = Env::start(handler).await;
+    let image = env.image(images::OCI_REF).await;
+    let (pod_id, pod) = env.run_pod("cgroup").await;
+    let spec = container("c", &image).memory_limit(64 << 20).command(&["sleep", "1000"]);
+    let id = env.cri.run_container(&pod_id, &pod, &spec).await.unwrap();
+    let info = env.cri.container_info(&id).await;
+    assert_eq!(info["runtimeHandler"], handler, "{info}");
+    let runtime_type = info["runtimeType"].as_str().unwrap_or_default();
+    assert!(runtime_type.contains(if handler.is_empty() { "embedded" } else { handler }), "{info}");
+    let pid = info["pid"].as_u64().expect("the container's pid");
+    let cgroup = info["cgroup"].as_str().expect("the container's cgroup").to_string();
+    let dirs = node_cgroups(&env.node);
+    assert!(!dirs.is_empty());
+    for node_dir in dirs {
+        let dir = node_dir.join(cgroup.trim_start_matches('/'));
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs"))
+            .unwrap_or_else(|err| panic!("{}: {err}", dir.display()));
+        assert!(
+            procs.lines().any(|p| p.trim() == pid.to_string()),
+            "pid {pid} is not in {}: {procs:?}",
+            dir.display()
+        );
+        let limit = dir.join("memory.limit_in_bytes");
+        if limit.exists() {
+            assert_eq!(std::fs::read_to_string(limit).unwrap().trim(), (64u64 << 20).to_string());
+        }
+    }
+    env.stop_and_remove_pod(&pod_id).await;
+    env.assert_no_containers().await;
+}
+
+/// Status lists the embedded executor under both its names and every runtime installed here,
+/// each with the features it really has.
+#[tokio::test]
+async fn status_lists_the_handlers_with_their_features() {
+    let node = Node::start();
+    let daemon = Berthd::start(&node).await;
+    let mut cri = daemon.client().await;
+    let answer = cri.runtime.status(StatusRequest { verbose: true }).await.unwrap().into_inner();
+    let handlers: BTreeMap<String, (bool, bool)> = answer
+        .runtime_handlers
+        .iter()
+        .map(|h| {
+            let f = h.features.expect("handler features");
+            (h.name.clone(), (f.recursive_read_only_mounts, f.user_namespaces))
+        })
+        .collect();
+    // This kernel has mount_setattr; no handler claims user namespaces, which berth refuses.
+    assert_eq!(handlers.get(""), Some(&(true, false)), "{handlers:?}");
+    assert_eq!(handlers.get("default"), Some(&(true, false)), "{handlers:?}");
+    let installed = |name: &str| {
+        std::process::Command::new("sh")
+            .args(["-c", &format!("command -v {name}")])
+            .output()
+            .is_ok_and(|out| out.status.success())
+    };
+    // runc ≥ 1.1 (Debian's, CI's) says rro in its `features`.
+    if installed("runc") {
+        assert_eq!(handlers.get("runc"), Some(&(true, false)), "{handlers:?}");
+    }
+    if installed("crun") {
+        assert!(handlers.contains_key("crun"), "{handlers:?}");
+    }
+    let summary: serde_json::Value =
+        serde_json::from_str(&answer.info["runtimeHandlers"]).expect("runtimeHandlers is JSON");
+    if installed("runc") {
+        let version = summary["oci"]["runc"]["version"].as_str().unwrap_or_default();
+        assert!(version.starts_with("runc version"), "{summary}");
+    }
+}
+
+/// A pod names a handler that does not exist, or one that is configured but whose binary is
+/// missing: refused, naming it, and nothing is left.
+#[tokio::test]
+async fn a_pod_with_an_unknown_or_unavailable_handler_is_refused() {
+    let options = Options {
+        extra_config: "[runtimes.missing]\npath = \"/no/such/runtime\"\n".into(),
+        ..Default::default()
+    };
+    let mut env = Env::start_with("", options).await;
+    let answer = env.cri.runtime.status(StatusRequest { verbose: false }).await.unwrap();
+    let names: Vec<String> =
+        answer.into_inner().runtime_handlers.into_iter().map(|h| h.name).collect();
+    // The file's [runtimes] replaces the default list; the missing one is not offered.
+    assert_eq!(names, ["", "default"]);
+
+    for (handler, words) in [
+        ("gvisor", &["gvisor", "not configured"][..]),
+        ("missing", &["missing", "not available", "/no/such/runtime"][..]),
+    ] {
+        let pod = env.pod("refused").runtime_handler(handler);
+        let err = env.cri.run_pod(&pod).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{handler}: {err:?}");
+        for word in words {
+            assert!(err.message().contains(word), "{handler}: {word:?} in {}", err.message());
+        }
+    }
+    assert!(env.cri.list_pods(None).await.is_empty());
 }

@@ -19,8 +19,10 @@ use crate::container::spec::{self, PidNamespace, PodContext, SpecInputs};
 use crate::container::types::*;
 use crate::container::user;
 use crate::error::{Error, Result};
+use crate::handlers::{Handler, Handlers};
 use crate::monitor::proto::{
-    self, CgroupView, ContainerStatus as MonitorStatus, CreateRequest, Reply, Request, RootfsPlan,
+    self, CgroupView, ContainerStatus as MonitorStatus, CreateRequest, Executor, OciExecutor,
+    Reply, Request, RootfsPlan,
 };
 use crate::monitor::MonitorClient;
 use crate::pod::{NamespaceMode, PodForContainer, Pods};
@@ -55,6 +57,7 @@ pub struct ContainersOptions {
     pub state: PathBuf,
     pub cgroups: Arc<CgroupLayout>,
     pub nest: bool,
+    pub handlers: Arc<Handlers>,
 }
 
 /// The container service: a cheap handle on shared state. Mutating calls run in tasks of their
@@ -72,6 +75,7 @@ struct Inner {
     pods: Pods,
     cgroups: Arc<CgroupLayout>,
     nest: bool,
+    handlers: Arc<Handlers>,
     /// berthd's own oom_score_adj: a container's cannot go below it without CAP_SYS_RESOURCE,
     /// so it is raised to it (as containerd's `restrict_oom_score_adj` does).
     oom_floor: i64,
@@ -96,6 +100,7 @@ impl Containers {
             pods,
             cgroups: options.cgroups,
             nest: options.nest,
+            handlers: options.handlers,
             oom_floor,
         };
         inner.recover();
@@ -276,6 +281,31 @@ impl Inner {
         log_path: Option<PathBuf>,
         taken: &mut Taken,
     ) -> Result<ContainerRecord> {
+        let handler_name = &pod.record.config.runtime_handler;
+        let handler = self.handlers.get(handler_name).map_err(|err| {
+            Error::FailedPrecondition(format!(
+                "pod sandbox {} cannot take containers: {err}",
+                pod.record.id
+            ))
+        })?;
+        if let Some(m) = config.mounts.iter().find(|m| m.recursive_read_only) {
+            if !handler.features().recursive_read_only_mounts {
+                return Err(Error::InvalidArgument(format!(
+                    "mount {}: recursive read-only mounts are not supported by runtime handler \
+                     {handler_name:?}",
+                    m.container_path
+                )));
+            }
+        }
+        let executor = match handler {
+            Handler::Embedded(_) => Executor::Embedded,
+            Handler::Oci(runtime) => Executor::Oci(OciExecutor {
+                handler: runtime.name.clone(),
+                binary: runtime.binary.clone(),
+                root: runtime.root.clone(),
+            }),
+        };
+        let oci = executor != Executor::Embedded;
         self.store.reserve_name(name, id)?;
         taken.name = Some(name.to_string());
         let run = ImageRunConfig {
@@ -288,6 +318,7 @@ impl Inner {
         };
         let stop_signal = spec::stop_signal(&config, &run)?;
         let cgroup_path = format!("{}/{id}", pod.record.cgroup.trim_end_matches('/'));
+        let spec_cgroup_path = runtime_cgroup_path(&cgroup_path, self.nest)?;
         let (root_dir, bundle) = (self.root_dir(id), self.bundle(id));
         let (upper, work, rootfs) =
             (root_dir.join("upper"), root_dir.join("work"), bundle.join("rootfs"));
@@ -296,12 +327,12 @@ impl Inner {
         let prepared = {
             let (config, pod, run, layers) =
                 (config.clone(), pod.clone(), run.clone(), image.layers.clone());
-            let (id, cgroup_path, rootfs) = (id.to_string(), cgroup_path.clone(), rootfs.clone());
+            let (id, rootfs) = (id.to_string(), rootfs.clone());
             let (upper, work, bundle) = (upper.clone(), work.clone(), bundle.clone());
             let (layout, oom_floor) = (self.cgroups.clone(), self.oom_floor);
             blocking(move || {
                 let user = user::resolve(&config.security, &run.user, &layers)?;
-                let pid = pid_namespace(&config, &pod);
+                let pid = pid_namespace(&config, &pod, oci);
                 let context = PodContext {
                     hostname: pod.hostname.clone(),
                     net: pod.net.clone(),
@@ -315,16 +346,17 @@ impl Inner {
                     shm: pod.shm.clone(),
                     sandbox_id: pod.record.id.clone(),
                 };
-                let spec = spec::build(&SpecInputs {
+                let mut spec = spec::build(&SpecInputs {
                     id: &id,
                     config: &config,
                     image: &run,
                     user: &user,
                     pod: &context,
                     rootfs: &rootfs,
-                    cgroup_path: &cgroup_path,
+                    cgroup_path: &spec_cgroup_path,
                     oom_score_adj_floor: oom_floor,
                 })?;
+                default_home(&mut spec, &user::home(user.uid, &layers)?);
                 spec::prepare_host_paths(&config.mounts)?;
                 spec::check_mounts(&config.mounts)?;
                 for dir in [&upper, &work, &rootfs] {
@@ -402,6 +434,7 @@ impl Inner {
             stdin: record.config.stdin,
             stdin_once: record.config.stdin_once,
             exit_file: self.exit_file(id),
+            executor,
         };
         taken.monitor = Some(monitor.clone());
         match monitor.call(Request::Create(Box::new(request)), Duration::ZERO).await? {
@@ -437,7 +470,7 @@ impl Inner {
             }
         }
         if taken.dirs || taken.record {
-            undo.extend(remove_dir(&self.bundle(id)).err());
+            undo.extend(remove_bundle(&self.bundle(id)).err());
             undo.extend(self.store.delete(id).err());
         }
         if let Some(name) = taken.name {
@@ -597,7 +630,10 @@ impl Inner {
         let record = self.stop_record(record, Duration::ZERO).await?;
         let monitor = self.monitor_of(&record);
         match monitor.call(Request::Forget { id: record.id.clone() }, Duration::ZERO).await {
-            Ok(_) | Err(Error::MonitorGone(_)) => {}
+            Ok(_) => {}
+            // Nothing is left to run the runtime's delete: its record of the container goes
+            // here (the processes go with the cgroup below).
+            Err(Error::MonitorGone(_)) => self.forget_runtime_state(&record)?,
             Err(err) => return Err(err),
         }
         let (layout, nest, path) = (self.cgroups.clone(), self.nest, record.cgroup.clone());
@@ -613,7 +649,7 @@ impl Inner {
         self.images
             .release(&record.id)
             .map_err(|err| Error::Internal(format!("releasing the image's layers: {err}")))?;
-        remove_dir(&self.bundle(&record.id))?;
+        remove_bundle(&self.bundle(&record.id))?;
         self.store.delete(&record.id)?;
         self.store.forget(&record.id);
         self.store.release_name(&record.name, &record.id);
@@ -671,6 +707,16 @@ impl Inner {
         Ok(())
     }
 
+    /// The OCI runtime's state directory of a container (`<runtime root>/<id>`), for when its
+    /// monitor cannot run the runtime's delete.
+    fn forget_runtime_state(&self, record: &ContainerRecord) -> Result<()> {
+        let handler = self.pods.handler_of(&record.pod_id).unwrap_or_default();
+        match self.handlers.get(&handler) {
+            Ok(Handler::Oci(runtime)) => remove_dir(&runtime.root.join(&record.id)),
+            _ => Ok(()),
+        }
+    }
+
     fn status(&self, id: &str, verbose: bool) -> Result<ContainerDetails> {
         let entry = self.store.get(id)?;
         let record = self.refreshed(&entry.record());
@@ -688,10 +734,16 @@ impl Inner {
             _ => None,
         };
         let root = self.root_dir(&record.id);
+        let handler = self.pods.handler_of(&record.pod_id).unwrap_or_default();
+        let runtime_type = match self.handlers.get(&handler) {
+            Ok(Handler::Oci(runtime)) => format!("berth.oci/{}", runtime.binary.display()),
+            _ => "berth.embedded".to_string(),
+        };
         serde_json::json!({
             "sandboxID": record.pod_id,
             "pid": pid,
-            "runtimeType": "berth.embedded",
+            "runtimeHandler": handler,
+            "runtimeType": runtime_type,
             "config": record.config,
             "runtimeSpec": spec,
             "rootfs": bundle.join("rootfs"),
@@ -836,10 +888,14 @@ impl Inner {
 }
 
 /// The PID namespace a container gets: the pod's (its monitor is pid 1 there) when the pod has
-/// one, a new one, the node's, or another container's.
-fn pid_namespace(config: &ContainerConfig, pod: &PodForContainer) -> PidNamespace {
+/// one, a new one, the node's, or another container's. An OCI runtime of such a pod sees the
+/// pod's own `/proc`, where the monitor is pid 1 (see `monitor/oci.rs`).
+fn pid_namespace(config: &ContainerConfig, pod: &PodForContainer, oci: bool) -> PidNamespace {
     let pod_has_one = pod.record.config.namespaces.pid == NamespaceMode::Pod;
     match config.security.pid {
+        NamespaceMode::Pod if pod_has_one && oci => {
+            PidNamespace::Join(PathBuf::from("/proc/1/ns/pid"))
+        }
         NamespaceMode::Pod if pod_has_one => {
             PidNamespace::Join(PathBuf::from(format!("/proc/{}/ns/pid", pod.monitor_pid)))
         }
@@ -956,6 +1012,36 @@ fn read_exit(path: &Path) -> Option<ExitInfo> {
 
 fn unexpected(reply: &Reply) -> Error {
     Error::Internal(format!("unexpected answer from the pod's monitor: {reply:?}"))
+}
+
+/// `HOME` from the user's passwd entry when the environment has none: runc sets it that way
+/// at exec, so it is in the spec for every runtime (and for ExecSync, which takes the spec's
+/// environment).
+fn default_home(spec: &mut oci_spec::runtime::Spec, home: &str) {
+    let Some(process) = spec.process_mut().as_mut() else { return };
+    let mut env = process.env().clone().unwrap_or_default();
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        env.push(format!("HOME={home}"));
+        process.set_env(Some(env));
+    }
+}
+
+/// `linux.cgroupsPath` as an OCI runtime must read it to land in the cgroup berth made:
+/// absolute (from the hierarchy's root) normally; with nesting, relative, which runc takes
+/// from its own cgroup, the monitor's, which is berthd's.
+fn runtime_cgroup_path(path: &str, nest: bool) -> Result<String> {
+    let clean = crate::cgroups::clean_cgroup_path(Path::new(path))?;
+    let clean = clean.to_str().ok_or_else(|| {
+        Error::InvalidArgument(format!("cgroup path {path:?} is not valid UTF-8"))
+    })?;
+    Ok(if nest { clean.to_string() } else { format!("/{clean}") })
+}
+
+/// The bundle, after its rootfs, which the monitor mounts for an OCI runtime: removing files
+/// through that mount would delete the container's own.
+fn remove_bundle(bundle: &Path) -> Result<()> {
+    crate::executor::unmount_rootfs(&bundle.join("rootfs"))?;
+    remove_dir(bundle)
 }
 
 fn remove_dir(dir: &Path) -> Result<()> {
@@ -1086,6 +1172,28 @@ mod tests {
             respec(&bytes, &bad).unwrap_err().kind(),
             crate::error::ErrorKind::InvalidArgument
         );
+    }
+
+    #[test]
+    fn home_is_added_only_when_unset() {
+        let mut spec = oci_spec::runtime::Spec::default();
+        let mut process = oci_spec::runtime::Process::default();
+        process.set_env(Some(vec!["PATH=/bin".into()]));
+        spec.set_process(Some(process));
+        default_home(&mut spec, "/root");
+        let env = spec.process().as_ref().and_then(|p| p.env().clone()).unwrap();
+        assert_eq!(env, ["PATH=/bin", "HOME=/root"]);
+        default_home(&mut spec, "/other");
+        let env = spec.process().as_ref().and_then(|p| p.env().clone()).unwrap();
+        assert_eq!(env, ["PATH=/bin", "HOME=/root"]);
+    }
+
+    #[test]
+    fn cgroup_paths_for_runtimes() {
+        assert_eq!(runtime_cgroup_path("/berth/p/c", false).unwrap(), "/berth/p/c");
+        assert_eq!(runtime_cgroup_path("/berth/p/c", true).unwrap(), "berth/p/c");
+        assert_eq!(runtime_cgroup_path("kubepods//p/c", false).unwrap(), "/kubepods/p/c");
+        assert!(runtime_cgroup_path("/a/../c", true).is_err());
     }
 
     #[test]

@@ -238,6 +238,7 @@ struct Passwd {
     name: String,
     uid: u32,
     gid: u32,
+    home: String,
 }
 
 #[derive(Debug, Clone)]
@@ -264,6 +265,7 @@ fn parse_passwd(text: &str) -> Vec<Passwd> {
                 name: f[0].to_string(),
                 uid: f[2].trim().parse().ok()?,
                 gid: f[3].trim().parse().ok()?,
+                home: f.get(5).map(|h| h.trim().to_string()).unwrap_or_default(),
             })
         })
         .collect()
@@ -426,6 +428,14 @@ pub fn resolve(
     additional_gids.retain(|g| seen.insert(*g));
 
     Ok(ResolvedUser { uid, gid, additional_gids })
+}
+
+/// The `HOME` of user `uid`: its home directory in the image's `/etc/passwd`, else `/`, as runc
+/// sets it for a process whose environment has none.
+pub fn home(uid: u32, layers: &[PathBuf]) -> Result<String> {
+    let mut files = ImageFiles { layers, passwd: None, group: None };
+    let home = files.user_by_uid(uid)?.map(|p| p.home).filter(|h| !h.is_empty());
+    Ok(home.unwrap_or_else(|| "/".to_string()))
 }
 
 #[cfg(test)]
@@ -753,6 +763,22 @@ dup:x:1000:7::/:
             strict.unwrap(),
             ResolvedUser { uid: 1000, gid: 1001, additional_gids: vec![1001, 3000] }
         );
+    }
+
+    #[test]
+    fn home_directories() {
+        let image = Image::new(1);
+        image.file(
+            0,
+            "etc/passwd",
+            "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\nshort:x:7:7\n",
+        );
+        assert_eq!(home(0, &image.layers).unwrap(), "/root");
+        assert_eq!(home(1000, &image.layers).unwrap(), "/home/app");
+        // No home field, no entry: `/`, as runc.
+        assert_eq!(home(7, &image.layers).unwrap(), "/");
+        assert_eq!(home(4242, &image.layers).unwrap(), "/");
+        assert_eq!(home(0, &Image::new(1).layers).unwrap(), "/");
     }
 
     #[test]

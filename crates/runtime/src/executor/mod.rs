@@ -231,6 +231,45 @@ pub fn spawn_exec(req: &ExecRequest) -> Result<Pid> {
     }
 }
 
+/// Mounts the overlay on `target` in the caller's own mount namespace, for an OCI runtime,
+/// which expects a mounted root. The lower layers are given relative to `lower_base`, entered
+/// for the call, so the caller must be single-threaded (the monitor).
+pub fn mount_rootfs(rootfs: &Rootfs, target: &Path) -> Result<()> {
+    let overlay = plan::overlay(rootfs)?;
+    std::env::set_current_dir(&overlay.lower_base)
+        .map_err(Error::io("entering", &overlay.lower_base))?;
+    let mounted = nix::mount::mount(
+        Some("overlay"),
+        target,
+        Some("overlay"),
+        nix::mount::MsFlags::empty(),
+        Some(overlay.data.as_c_str()),
+    );
+    let _ = std::env::set_current_dir("/");
+    mounted.map_err(|e| {
+        Error::Internal(format!("mounting the root filesystem on {}: {e}", target.display()))
+    })
+}
+
+/// Undoes [`mount_rootfs`]. Nothing mounted there, or no such directory, is fine. Lazily, so
+/// that a process still inside (an exec racing the removal) cannot keep it.
+pub fn unmount_rootfs(target: &Path) -> Result<()> {
+    // A mount made twice over (a retried create) is taken off to the bottom.
+    for _ in 0..8 {
+        match nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH) {
+            Ok(()) => continue,
+            Err(Errno::EINVAL) | Err(Errno::ENOENT) => return Ok(()),
+            Err(e) => {
+                return Err(Error::Internal(format!(
+                    "unmounting the root filesystem at {}: {e}",
+                    target.display()
+                )))
+            }
+        }
+    }
+    Err(Error::Internal(format!("{} stays mounted", target.display())))
+}
+
 /// Runs `spawn` (a clone or fork) so that the child is born in the PID namespace `target`
 /// (when given), and puts the caller's namespace for children back afterwards. setns of a PID
 /// namespace only changes where the caller's future children go, never the caller itself.

@@ -234,7 +234,7 @@ pub(super) fn container(
     })
 }
 
-fn overlay(rootfs: &Rootfs) -> Result<OverlayPlan> {
+pub(super) fn overlay(rootfs: &Rootfs) -> Result<OverlayPlan> {
     if rootfs.lower.is_empty() {
         return Err(invalid("the root filesystem has no lower layer"));
     }

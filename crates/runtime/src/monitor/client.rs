@@ -70,7 +70,7 @@ impl MonitorClient {
         let short = ShortPath::to(&self.dir).map_err(unavailable)?;
         let mut stream = UnixStream::connect(&short.path).await.map_err(unavailable)?;
         drop(short);
-        let mut line = serde_json::to_vec(&RequestLine { v: proto::VERSION, request })
+        let mut line = serde_json::to_vec(&RequestLine::new(request))
             .map_err(|err| Error::Internal(format!("encoding a monitor request: {err}")))?;
         line.push(b'\n');
         stream.write_all(&line).await.map_err(unavailable)?;
@@ -195,8 +195,7 @@ pub fn hello_blocking(pod_state_dir: &Path) -> Option<Vec<(String, proto::Contai
     let short = ShortPath::to(pod_state_dir).ok()?;
     let stream = std::os::unix::net::UnixStream::connect(&short.path).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    let mut line =
-        serde_json::to_vec(&RequestLine { v: proto::VERSION, request: Request::Hello }).ok()?;
+    let mut line = serde_json::to_vec(&RequestLine::new(Request::Hello)).ok()?;
     line.push(b'\n');
     (&stream).write_all(&line).ok()?;
     let mut answer = String::new();

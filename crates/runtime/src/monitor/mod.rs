@@ -1,8 +1,9 @@
 //! The per-pod monitor process (`server`), its protocol (`proto`), berthd's client of it
-//! (`client`) and the CRI log writer it uses (`log`).
+//! (`client`), the CRI log writer it uses (`log`) and its runner of OCI runtimes (`oci`).
 
 pub mod client;
 pub mod log;
+pub mod oci;
 pub mod proto;
 pub mod server;
 

@@ -2,6 +2,11 @@
 //! connection to `<pod state>/monitor.sock`, answered by one JSON line. Every request carries
 //! the protocol version, so that a berthd of a later version, restarted over monitors of an
 //! earlier one, is told plainly what they do not understand.
+//!
+//! A request is sent with the lowest version that understands it ([`RequestLine::new`]), and
+//! a monitor answers every version from [`MIN_VERSION`] to [`VERSION`]: so a monitor of an
+//! earlier berthd still takes what it always took, and refuses (rather than misreads) what it
+//! cannot do. Version 2 added [`Executor::Oci`].
 
 use std::path::PathBuf;
 
@@ -9,13 +14,27 @@ use serde::{Deserialize, Serialize};
 
 use crate::container::ExitInfo;
 
-pub const VERSION: u32 = 1;
+/// The newest version this side speaks.
+pub const VERSION: u32 = 2;
+/// The oldest version a monitor still answers.
+pub const MIN_VERSION: u32 = 1;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RequestLine {
     pub v: u32,
     #[serde(flatten)]
     pub request: Request,
+}
+
+impl RequestLine {
+    /// The request, marked with the lowest version that has everything it uses.
+    pub fn new(request: Request) -> RequestLine {
+        let v = match &request {
+            Request::Create(create) if create.executor != Executor::Embedded => 2,
+            _ => 1,
+        };
+        RequestLine { v, request }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -64,6 +83,33 @@ pub enum CgroupView {
     V2,
 }
 
+/// What makes the container's processes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Executor {
+    /// berth's own (`executor/`): the monitor clones the container itself.
+    #[default]
+    Embedded,
+    /// An OCI runtime's CLI (runc, crun), run by the monitor on the bundle.
+    Oci(OciExecutor),
+}
+
+impl Executor {
+    fn is_embedded(&self) -> bool {
+        *self == Executor::Embedded
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OciExecutor {
+    /// The handler's name, for messages.
+    pub handler: String,
+    /// Absolute.
+    pub binary: PathBuf,
+    /// The runtime's `--root`.
+    pub root: PathBuf,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CreateRequest {
     pub id: String,
@@ -80,6 +126,11 @@ pub struct CreateRequest {
     pub stdin_once: bool,
     /// Where the exit is recorded (atomically), for a berthd that was down when it happened.
     pub exit_file: PathBuf,
+    /// Absent (version 1): the embedded executor. With an OCI runtime, the bundle is the
+    /// spec's directory and the monitor mounts the rootfs at `spec.root.path` itself, in the
+    /// host's mount namespace, since the runtime expects a mounted root.
+    #[serde(default, skip_serializing_if = "Executor::is_embedded")]
+    pub executor: Executor,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -134,4 +185,63 @@ pub fn encode_bytes(bytes: &[u8]) -> String {
 pub fn decode_bytes(text: &str) -> Vec<u8> {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.decode(text).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn create(executor: Executor) -> Request {
+        Request::Create(Box::new(CreateRequest {
+            id: "c".into(),
+            spec: "/b/config.json".into(),
+            rootfs: RootfsPlan {
+                lower_base: "/l".into(),
+                lower: vec!["a".into()],
+                upper: "/u".into(),
+                work: "/w".into(),
+            },
+            cgroup_procs: vec![],
+            cgroup_view: CgroupView::V2,
+            memory_cgroup: None,
+            log_path: None,
+            tty: false,
+            stdin: false,
+            stdin_once: false,
+            exit_file: "/e".into(),
+            executor,
+        }))
+    }
+
+    #[test]
+    fn requests_carry_the_lowest_version_that_has_them() {
+        let embedded = serde_json::to_value(RequestLine::new(create(Executor::Embedded))).unwrap();
+        assert_eq!(embedded["v"], 1);
+        // Exactly what a version 1 monitor always read: no new field.
+        assert!(embedded.get("executor").is_none(), "{embedded}");
+        let oci = Executor::Oci(OciExecutor {
+            handler: "runc".into(),
+            binary: "/usr/sbin/runc".into(),
+            root: "/run/berth/runtimes/runc".into(),
+        });
+        let line = serde_json::to_string(&RequestLine::new(create(oci.clone()))).unwrap();
+        let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(value["v"], 2);
+        assert_eq!(value["executor"]["kind"], "oci");
+        let back: RequestLine = serde_json::from_str(&line).unwrap();
+        let Request::Create(back) = back.request else { panic!("not a create") };
+        assert_eq!(back.executor, oci);
+        assert_eq!(RequestLine::new(Request::Hello).v, 1);
+    }
+
+    #[test]
+    fn a_version_1_create_reads_as_embedded() {
+        let line = r#"{"v":1,"op":"create","id":"c","spec":"/b/config.json",
+            "rootfs":{"lower_base":"/l","lower":["a"],"upper":"/u","work":"/w"},
+            "cgroup_procs":[],"cgroup_view":"V2","memory_cgroup":null,"log_path":null,
+            "tty":false,"stdin":false,"stdin_once":false,"exit_file":"/e"}"#;
+        let request: RequestLine = serde_json::from_str(line).unwrap();
+        let Request::Create(create) = request.request else { panic!("not a create") };
+        assert_eq!(create.executor, Executor::Embedded);
+    }
 }

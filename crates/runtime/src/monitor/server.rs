@@ -1,9 +1,9 @@
 //! The monitor process of one pod (`berthd monitor …`): a single thread, no async runtime. It
 //! is the subreaper of the pod's containers (and pid 1 of the pod's PID namespace when the pod
-//! shares one): it creates them through the embedded executor, owns their stdio and writes
-//! their logs, reaps them and records each exit on disk. berthd talks to it over a unix socket
-//! (see `proto.rs`); a berthd that is slow, restarting or gone never blocks a container, because
-//! the monitor alone reads their output.
+//! shares one): it creates them through the embedded executor or an OCI runtime's CLI
+//! (`oci.rs`), owns their stdio and writes their logs, reaps them and records each exit on
+//! disk. berthd talks to it over a unix socket (see `proto.rs`); a berthd that is slow,
+//! restarting or gone never blocks a container, because the monitor alone reads their output.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -25,6 +25,7 @@ use nix::unistd::{pipe2, Pid};
 use crate::container::ExitInfo;
 use crate::executor;
 use crate::monitor::log::{LogWriter, Stream};
+use crate::monitor::oci;
 use crate::monitor::proto::*;
 
 /// A line of a request larger than this is refused: requests are small JSON objects.
@@ -79,7 +80,7 @@ impl Options {
     }
 }
 
-fn note(message: &str) {
+pub(super) fn note(message: &str) {
     let now = crate::monitor::log::format_timestamp(SystemTime::now());
     eprintln!("{now} {message}");
 }
@@ -125,6 +126,7 @@ fn run(options: Options) -> Result<(), String> {
         .unwrap_or(std::process::id());
     let mut monitor = Monitor {
         pod: options.pod,
+        pid_ns: options.pid_ns,
         host_pid,
         listener,
         signals,
@@ -154,6 +156,8 @@ fn redirect_stdio_to_null() {
 
 struct Monitor {
     pod: String,
+    /// The monitor is pid 1 of the pod's PID namespace.
+    pid_ns: bool,
     host_pid: u32,
     listener: UnixListener,
     signals: SignalFd,
@@ -188,6 +192,10 @@ struct Container {
     waiters: Vec<(UnixStream, Instant)>,
     /// The spec's seccomp profile: an exec in the container runs under it too.
     seccomp: Option<oci_spec::runtime::LinuxSeccomp>,
+    /// The OCI runtime that runs it; None: the embedded executor.
+    oci: Option<oci::Cli>,
+    /// Where the monitor mounted its rootfs (OCI runtimes only), unmounted when it is forgotten.
+    rootfs: Option<PathBuf>,
 }
 
 impl Container {
@@ -216,6 +224,8 @@ struct Exec {
     timed_out: bool,
     exit: Option<(i32, Instant)>,
     reply_to: UnixStream,
+    /// The OCI runtime's `exec` this is; `pid` is the runtime's.
+    oci: Option<oci::Exec>,
 }
 
 #[derive(Clone, Copy)]
@@ -323,10 +333,11 @@ impl Monitor {
             Ok(0) => return,
             Err(err) => error(ErrorKind::Invalid, format!("reading the request: {err}")),
             Ok(_) => match serde_json::from_str::<RequestLine>(&line) {
-                Ok(request) if request.v != VERSION => error(
+                Ok(request) if !(MIN_VERSION..=VERSION).contains(&request.v) => error(
                     ErrorKind::Invalid,
                     format!(
-                        "protocol version {} is not supported (monitor speaks {VERSION})",
+                        "protocol version {} is not supported (monitor speaks \
+                         {MIN_VERSION} to {VERSION})",
                         request.v
                     ),
                 ),
@@ -382,14 +393,10 @@ impl Monitor {
                     Err(err) => error(ErrorKind::Internal, format!("reopening the log: {err}")),
                 },
             },
-            Request::Forget { id } => {
-                if let Some(container) = self.containers.remove(&id) {
-                    if !container.exited() {
-                        let _ = kill(container.pid, Signal::SIGKILL);
-                    }
-                }
-                Reply::Done
-            }
+            Request::Forget { id } => match self.containers.remove(&id) {
+                Some(container) => forget(container),
+                None => Reply::Done,
+            },
             Request::Shutdown => {
                 self.shutdown = true;
                 Reply::Done
@@ -423,70 +430,130 @@ impl Monitor {
             },
             None => None,
         };
-        let stdio = match Stdio::new(request.tty, request.stdin) {
-            Ok(stdio) => stdio,
-            Err(err) => return error(ErrorKind::Internal, format!("making stdio: {err}")),
+        let launched = match &request.executor {
+            Executor::Embedded => create_embedded(&request, &spec),
+            Executor::Oci(executor) => self.create_oci(&request, &spec, executor),
         };
-        let rootfs = executor::Rootfs {
-            lower_base: request.rootfs.lower_base.clone(),
-            lower: request.rootfs.lower.clone(),
-            upper: request.rootfs.upper.clone(),
-            work: request.rootfs.work.clone(),
+        let launched = match launched {
+            Ok(launched) => launched,
+            Err(reply) => return reply,
         };
-        let cgroup_mount = match &request.cgroup_view {
-            CgroupView::V1(mounts) => executor::CgroupMount::V1(mounts.clone()),
-            CgroupView::V2 => executor::CgroupMount::V2,
-        };
-        let created = executor::create(&executor::CreateRequest {
-            spec: &spec,
-            rootfs: &rootfs,
-            cgroup_procs: &request.cgroup_procs,
-            cgroup_mount: &cgroup_mount,
-            stdin: stdio.child_stdin.as_fd(),
-            stdout: stdio.child_stdout.as_fd(),
-            stderr: stdio.child_stderr.as_fd(),
-        });
-        let created = match created {
-            Ok(created) => created,
-            Err(err) => {
-                let kind = match err.kind() {
-                    crate::ErrorKind::InvalidArgument => ErrorKind::Invalid,
-                    _ => ErrorKind::Internal,
-                };
-                return error(kind, err.to_string());
-            }
-        };
-        let (pid, host_pid) = (created.pid, created.host_pid);
+        let (pid, host_pid) = (launched.pid, launched.host_pid);
         note(&format!("container {} created, pid {host_pid}", request.id));
         self.containers.insert(
             request.id,
             Container {
                 pid,
                 host_pid,
-                phase: Phase::Created(Some(created)),
-                outputs: stdio.outputs,
-                _stdin: stdio.stdin,
+                phase: Phase::Created(launched.created),
+                outputs: launched.outputs,
+                _stdin: launched.stdin,
                 log,
                 exit_file: request.exit_file,
                 memory_cgroup: request.memory_cgroup,
                 cgroup_procs: request.cgroup_procs,
                 waiters: Vec::new(),
                 seccomp: spec.linux().as_ref().and_then(|linux| linux.seccomp().clone()),
+                oci: launched.oci,
+                rootfs: launched.rootfs,
             },
         );
         Reply::Created { pid: host_pid }
     }
 
+    /// Through an OCI runtime: the rootfs mounted where the spec says (the runtime expects a
+    /// mounted root), then the runtime's `create`. A failure unmounts it again.
+    fn create_oci(
+        &self,
+        request: &CreateRequest,
+        spec: &oci_spec::runtime::Spec,
+        executor: &OciExecutor,
+    ) -> Result<Launched, Reply> {
+        let bundle = request.spec.parent().ok_or_else(|| {
+            error(ErrorKind::Internal, format!("{} has no directory", request.spec.display()))
+        })?;
+        let target = spec.root().as_ref().map(|root| root.path().clone()).ok_or_else(|| {
+            error(ErrorKind::Invalid, format!("{} has no root.path", request.spec.display()))
+        })?;
+        executor::mount_rootfs(&rootfs_of(request), &target).map_err(executor_error)?;
+        let cli = oci::Cli::new(executor, bundle, &request.id, self.pid_ns);
+        let launched = if request.tty {
+            cli.create(oci::CreateStdio::Console).and_then(|mut created| {
+                let master = created
+                    .console
+                    .take()
+                    .ok_or_else(|| crate::Error::Internal("the runtime sent no terminal".into()))?;
+                set_nonblocking(&master);
+                let stdin = match request.stdin {
+                    true => Some(master.try_clone().map_err(|e| {
+                        crate::Error::Internal(format!("duplicating the terminal: {e}"))
+                    })?),
+                    false => None,
+                };
+                Ok((created, vec![Output { fd: master, stream: Stream::Stdout }], stdin))
+            })
+        } else {
+            Stdio::new(false, request.stdin)
+                .map_err(|e| crate::Error::Internal(format!("making stdio: {e}")))
+                .and_then(|stdio| {
+                    let created = cli.create(oci::CreateStdio::Inherit {
+                        stdin: stdio.child_stdin.as_fd(),
+                        stdout: stdio.child_stdout.as_fd(),
+                        stderr: stdio.child_stderr.as_fd(),
+                    })?;
+                    Ok((created, stdio.outputs, stdio.stdin))
+                })
+        };
+        match launched {
+            Ok((created, outputs, stdin)) => Ok(Launched {
+                pid: created.pid,
+                host_pid: created.host_pid,
+                created: None,
+                outputs,
+                stdin,
+                oci: Some(cli),
+                rootfs: Some(target),
+            }),
+            Err(err) => {
+                if let Err(undo) = executor::unmount_rootfs(&target) {
+                    note(&format!("unmounting the rootfs of {}: {undo}", request.id));
+                }
+                Err(executor_error(err))
+            }
+        }
+    }
+
     fn start(&mut self, id: &str) -> Reply {
         let Some(container) = self.containers.get_mut(id) else { return not_found(id) };
-        let created = match &mut container.phase {
-            Phase::Created(created) => created.take(),
+        match &container.phase {
+            Phase::Created(_) => {}
             Phase::Running { .. } => {
                 return error(ErrorKind::State, format!("container {id} is already running"))
             }
             Phase::Exited(_) => {
                 return error(ErrorKind::State, format!("container {id} has exited"))
             }
+        }
+        if let Some(cli) = &container.oci {
+            let started = cli.start();
+            let started_at_nanos = now_nanos();
+            container.phase = Phase::Running { started_at_nanos };
+            return match started {
+                Ok(()) => {
+                    note(&format!("container {id} started"));
+                    Reply::Started { pid: container.host_pid, started_at_nanos }
+                }
+                // Its init still waits for a start that will not come: killed, its exit is
+                // recorded when it is reaped.
+                Err(err) => {
+                    let _ = kill(container.pid, Signal::SIGKILL);
+                    executor_error(err)
+                }
+            };
+        }
+        let created = match &mut container.phase {
+            Phase::Created(created) => created.take(),
+            _ => None,
         };
         let Some(created) = created else {
             return error(ErrorKind::State, format!("container {id} is being started"));
@@ -535,22 +602,28 @@ impl Monitor {
             std::fs::File::open("/dev/null").map_err(|e| internal("opening /dev/null", &e))?;
         let (out_r, out_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| internal("pipe", &e))?;
         let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| internal("pipe", &e))?;
-        let pid = executor::spawn_exec(&executor::ExecRequest {
-            container_pid: container.host_pid,
-            cgroup_procs: &container.cgroup_procs,
-            process: &request.process,
-            seccomp: container.seccomp.as_ref(),
-            stdin: null.as_fd(),
-            stdout: out_w.as_fd(),
-            stderr: err_w.as_fd(),
-        })
-        .map_err(|err| {
-            let kind = match err.kind() {
-                crate::ErrorKind::InvalidArgument => ErrorKind::Invalid,
-                _ => ErrorKind::Internal,
-            };
-            error(kind, err.to_string())
-        })?;
+        let id = self.next_exec;
+        let (pid, oci) = match &container.oci {
+            Some(cli) => {
+                let exec = cli
+                    .spawn_exec(&request.process, id, null.as_fd(), out_w.as_fd(), err_w.as_fd())
+                    .map_err(executor_error)?;
+                (exec.pid, Some(exec))
+            }
+            None => {
+                let pid = executor::spawn_exec(&executor::ExecRequest {
+                    container_pid: container.host_pid,
+                    cgroup_procs: &container.cgroup_procs,
+                    process: &request.process,
+                    seccomp: container.seccomp.as_ref(),
+                    stdin: null.as_fd(),
+                    stdout: out_w.as_fd(),
+                    stderr: err_w.as_fd(),
+                })
+                .map_err(executor_error)?;
+                (pid, None)
+            }
+        };
         drop((out_w, err_w));
         let reply_to = stream.try_clone().map_err(|e| internal("cloning the connection", &e))?;
         let outputs = vec![
@@ -560,7 +633,6 @@ impl Monitor {
         for output in &outputs {
             set_nonblocking(&output.fd);
         }
-        let id = self.next_exec;
         self.next_exec += 1;
         self.execs.insert(
             id,
@@ -575,6 +647,7 @@ impl Monitor {
                 timed_out: false,
                 exit: None,
                 reply_to,
+                oci,
             },
         );
         Ok(())
@@ -642,6 +715,12 @@ impl Monitor {
         for (stream, _) in container.waiters.drain(..) {
             send(&stream, &Reply::Status(status.clone()));
         }
+        // The runtime's record of it (and the cgroup it joined) go once the exit is safe.
+        if let Some(cli) = &container.oci {
+            if let Err(err) = cli.delete() {
+                note(&format!("deleting exited container {id}: {err}"));
+            }
+        }
     }
 
     fn read_outputs(&mut self) {
@@ -679,6 +758,9 @@ impl Monitor {
 
     fn finish_exec(&mut self, id: u64) {
         let Some(exec) = self.execs.remove(&id) else { return };
+        if let Some(oci) = &exec.oci {
+            oci.clean_up();
+        }
         let exit_code = exec.exit.map_or(-1, |(code, _)| code);
         send(
             &exec.reply_to,
@@ -709,6 +791,10 @@ impl Monitor {
             match exec.exit {
                 None if exec.deadline.is_some_and(|at| at <= now) && !exec.timed_out => {
                     exec.timed_out = true;
+                    // The runtime's exec does not pass SIGKILL on: the command first.
+                    if let Some(command) = exec.oci.as_ref().and_then(oci::Exec::command_pid) {
+                        let _ = kill(command, Signal::SIGKILL);
+                    }
                     let _ = kill(exec.pid, Signal::SIGKILL);
                 }
                 Some((_, at)) if at + EXEC_OUTPUT_GRACE <= now => done.push(*id),
@@ -725,6 +811,89 @@ impl Monitor {
             let _ = kill(container.pid, Signal::SIGKILL);
         }
     }
+}
+
+/// A container made and waiting for Start, with the monitor's side of its stdio.
+struct Launched {
+    pid: Pid,
+    host_pid: u32,
+    /// The embedded executor's handle.
+    created: Option<executor::Created>,
+    outputs: Vec<Output>,
+    stdin: Option<OwnedFd>,
+    oci: Option<oci::Cli>,
+    rootfs: Option<PathBuf>,
+}
+
+/// Through the embedded executor, which mounts the rootfs in the container's own namespace.
+fn create_embedded(
+    request: &CreateRequest,
+    spec: &oci_spec::runtime::Spec,
+) -> Result<Launched, Reply> {
+    let stdio = Stdio::new(request.tty, request.stdin)
+        .map_err(|err| error(ErrorKind::Internal, format!("making stdio: {err}")))?;
+    let cgroup_mount = match &request.cgroup_view {
+        CgroupView::V1(mounts) => executor::CgroupMount::V1(mounts.clone()),
+        CgroupView::V2 => executor::CgroupMount::V2,
+    };
+    let created = executor::create(&executor::CreateRequest {
+        spec,
+        rootfs: &rootfs_of(request),
+        cgroup_procs: &request.cgroup_procs,
+        cgroup_mount: &cgroup_mount,
+        stdin: stdio.child_stdin.as_fd(),
+        stdout: stdio.child_stdout.as_fd(),
+        stderr: stdio.child_stderr.as_fd(),
+    })
+    .map_err(executor_error)?;
+    Ok(Launched {
+        pid: created.pid,
+        host_pid: created.host_pid,
+        created: Some(created),
+        outputs: stdio.outputs,
+        stdin: stdio.stdin,
+        oci: None,
+        rootfs: None,
+    })
+}
+
+fn rootfs_of(request: &CreateRequest) -> executor::Rootfs {
+    executor::Rootfs {
+        lower_base: request.rootfs.lower_base.clone(),
+        lower: request.rootfs.lower.clone(),
+        upper: request.rootfs.upper.clone(),
+        work: request.rootfs.work.clone(),
+    }
+}
+
+/// An error of the executor or the runtime: the client's fault when the spec (its mounts, its
+/// process) is, else internal.
+fn executor_error(err: crate::Error) -> Reply {
+    let kind = match err.kind() {
+        crate::ErrorKind::InvalidArgument => ErrorKind::Invalid,
+        _ => ErrorKind::Internal,
+    };
+    error(kind, err.to_string())
+}
+
+/// Forget: kills what is left of the container; an OCI runtime's container is deleted from it
+/// and its rootfs unmounted. The rest (its cgroup, its files) is berthd's to remove.
+fn forget(container: Container) -> Reply {
+    if !container.exited() {
+        let _ = kill(container.pid, Signal::SIGKILL);
+    }
+    if let Some(cli) = &container.oci {
+        // Idempotent: also after the delete that followed its exit.
+        if let Err(err) = cli.delete() {
+            note(&format!("deleting a forgotten container: {err}"));
+        }
+    }
+    if let Some(rootfs) = &container.rootfs {
+        if let Err(err) = executor::unmount_rootfs(rootfs) {
+            return error(ErrorKind::Internal, err.to_string());
+        }
+    }
+    Reply::Done
 }
 
 /// Reads what the container's pipes hold into its log; at EOF, a partial line left at the end

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::LinuxResources;
 
-use crate::cgroups::{CgroupLayout, CgroupVersion};
+use crate::cgroups::{CgroupLayout, CgroupVersion, Hierarchy};
 use crate::container::cgroup::ContainerCgroup;
 use crate::container::Resources;
 use crate::error::{Error, Result};
@@ -101,6 +101,15 @@ pub fn remove(layout: &CgroupLayout, created: &[String], nest: bool) -> Result<(
                                 | std::io::ErrorKind::DirectoryNotEmpty
                         ) => {}
                 Err(err) => return Err(Error::io("removing cgroup", dir)(err)),
+            }
+        }
+        // An OCI runtime puts its containers in every hierarchy it knows, also those berth
+        // does not manage (runc: the v2 one of a hybrid host), and its delete leaves the
+        // parents there: they go with the pod, where they are empty.
+        let managed: Vec<&Hierarchy> = layout.managed().collect();
+        for h in layout.hierarchies.iter().filter(|h| !managed.contains(h)) {
+            if let Ok(dir) = layout.dir_in(h, Path::new(cgroup), nest) {
+                let _ = std::fs::remove_dir(dir);
             }
         }
     }

@@ -13,6 +13,7 @@ use std::time::Duration;
 use crate::cgroups::CgroupLayout;
 use crate::cni::{Cni, PodNetworkRequest};
 use crate::error::{Error, Result};
+use crate::handlers::Handlers;
 use crate::monitor::{self, proto::Request, MonitorClient};
 use crate::namespaces::{self, NamespaceRequest, NsKind, PodNamespaces};
 use crate::pod::types::*;
@@ -38,7 +39,7 @@ struct Inner {
     cgroups: Arc<CgroupLayout>,
     nest: bool,
     cni: Cni,
-    handlers: Vec<String>,
+    handlers: Arc<Handlers>,
     pod_cidr: Mutex<Option<String>>,
     /// The binary whose `monitor` subcommand is a pod's monitor: berthd itself.
     monitor_exe: PathBuf,
@@ -60,7 +61,7 @@ impl Pods {
         cgroups: Arc<CgroupLayout>,
         nest: bool,
         cni: Cni,
-        handlers: Vec<String>,
+        handlers: Arc<Handlers>,
         monitor_exe: PathBuf,
     ) -> Result<Pods> {
         let state_dir = state.join("pods");
@@ -153,6 +154,12 @@ impl Pods {
         self.inner.namespace_paths(id)
     }
 
+    /// The runtime handler a pod was run with; None for an unknown pod.
+    pub fn handler_of(&self, id: &str) -> Option<String> {
+        let entry = self.inner.store.get(id).ok()?;
+        Some(entry.record().config.runtime_handler)
+    }
+
     /// What a new container of a ready pod needs of it.
     pub fn container_context(&self, id: &str) -> Result<PodForContainer> {
         self.inner.container_context(id)
@@ -200,13 +207,8 @@ impl Inner {
     }
 
     async fn run(&self, config: PodConfig) -> Result<String> {
-        if !self.handlers.contains(&config.runtime_handler) {
-            return Err(Error::InvalidArgument(format!(
-                "runtime handler {:?} is not configured (have: {})",
-                config.runtime_handler,
-                self.handlers.iter().map(|h| format!("{h:?}")).collect::<Vec<_>>().join(", ")
-            )));
-        }
+        // The record keeps the name; its containers find the runtime by it.
+        self.handlers.get(&config.runtime_handler)?;
         // Everything that can be checked before anything is taken.
         bandwidth(&config)?;
         let host_network = config.namespaces.network == NamespaceMode::Node;
