@@ -19,7 +19,8 @@ use flate2::{Compression, GzBuilder};
 use sha2::{Digest, Sha256};
 
 use crate::images::{
-    assemble, Blob, Format, LayerBlob, TestImage, TestImages, LINUX_AMD64, MEDIA_OCI_LAYER, MTIME,
+    assemble, assemble_with, Blob, Format, LayerBlob, RunConfig, TestImage, TestImages,
+    LINUX_AMD64, MEDIA_OCI_LAYER, MTIME,
 };
 
 /// The repository every hostile image is pushed to, tagged with its case name.
@@ -223,14 +224,58 @@ pub fn many_files(count: usize) -> Hostile {
     build_hostile(&format!("many-files-{count}"), layer, entry_count)
 }
 
-/// `berth-test/hostile:<name>`: the busybox base layer and `layer`.
-fn build_hostile(name: &str, layer: LayerBlob, entry_count: usize) -> Hostile {
+/// The `USER` of [`passwd_link`]: a name only that image's own files know.
+pub const PASSWD_LINK_USER: &str = "escapee";
+/// The uid and gid the image's own `/etc/shadow` gives [`PASSWD_LINK_USER`].
+pub const PASSWD_LINK_ID: u32 = 4321;
+
+/// `berth-test/hostile:passwd-link`: the busybox base layer, then a layer whose `/etc/passwd`
+/// is a symlink to `/../../../etc/shadow` and whose `/etc/shadow` is in passwd format, naming
+/// [`PASSWD_LINK_USER`] with uid and gid [`PASSWD_LINK_ID`]; the image's `USER` is that name.
+///
+/// Unlike the cases of [`hostile_images`], this one must pull: a link pointing out of the
+/// root harms no one until something follows it on the host. Whoever resolves the `USER`
+/// (berth, at CreateContainer) must follow it inside the image, to the image's own
+/// `/etc/shadow`, and never to the node's.
+pub fn passwd_link() -> &'static TestImage {
+    static IMAGE: OnceLock<TestImage> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let id = PASSWD_LINK_ID;
+        let entries = [
+            raw(
+                "etc/shadow",
+                RawKind::File(format!("{PASSWD_LINK_USER}:x:{id}:{id}::/:/bin/sh\n").into_bytes()),
+            ),
+            raw("etc/passwd", RawKind::Symlink("/../../../etc/shadow".into())),
+        ];
+        let layer = raw_layer(&entries).expect("writing the passwd-link layer in memory");
+        let run = RunConfig { user: PASSWD_LINK_USER, ..RunConfig::busybox("passwd-link") };
+        assemble_with(
+            Format::Oci,
+            "berth-test/hostile:passwd-link",
+            &[],
+            "hostile",
+            LINUX_AMD64,
+            vec![base_layer(), layer],
+            run,
+        )
+        .expect("serialising the passwd-link image")
+    })
+}
+
+/// The first layer of `busybox:oci`, which every hand-made image here is built on.
+fn base_layer() -> LayerBlob {
     let oci = &TestImages::get().oci;
-    let base = LayerBlob {
+    LayerBlob {
         created_by: "berth-e2e: base: busybox-static, applet links, passwd, group".to_owned(),
         diff_id: oci.diff_ids[0].clone(),
         blob: oci.layers[0].clone(),
-    };
+    }
+}
+
+/// `berth-test/hostile:<name>`: the busybox base layer and `layer`.
+fn build_hostile(name: &str, layer: LayerBlob, entry_count: usize) -> Hostile {
+    let base = base_layer();
     let reference = leak(format!("{HOSTILE_REPO}:{name}"));
     let image = assemble(
         Format::Oci,

@@ -116,6 +116,7 @@ pub(super) fn create_main(ctx: &CreateContext) -> ! {
 
 fn prepare_container(ctx: &CreateContext) -> Step<(CString, u32)> {
     let plan = ctx.plan;
+    undumpable()?;
     reset_signals();
     let mut keep = vec![ctx.sock];
     keep.extend_from_slice(&ctx.stdio);
@@ -186,6 +187,7 @@ pub(super) fn exec_main(ctx: &ExecContext) -> ! {
 }
 
 fn prepare_exec(ctx: &ExecContext) -> Step<CString> {
+    undumpable()?;
     reset_signals();
     let mut keep = vec![ctx.sock];
     keep.extend_from_slice(&ctx.stdio);
@@ -324,6 +326,21 @@ fn execve(exe: &CStr, process: &ProcessPlan) -> Errno {
     // SAFETY: both arrays are NULL-terminated and point into strings that outlive the call.
     unsafe { libc::execve(exe.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
     Errno::last()
+}
+
+/// Until its execve the child is a copy of the monitor (its memory, its executable, its
+/// environment), and it soon lives in the container's PID namespace, root and, once the
+/// capabilities are dropped, with no more privilege than the container's own processes: were
+/// it dumpable, those could open its /proc/<pid>/mem, exe, environ or fd/*, or ptrace it
+/// before its seccomp filter is in place. Non-dumpable, only CAP_SYS_PTRACE reaches it. The monitor is so
+/// already (and this inherits it), but the executor must not depend on its caller. execve
+/// makes the container's program dumpable again, as any program.
+fn undumpable() -> Step<()> {
+    // SAFETY: plain prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } == -1 {
+        return Err(Failure::internal_errno("making the process non-dumpable", Errno::last()));
+    }
+    Ok(())
 }
 
 /// The monitor may have handlers, ignored signals and a blocked mask of its own; a container

@@ -1012,3 +1012,91 @@ fn an_exec_runs_under_the_containers_filter() {
         no_host_mounts(&f)
     });
 }
+
+/// Whether a process of the same uid with every capability but `CAP_SYS_PTRACE` (so more
+/// than the container's: the ptrace access check's capability rule passes) can read the
+/// `/proc/<pid>/exe` and `/proc/<pid>/root` links. Only dumpability is left to decide;
+/// `Ok(false)` is EACCES on both.
+fn reachable_without_ptrace(pid: u32) -> Result<bool, String> {
+    // SAFETY: the child only drops a capability, tries two system calls and _exits.
+    match unsafe { nix::unistd::fork() }.unwrap() {
+        ForkResult::Child => {
+            let code = (|| {
+                caps::drop(None, caps::CapSet::Effective, caps::Capability::CAP_SYS_PTRACE).ok()?;
+                let denied =
+                    |e: std::io::Error| (e.raw_os_error() == Some(libc::EACCES)).then_some(());
+                let exe = fs::read_link(format!("/proc/{pid}/exe"));
+                let root = fs::read_link(format!("/proc/{pid}/root"));
+                match (exe, root) {
+                    (Ok(_), Ok(_)) => Some(0),
+                    (Err(a), Err(b)) => denied(a).and(denied(b)).map(|()| 1),
+                    _ => None,
+                }
+            })()
+            .unwrap_or(2);
+            unsafe { libc::_exit(code) }
+        }
+        ForkResult::Parent { child } => match exit_status(child)? {
+            0 => Ok(true),
+            1 => Ok(false),
+            other => Err(format!("probing /proc/{pid}: mixed or unexpected results ({other})")),
+        },
+    }
+}
+
+/// execve makes a process dumpable as it ends, just after it closes the sync socket.
+fn becomes_reachable(pid: u32) -> Result<(), String> {
+    for _ in 0..100 {
+        if reachable_without_ptrace(pid)? {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    Err(format!("process {pid} stayed non-dumpable after its execve"))
+}
+
+#[test]
+fn the_executors_children_are_not_dumpable_until_they_exec() {
+    in_child(|| {
+        let f = Fixture::new();
+        let stdio = dev_null();
+        let spec = f.spec(&["sleep", "1000"]);
+        let created = create(&CreateRequest {
+            spec: &spec,
+            rootfs: &f.rootfs,
+            cgroup_procs: &[],
+            cgroup_mount: &CgroupMount::V1(Vec::new()),
+            stdin: stdio.as_fd(),
+            stdout: stdio.as_fd(),
+            stderr: stdio.as_fd(),
+        })
+        .map_err(|e| e.to_string())?;
+        let (container, host_pid) = (created.pid, created.host_pid);
+        // Created and waiting for its start: a copy of the caller, with the container's
+        // capabilities and root as its user.
+        check!(!reachable_without_ptrace(host_pid)?, "a created container init is dumpable");
+        start(created).map_err(|e| e.to_string())?;
+        becomes_reachable(host_pid)?;
+
+        let mut p = process(&["sleep", "1000"]);
+        p.set_cwd("/".into());
+        let exec = spawn_exec(&ExecRequest {
+            container_pid: host_pid,
+            cgroup_procs: &[],
+            process: &p,
+            seccomp: None,
+            stdin: stdio.as_fd(),
+            stdout: stdio.as_fd(),
+            stderr: stdio.as_fd(),
+        })
+        .map_err(|e| e.to_string())?;
+        becomes_reachable(exec.as_raw() as u32)?;
+
+        for pid in [exec, container] {
+            nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+            exit_status(pid)?;
+        }
+        no_children_left()?;
+        no_host_mounts(&f)
+    });
+}

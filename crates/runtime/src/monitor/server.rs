@@ -99,6 +99,16 @@ fn run(options: Options) -> Result<(), String> {
         nix::unistd::ForkResult::Parent { .. } => unsafe { libc::_exit(0) },
         nix::unistd::ForkResult::Child => {}
     }
+    // Before anything else: the monitor is pid 1 of the pod's PID namespace, so its containers
+    // see it, as the same uid. Dumpable, it is kept from them by the kernel's capability rule
+    // alone (a container holding every capability the monitor has would get in: all of them
+    // here, fewer when berthd itself runs confined), and for them /proc/1/root is the host's
+    // root, /proc/1/exe berth's binary, /proc/1/mem its memory.
+    // Non-dumpable, only CAP_SYS_PTRACE reaches it. Its children inherit this until execve.
+    // SAFETY: plain prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
+        return Err(format!("making the monitor non-dumpable: {}", Errno::last()));
+    }
     // SAFETY: plain prctl with integer arguments.
     if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
         return Err(format!("becoming a subreaper: {}", Errno::last()));
