@@ -9,7 +9,14 @@ use crate::error::{Error, Result};
 /// Writes `bytes` to `path` so that readers (and a crash) see the old content or the new, never
 /// a torn file: a temp file in the same directory, fsync, rename, fsync of the directory.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = replace(path, bytes, true)?;
+    let dir = replace(path, bytes, true, None)?;
+    sync_dir(dir)
+}
+
+/// [`atomic_write`] of a file others must read too (temp files are created 0600): `mode` is set
+/// before the rename, so the file is never seen with another.
+pub fn atomic_write_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    let dir = replace(path, bytes, true, Some(mode))?;
     sync_dir(dir)
 }
 
@@ -17,11 +24,11 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
 /// empties anyway): a crash of the writer still leaves the old content or the new, and nothing
 /// waits for a disk.
 pub fn replace_volatile(path: &Path, bytes: &[u8]) -> Result<()> {
-    replace(path, bytes, false).map(|_| ())
+    replace(path, bytes, false, None).map(|_| ())
 }
 
 /// Writes a temp file beside `path` and renames it over `path`; returns the directory.
-fn replace<'a>(path: &'a Path, bytes: &[u8], sync: bool) -> Result<&'a Path> {
+fn replace<'a>(path: &'a Path, bytes: &[u8], sync: bool, mode: Option<u32>) -> Result<&'a Path> {
     let dir = path
         .parent()
         .ok_or_else(|| Error::Internal(format!("{} has no parent", path.display())))?;
@@ -30,6 +37,12 @@ fn replace<'a>(path: &'a Path, bytes: &[u8], sync: bool) -> Result<&'a Path> {
         .tempfile_in(dir)
         .map_err(Error::io("creating a temp file in", dir))?;
     temp.write_all(bytes).map_err(Error::io("writing", temp.path()))?;
+    if let Some(mode) = mode {
+        use std::os::unix::fs::PermissionsExt;
+        temp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(mode))
+            .map_err(Error::io("setting the mode of", temp.path()))?;
+    }
     if sync {
         temp.as_file().sync_all().map_err(Error::io("syncing", temp.path()))?;
     }

@@ -578,7 +578,7 @@ impl Monitor {
             // The child exits; its exit is recorded when it is reaped.
             Err(err) => {
                 container.phase = Phase::Running { started_at_nanos: now_nanos() };
-                error(ErrorKind::Invalid, err.to_string())
+                error(ErrorKind::Invalid, message_of(err))
             }
         }
     }
@@ -883,7 +883,16 @@ fn executor_error(err: crate::Error) -> Reply {
         crate::ErrorKind::InvalidArgument => ErrorKind::Invalid,
         _ => ErrorKind::Internal,
     };
-    error(kind, err.to_string())
+    error(kind, message_of(err))
+}
+
+/// The error's own words: berthd gives the reply's kind its prefix again, so it must not be
+/// said twice ("invalid argument: invalid argument: …").
+fn message_of(err: crate::Error) -> String {
+    match err {
+        crate::Error::InvalidArgument(message) => message,
+        other => other.to_string(),
+    }
 }
 
 /// Forget: kills what is left of the container; an OCI runtime's container is deleted from it

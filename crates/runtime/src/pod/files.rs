@@ -104,14 +104,25 @@ pub fn hosts(host_network: bool, hostname: &str, ips: &[String]) -> Result<Strin
     Ok(text)
 }
 
+/// Writes a pod file. 0644, as containerd makes them: containers bind-mount them and a
+/// container running as any user must read its own resolv.conf and hosts.
 pub fn write(dir: &Path, name: &str, content: &str) -> Result<()> {
-    berth_images::fsutil::atomic_write(&dir.join(name), content.as_bytes())
+    berth_images::fsutil::atomic_write_mode(&dir.join(name), content.as_bytes(), 0o644)
         .map_err(|err| Error::Internal(err.to_string()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pod_files_are_readable_by_every_user() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "resolv.conf", "nameserver 10.0.0.10\n").unwrap();
+        let mode = std::fs::metadata(dir.path().join("resolv.conf")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o644);
+    }
 
     #[test]
     fn resolv_conf_from_the_config() {
