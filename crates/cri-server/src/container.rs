@@ -484,10 +484,21 @@ fn ending(state: &ContainerState) -> (i64, i32, &'static str, String) {
 }
 
 fn status_response(details: &ContainerDetails, verbose: bool) -> ContainerStatusResponse {
-    let record = &details.record;
+    let status = container_status(&details.record);
+    let mut info = HashMap::new();
+    if verbose {
+        if let Some(value) = &details.info {
+            info.insert("info".to_string(), value.to_string());
+        }
+    }
+    ContainerStatusResponse { status: Some(status), info }
+}
+
+/// The CRI status of a container's record (also in container events).
+pub(crate) fn container_status(record: &ContainerRecord) -> ContainerStatus {
     let (finished_at, exit_code, reason, message) = ending(&record.state);
     let config = &record.config;
-    let status = ContainerStatus {
+    ContainerStatus {
         id: record.id.clone(),
         metadata: Some(metadata(record)),
         state: proto_state(&record.state).into(),
@@ -521,19 +532,12 @@ fn status_response(details: &ContainerDetails, verbose: bool) -> ContainerStatus
             }),
         }),
         stop_signal: stop_signal_value(&config.stop_signal).into(),
-    };
-    let mut info = HashMap::new();
-    if verbose {
-        if let Some(value) = &details.info {
-            info.insert("info".to_string(), value.to_string());
-        }
     }
-    ContainerStatusResponse { status: Some(status), info }
 }
 
 /// The runtime's filter; `None` when it can match nothing (a state value the CRI does not
 /// define).
-fn container_filter(f: proto::ContainerFilter) -> Option<ContainerFilter> {
+pub(crate) fn container_filter(f: proto::ContainerFilter) -> Option<ContainerFilter> {
     let state = match f.state {
         None => None,
         Some(value) => Some(match proto::ContainerState::try_from(value.state).ok()? {
@@ -568,7 +572,7 @@ fn container(record: &ContainerRecord) -> Container {
     }
 }
 
-fn metadata(record: &ContainerRecord) -> proto::ContainerMetadata {
+pub(crate) fn metadata(record: &ContainerRecord) -> proto::ContainerMetadata {
     let meta = &record.config.metadata;
     proto::ContainerMetadata { name: meta.name.clone(), attempt: meta.attempt }
 }

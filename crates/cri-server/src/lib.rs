@@ -9,11 +9,13 @@ pub mod config;
 mod container;
 pub mod daemon;
 pub mod error;
+mod events;
 mod image;
 pub mod proto;
 pub mod rpc_layer;
 mod runtime_info;
 mod sandbox;
 pub mod service;
+mod stats;
 
 pub use runtime_info::{RUNTIME_API_VERSION, RUNTIME_NAME};

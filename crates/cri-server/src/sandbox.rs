@@ -68,11 +68,22 @@ pub async fn status(
         });
         info.insert("info".to_string(), verbose.to_string());
     }
+    let status = pod_status(record);
+    Ok(PodSandboxStatusResponse {
+        status: Some(status),
+        info,
+        containers_statuses: Vec::new(),
+        timestamp: now_nanos(),
+    })
+}
+
+/// The CRI status of a pod's record (also in container events).
+pub(crate) fn pod_status(record: &PodRecord) -> PodSandboxStatus {
     let network = record.network.as_ref().map(|net| PodSandboxNetworkStatus {
         ip: net.ips.first().cloned().unwrap_or_default(),
         additional_ips: net.ips.iter().skip(1).map(|ip| PodIp { ip: ip.clone() }).collect(),
     });
-    let status = PodSandboxStatus {
+    PodSandboxStatus {
         id: record.id.clone(),
         metadata: Some(metadata(record)),
         state: state(record.state).into(),
@@ -86,13 +97,7 @@ pub async fn status(
         labels: to_map(&record.config.labels),
         annotations: to_map(&record.config.annotations),
         runtime_handler: record.config.runtime_handler.clone(),
-    };
-    Ok(PodSandboxStatusResponse {
-        status: Some(status),
-        info,
-        containers_statuses: Vec::new(),
-        timestamp: now_nanos(),
-    })
+    }
 }
 
 pub async fn list(cri: &Cri, request: ListPodSandboxRequest) -> CriResult<ListPodSandboxResponse> {
@@ -253,7 +258,7 @@ fn namespace_option(options: &pod::NamespaceOptions) -> NamespaceOption {
     }
 }
 
-fn metadata(record: &PodRecord) -> PodSandboxMetadata {
+pub(crate) fn metadata(record: &PodRecord) -> PodSandboxMetadata {
     let meta = &record.config.metadata;
     PodSandboxMetadata {
         name: meta.name.clone(),
@@ -270,6 +275,6 @@ fn state(state: PodState) -> proto::PodSandboxState {
     }
 }
 
-fn to_map(map: &std::collections::BTreeMap<String, String>) -> HashMap<String, String> {
+pub(crate) fn to_map(map: &std::collections::BTreeMap<String, String>) -> HashMap<String, String> {
     map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
 }

@@ -13,7 +13,7 @@ use crate::error::unimplemented;
 use crate::proto::image_service_server::ImageService;
 use crate::proto::runtime_service_server::RuntimeService;
 use crate::proto::*;
-use crate::{container, image, runtime_info, sandbox};
+use crate::{container, events, image, runtime_info, sandbox, stats};
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -182,48 +182,50 @@ impl RuntimeService for Cri {
 
     async fn container_stats(
         &self,
-        _request: Request<ContainerStatsRequest>,
+        request: Request<ContainerStatsRequest>,
     ) -> Result<Response<ContainerStatsResponse>, Status> {
-        Err(unimplemented("RuntimeService", "ContainerStats"))
+        Ok(Response::new(stats::container_stats(self, request.into_inner()).await?))
     }
 
     async fn list_container_stats(
         &self,
-        _request: Request<ListContainerStatsRequest>,
+        request: Request<ListContainerStatsRequest>,
     ) -> Result<Response<ListContainerStatsResponse>, Status> {
-        Err(unimplemented("RuntimeService", "ListContainerStats"))
+        Ok(Response::new(stats::list_container_stats(self, request.into_inner()).await?))
     }
 
     type StreamContainerStatsStream = ResponseStream<StreamContainerStatsResponse>;
 
     async fn stream_container_stats(
         &self,
-        _request: Request<StreamContainerStatsRequest>,
+        request: Request<StreamContainerStatsRequest>,
     ) -> Result<Response<Self::StreamContainerStatsStream>, Status> {
-        Err(unimplemented("RuntimeService", "StreamContainerStats"))
+        let batches = stats::stream_container_stats(self, request.into_inner().filter).await?;
+        Ok(Response::new(Box::pin(tokio_stream::iter(batches.into_iter().map(Ok)))))
     }
 
     async fn pod_sandbox_stats(
         &self,
-        _request: Request<PodSandboxStatsRequest>,
+        request: Request<PodSandboxStatsRequest>,
     ) -> Result<Response<PodSandboxStatsResponse>, Status> {
-        Err(unimplemented("RuntimeService", "PodSandboxStats"))
+        Ok(Response::new(stats::pod_stats(self, request.into_inner()).await?))
     }
 
     async fn list_pod_sandbox_stats(
         &self,
-        _request: Request<ListPodSandboxStatsRequest>,
+        request: Request<ListPodSandboxStatsRequest>,
     ) -> Result<Response<ListPodSandboxStatsResponse>, Status> {
-        Err(unimplemented("RuntimeService", "ListPodSandboxStats"))
+        Ok(Response::new(stats::list_pod_stats(self, request.into_inner()).await?))
     }
 
     type StreamPodSandboxStatsStream = ResponseStream<StreamPodSandboxStatsResponse>;
 
     async fn stream_pod_sandbox_stats(
         &self,
-        _request: Request<StreamPodSandboxStatsRequest>,
+        request: Request<StreamPodSandboxStatsRequest>,
     ) -> Result<Response<Self::StreamPodSandboxStatsStream>, Status> {
-        Err(unimplemented("RuntimeService", "StreamPodSandboxStats"))
+        let batches = stats::stream_pod_stats(self, request.into_inner().filter).await?;
+        Ok(Response::new(Box::pin(tokio_stream::iter(batches.into_iter().map(Ok)))))
     }
 
     async fn update_runtime_config(
@@ -253,7 +255,7 @@ impl RuntimeService for Cri {
         &self,
         _request: Request<GetEventsRequest>,
     ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
-        Err(unimplemented("RuntimeService", "GetContainerEvents"))
+        Ok(Response::new(Box::pin(events::subscribe(self))))
     }
 
     async fn list_metric_descriptors(

@@ -8,6 +8,7 @@ pub mod cni;
 pub mod config;
 pub mod container;
 pub mod error;
+pub mod events;
 pub mod executor;
 pub mod handlers;
 pub mod lsm;
@@ -16,6 +17,7 @@ pub mod namespaces;
 pub mod pod;
 mod runtime;
 pub mod seccomp;
+pub mod stats;
 pub mod store;
 
 pub use error::{Error, ErrorKind, Result};

@@ -9,9 +9,15 @@ use berth_images::ImageService;
 use crate::cgroups::CgroupLayout;
 use crate::cni::{self, Cni, NetworkLookup};
 use crate::config::{CgroupConfig, CgroupDriver, CniConfig, OciRuntimeConfig};
-use crate::container::{Containers, ContainersOptions};
+use crate::container::{
+    ContainerFilter, ContainerRecord, ContainerState, Containers, ContainersOptions,
+};
+use crate::error::Error;
+use crate::events::Events;
 use crate::handlers::{HandlerInfo, Handlers};
 use crate::pod::Pods;
+use crate::pod::{PodFilter, PodRecord, PodState};
+use crate::stats::{self, ContainerStats, PodStats, Stats, Target};
 use crate::Result;
 
 #[derive(Debug, Clone)]
@@ -40,6 +46,7 @@ pub struct Runtime {
     handlers: Arc<Handlers>,
     pods: Pods,
     containers: Containers,
+    stats: Arc<Stats>,
 }
 
 impl Runtime {
@@ -74,11 +81,13 @@ impl Runtime {
                 cgroups: cgroups.clone(),
                 nest: options.cgroup.nest_under_self,
                 handlers: handlers.clone(),
+                events: Arc::new(Events::default()),
             },
             images,
             pods.clone(),
         )?;
-        Ok(Runtime { options, cgroups, handlers, pods, containers })
+        let stats = Arc::new(Stats::new(cgroups.clone(), options.cgroup.nest_under_self));
+        Ok(Runtime { options, cgroups, handlers, pods, containers, stats })
     }
 
     /// StopPodSandbox: the pod's containers, then the pod.
@@ -93,6 +102,117 @@ impl Runtime {
         let Some(id) = self.pods.find_id(id)? else { return Ok(()) };
         self.containers.remove_pod(&id).await?;
         self.pods.remove(&id).await
+    }
+
+    /// ContainerStats: any container, from whatever its cgroup still holds.
+    pub async fn container_stats(&self, id: &str) -> Result<ContainerStats> {
+        let record = self.containers.record(id)?;
+        let mut all = self.containers_stats(vec![record]).await?;
+        all.pop().ok_or_else(|| Error::Internal("no stats read".into()))
+    }
+
+    /// ListContainerStats: the created and running containers `filter` matches.
+    pub async fn list_container_stats(
+        &self,
+        filter: &ContainerFilter,
+    ) -> Result<Vec<ContainerStats>> {
+        let records = self.containers.list(filter).await;
+        self.containers_stats(records.into_iter().filter(|r| is_live(&r.state)).collect()).await
+    }
+
+    /// PodSandboxStats: the pod's cgroup, network and live containers.
+    pub async fn pod_stats(&self, id: &str) -> Result<PodStats> {
+        let id = self.pods.resolve_id(id)?;
+        let record = self
+            .pods
+            .record(&id)
+            .ok_or_else(|| Error::NotFound(format!("pod sandbox {id:?} not found")))?;
+        let mut all = self.pods_stats(vec![record]).await?;
+        all.pop().ok_or_else(|| Error::Internal("no stats read".into()))
+    }
+
+    /// ListPodSandboxStats: the ready pods `filter` matches.
+    pub async fn list_pod_stats(&self, filter: &PodFilter) -> Result<Vec<PodStats>> {
+        let pods = self.pods.list(filter).await;
+        self.pods_stats(pods.into_iter().filter(|p| p.state == PodState::Ready).collect()).await
+    }
+
+    async fn containers_stats(&self, records: Vec<ContainerRecord>) -> Result<Vec<ContainerStats>> {
+        let stats = self.stats.clone();
+        let uppers: Vec<PathBuf> =
+            records.iter().map(|r| self.containers.upper_dir(&r.id)).collect();
+        blocking(move || {
+            let targets: Vec<Target> = records
+                .iter()
+                .map(|r| Target { key: format!("container/{}", r.id), cgroup: r.cgroup.clone() })
+                .collect();
+            let cgroups = stats.cgroups(&targets);
+            Ok(records
+                .into_iter()
+                .zip(cgroups)
+                .zip(uppers)
+                .map(|((record, cgroup), upper)| ContainerStats {
+                    record,
+                    cgroup,
+                    writable_layer: stats.layer(&upper),
+                })
+                .collect())
+        })
+        .await
+    }
+
+    async fn pods_stats(&self, pods: Vec<PodRecord>) -> Result<Vec<PodStats>> {
+        let mut netns = Vec::with_capacity(pods.len());
+        let mut containers = Vec::with_capacity(pods.len());
+        let mut all_records = Vec::new();
+        for pod in &pods {
+            netns.push(self.pods.status(&pod.id).await.ok().and_then(|d| d.netns));
+            let filter = ContainerFilter { pod_id: Some(pod.id.clone()), ..Default::default() };
+            let live: Vec<ContainerRecord> = self
+                .containers
+                .list(&filter)
+                .await
+                .into_iter()
+                .filter(|r| r.pod_id == pod.id && is_live(&r.state))
+                .collect();
+            containers.push(live.len());
+            all_records.extend(live);
+        }
+        let mut container_stats = self.containers_stats(all_records).await?.into_iter();
+        let stats = self.stats.clone();
+        let read = blocking(move || {
+            let targets: Vec<Target> = pods
+                .iter()
+                .map(|p| Target { key: format!("pod/{}", p.id), cgroup: p.cgroup.clone() })
+                .collect();
+            let cgroups = stats.cgroups(&targets);
+            Ok(pods
+                .into_iter()
+                .zip(cgroups)
+                .zip(netns)
+                .map(|((record, cgroup), netns)| {
+                    let network = netns.and_then(|path| match stats::network(&path) {
+                        Ok(network) => Some(network),
+                        Err(err) => {
+                            tracing::debug!(pod_id = %record.id, error = %err, "pod network stats");
+                            None
+                        }
+                    });
+                    (record, cgroup, network)
+                })
+                .collect::<Vec<_>>())
+        })
+        .await?;
+        Ok(read
+            .into_iter()
+            .zip(containers)
+            .map(|((record, cgroup, network), n)| PodStats {
+                record,
+                cgroup,
+                network,
+                containers: container_stats.by_ref().take(n).collect(),
+            })
+            .collect())
     }
 
     pub fn pods(&self) -> &Pods {
@@ -138,4 +258,14 @@ impl Runtime {
     pub fn handlers_summary(&self) -> serde_json::Value {
         self.handlers.summary()
     }
+}
+
+fn is_live(state: &ContainerState) -> bool {
+    matches!(state, ContainerState::Created | ContainerState::Running { .. })
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|err| Error::Internal(format!("blocking task failed: {err}")))?
 }

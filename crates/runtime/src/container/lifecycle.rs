@@ -8,7 +8,7 @@
 //! by the monitor to `exit.json` beside the record; berthd reads it when it next looks.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use berth_images::ImageService;
@@ -19,6 +19,7 @@ use crate::container::spec::{self, PidNamespace, PodContext, SpecInputs};
 use crate::container::types::*;
 use crate::container::user;
 use crate::error::{Error, Result};
+use crate::events::{ContainerEvent, ContainerEventKind, Events};
 use crate::handlers::{Handler, Handlers};
 use crate::monitor::proto::{
     self, CgroupView, ContainerStatus as MonitorStatus, CreateRequest, Executor, OciExecutor,
@@ -35,6 +36,9 @@ const EXEC_OUTPUT_LIMIT: usize = 4 << 20;
 const KILL_WAIT: Duration = Duration::from_secs(10);
 /// ExecSync without a timeout still ends some day.
 const EXEC_NO_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// How often the exit files of live containers are looked at, so that an exit nobody asks
+/// about still becomes a Stopped event.
+const EXIT_POLL: Duration = Duration::from_millis(250);
 
 /// What ContainerStatus reports beyond the record.
 #[derive(Debug, Clone)]
@@ -58,6 +62,7 @@ pub struct ContainersOptions {
     pub cgroups: Arc<CgroupLayout>,
     pub nest: bool,
     pub handlers: Arc<Handlers>,
+    pub events: Arc<Events>,
 }
 
 /// The container service: a cheap handle on shared state. Mutating calls run in tasks of their
@@ -79,6 +84,7 @@ struct Inner {
     /// berthd's own oom_score_adj: a container's cannot go below it without CAP_SYS_RESOURCE,
     /// so it is raised to it (as containerd's `restrict_oom_score_adj` does).
     oom_floor: i64,
+    events: Arc<Events>,
 }
 
 impl Containers {
@@ -102,9 +108,15 @@ impl Containers {
             nest: options.nest,
             handlers: options.handlers,
             oom_floor,
+            events: options.events,
         };
         inner.recover();
-        Ok(Containers { inner: Arc::new(inner) })
+        let inner = Arc::new(inner);
+        // Tests open the service outside any async runtime; they get no watcher.
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(watch_exits(Arc::downgrade(&inner)));
+        }
+        Ok(Containers { inner })
     }
 
     pub async fn create(&self, pod_id: &str, config: ContainerConfig) -> Result<String> {
@@ -158,6 +170,22 @@ impl Containers {
 
     pub async fn reopen_log(&self, id: &str) -> Result<()> {
         self.inner.reopen_log(id).await
+    }
+
+    /// The container events from now on (see [`Events`]).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<ContainerEvent>> {
+        self.inner.events.subscribe()
+    }
+
+    /// The record of `id` (a full id or unique prefix) with any exit recorded since.
+    pub fn record(&self, id: &str) -> Result<ContainerRecord> {
+        let entry = self.inner.store.get(id)?;
+        Ok(self.inner.refreshed(&entry.record()))
+    }
+
+    /// `<root>/containers/<id>/upper`: the container's writable layer.
+    pub fn upper_dir(&self, id: &str) -> PathBuf {
+        self.inner.root_dir(id).join("upper")
     }
 
     /// StopPodSandbox: every container of the pod, killed at once (the kubelet has already
@@ -259,7 +287,9 @@ impl Inner {
         match result {
             Ok(record) => {
                 tracing::info!(container_id = %id, pod_id = %pod.record.id, name, "container created");
-                self.store.insert(record);
+                let at = record.created_at_nanos;
+                self.store.insert(record.clone());
+                self.publish(ContainerEventKind::Created, &record, at, false);
                 Ok(id)
             }
             Err(err) => {
@@ -502,6 +532,7 @@ impl Inner {
                 record.started_at_nanos = started_at_nanos;
                 self.store.save(&record)?;
                 tracing::info!(container_id = %record.id, pid, "container started");
+                self.publish(ContainerEventKind::Started, &record, started_at_nanos, false);
                 Ok(())
             }
             Ok(other) => Err(unexpected(&other)),
@@ -515,6 +546,7 @@ impl Inner {
                     message: format!("failed to start: {err}"),
                 });
                 self.store.save(&record)?;
+                self.publish_stopped(&record, false);
                 Err(err)
             }
         }
@@ -527,6 +559,7 @@ impl Inner {
             return Err(Error::NotFound(format!("container {id:?} not found")));
         }
         let record = self.refreshed(&entry.record());
+        let was_live = is_live(&record.state);
         let mut record = self.stop_record(record, timeout).await?;
         // A container whose monitor is gone has nothing that could record an exit; whatever
         // is left of it is killed through its cgroup.
@@ -546,6 +579,9 @@ impl Inner {
             });
         }
         self.store.save(&record)?;
+        if was_live {
+            self.publish_stopped(&record, false);
+        }
         Ok(())
     }
 
@@ -627,7 +663,11 @@ impl Inner {
             return Ok(());
         }
         let record = self.refreshed(&entry.record());
+        let was_live = is_live(&record.state);
         let record = self.stop_record(record, Duration::ZERO).await?;
+        if was_live {
+            self.publish_stopped(&record, false);
+        }
         let monitor = self.monitor_of(&record);
         match monitor.call(Request::Forget { id: record.id.clone() }, Duration::ZERO).await {
             Ok(_) => {}
@@ -654,6 +694,7 @@ impl Inner {
         self.store.forget(&record.id);
         self.store.release_name(&record.name, &record.id);
         tracing::info!(container_id = %record.id, "container removed");
+        self.publish(ContainerEventKind::Deleted, &record, now_nanos(), false);
         Ok(())
     }
 
@@ -772,7 +813,13 @@ impl Inner {
     /// The record with an exit the monitor recorded since it was last saved. Saved when it
     /// changed, so that the exit is read once.
     fn refreshed(&self, record: &ContainerRecord) -> ContainerRecord {
-        if !matches!(record.state, ContainerState::Created | ContainerState::Running { .. }) {
+        self.refresh(record, false)
+    }
+
+    /// `refreshed`, telling the exit found as a Stopped event (held for the first subscriber
+    /// when `recovering`).
+    fn refresh(&self, record: &ContainerRecord, recovering: bool) -> ContainerRecord {
+        if !is_live(&record.state) {
             return record.clone();
         }
         let Some(info) = read_exit(&self.exit_file(&record.id)) else { return record.clone() };
@@ -781,7 +828,66 @@ impl Inner {
         if let Err(err) = self.store.save(&record) {
             tracing::warn!(container_id = %record.id, error = %err, "saving a container's exit");
         }
+        self.publish_stopped(&record, recovering);
         record
+    }
+
+    /// One look at the exit files of the live containers (see [`watch_exits`]).
+    fn poll_exits(&self) {
+        for entry in self.store.all() {
+            // A container in the middle of a step (a stop, a remove) is left to that step,
+            // which sees the exit itself: saving its record now could race its removal.
+            let Ok(_step) = entry.step.try_lock() else { continue };
+            if !self.store.contains(&entry.id) {
+                continue;
+            }
+            let record = entry.record();
+            if is_live(&record.state) {
+                self.refreshed(&record);
+            }
+        }
+    }
+
+    fn publish_stopped(&self, record: &ContainerRecord, recovering: bool) {
+        let at = match &record.state {
+            ContainerState::Exited(info) => info.finished_at_nanos,
+            _ => now_nanos(),
+        };
+        self.publish(ContainerEventKind::Stopped, record, at, recovering);
+    }
+
+    /// Publishes an event about `record` with its pod and the pod's containers as they are
+    /// now (`record` standing for its own entry, which may not be saved yet).
+    fn publish(
+        &self,
+        kind: ContainerEventKind,
+        record: &ContainerRecord,
+        at_nanos: i64,
+        recovering: bool,
+    ) {
+        let mut containers: Vec<ContainerRecord> = self
+            .store
+            .all()
+            .into_iter()
+            .map(|entry| entry.record())
+            .filter(|c| c.pod_id == record.pod_id && c.id != record.id)
+            .collect();
+        if kind != ContainerEventKind::Deleted {
+            containers.push(record.clone());
+        }
+        containers.sort_by_key(|c| c.created_at_nanos);
+        let event = ContainerEvent {
+            container_id: record.id.clone(),
+            kind,
+            at_nanos,
+            pod: self.pods.record(&record.pod_id),
+            containers,
+        };
+        if recovering {
+            self.events.publish_recovered(event);
+        } else {
+            self.events.publish(event);
+        }
     }
 
     async fn exec_sync(
@@ -858,7 +964,7 @@ impl Inner {
             if !matches!(record.state, ContainerState::Created | ContainerState::Running { .. }) {
                 continue;
             }
-            let refreshed = self.refreshed(&record);
+            let refreshed = self.refresh(&record, true);
             if refreshed.state != record.state {
                 continue;
             }
@@ -883,6 +989,30 @@ impl Inner {
             if let Err(err) = self.store.save(&record) {
                 tracing::warn!(container_id = %record.id, error = %err, "saving a recovered container");
             }
+            if matches!(record.state, ContainerState::Exited(_)) {
+                self.publish_stopped(&record, true);
+            }
+        }
+    }
+}
+
+fn is_live(state: &ContainerState) -> bool {
+    matches!(state, ContainerState::Created | ContainerState::Running { .. })
+}
+
+/// Notices exits that happen while nobody calls: a look at the live containers' exit files
+/// every [`EXIT_POLL`]. Polling rather than a watch connection to each monitor or an inotify
+/// on each container's directory: one failed `open` per live container per tick costs next to
+/// nothing, needs no change to the monitor protocol (older monitors keep working), and cannot
+/// miss an exit across a reconnect. Ends when the service is dropped.
+async fn watch_exits(inner: Weak<Inner>) {
+    let mut tick = tokio::time::interval(EXIT_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        if let Err(err) = tokio::task::spawn_blocking(move || inner.poll_exits()).await {
+            tracing::warn!(error = %err, "looking for container exits");
         }
     }
 }

@@ -98,6 +98,11 @@ impl Pods {
         Ok(self.inner.store.get(id)?.id.clone())
     }
 
+    /// The pod's record as it is now; `None` when there is no such pod.
+    pub fn record(&self, id: &str) -> Option<PodRecord> {
+        self.inner.store.find(id).ok().flatten().map(|entry| entry.record())
+    }
+
     /// Like `resolve_id`, but an unknown pod is None.
     pub fn find_id(&self, id: &str) -> Result<Option<String>> {
         Ok(self.inner.store.find(id)?.map(|entry| entry.id.clone()))
