@@ -19,6 +19,7 @@ mod runtime;
 pub mod seccomp;
 pub mod stats;
 pub mod store;
+mod util;
 
 pub use error::{Error, ErrorKind, Result};
 pub use handlers::{HandlerFeatures, HandlerInfo, DEFAULT_HANDLER};

@@ -18,6 +18,7 @@ use crate::handlers::{HandlerInfo, Handlers};
 use crate::pod::Pods;
 use crate::pod::{PodFilter, PodRecord, PodState};
 use crate::stats::{self, ContainerStats, PodStats, Stats, Target};
+use crate::util::blocking;
 use crate::Result;
 
 #[derive(Debug, Clone)]
@@ -262,10 +263,4 @@ impl Runtime {
 
 fn is_live(state: &ContainerState) -> bool {
     matches!(state, ContainerState::Created | ContainerState::Running { .. })
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|err| Error::Internal(format!("blocking task failed: {err}")))?
 }

@@ -19,6 +19,7 @@ use crate::container::ContainerRecord;
 use crate::error::{Error, Result};
 use crate::namespaces::{in_namespaces, NsKind};
 use crate::pod::PodRecord;
+pub use crate::util::now_nanos;
 
 /// How long a writable layer's measured usage is served before it is walked again.
 pub const LAYER_REFRESH: Duration = Duration::from_secs(10);
@@ -441,13 +442,6 @@ pub fn parse_net_dev(text: &str) -> Vec<InterfaceStats> {
             })
         })
         .collect()
-}
-
-pub fn now_nanos() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

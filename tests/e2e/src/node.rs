@@ -190,6 +190,28 @@ impl Node {
         self.cgroups.processes()
     }
 
+    /// The node's cgroup directory in each hierarchy berth manages (berthd nests under it).
+    pub fn cgroup_dirs(&self) -> Vec<PathBuf> {
+        self.cgroups.dirs.clone()
+    }
+
+    /// Every cgroup below the node's, in any hierarchy: what berthd made and left.
+    pub fn cgroup_children(&self) -> Vec<PathBuf> {
+        fn walk(dir: &Path, found: &mut Vec<PathBuf>) {
+            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    found.push(entry.path());
+                    walk(&entry.path(), found);
+                }
+            }
+        }
+        let mut found = Vec::new();
+        for dir in &self.cgroups.dirs {
+            walk(dir, &mut found);
+        }
+        found
+    }
+
     /// Log files the node's processes wrote, shown when a test fails.
     fn dump_logs(&self) {
         let Ok(entries) = std::fs::read_dir(self.dir()) else { return };

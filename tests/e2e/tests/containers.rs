@@ -30,7 +30,6 @@ use berth_e2e::cri::{
 };
 use berth_e2e::images::{self, TestImages};
 use berth_e2e::{Berthd, Cri, Node, Registry};
-use berth_runtime::cgroups::CgroupLayout;
 use nix::sys::signal::Signal as UnixSignal;
 use tonic::Code;
 
@@ -132,7 +131,7 @@ impl Env {
     async fn assert_no_containers(&mut self) {
         assert_eq!(self.cri.list_containers(None).await, Vec::<Container>::new());
         assert_eq!(self.container_dirs(), Vec::<String>::new(), "container directories left");
-        assert_eq!(cgroup_children(&self.node), Vec::<PathBuf>::new(), "cgroups left");
+        assert_eq!(self.node.cgroup_children(), Vec::<PathBuf>::new(), "cgroups left");
         let state = self.daemon.state.join("containers").display().to_string();
         let mounted: Vec<String> =
             node_mount_points(&self.node).into_iter().filter(|p| p.starts_with(&state)).collect();
@@ -171,35 +170,6 @@ fn entries(dir: &Path) -> Vec<String> {
             entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()
         })
         .unwrap_or_default()
-}
-
-/// The node's cgroup directory in each hierarchy berth manages (berthd nests under it).
-fn node_cgroups(node: &Node) -> Vec<PathBuf> {
-    let layout = CgroupLayout::detect().expect("the cgroup layout");
-    layout
-        .dirs(Path::new(&node.name), true)
-        .expect("the node's cgroup dirs")
-        .into_iter()
-        .map(|(_, dir)| dir)
-        .collect()
-}
-
-/// Every cgroup below the node's, in any hierarchy.
-fn cgroup_children(node: &Node) -> Vec<PathBuf> {
-    fn walk(dir: &Path, found: &mut Vec<PathBuf>) {
-        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                found.push(entry.path());
-                walk(&entry.path(), found);
-            }
-        }
-    }
-    let mut found = Vec::new();
-    for dir in node_cgroups(node) {
-        walk(&dir, &mut found);
-    }
-    found.sort();
-    found
 }
 
 /// The mount points of the node's mount namespace.
@@ -988,7 +958,7 @@ async fn bad_input_fails_and_leaves_nothing(handler: &'static str) {
     let mut env = Env::start(handler).await;
     let image = env.image(images::OCI_REF).await;
     let (pod_id, pod) = env.run_pod("bad").await;
-    let cgroups_before = cgroup_children(&env.node);
+    let cgroups_before = env.node.cgroup_children();
     let not_pulled = format!("{}/berth-test/busybox:never-pushed", env.registry.addr);
 
     // (what, container, a word the error must name)
@@ -1025,7 +995,7 @@ async fn bad_input_fails_and_leaves_nothing(handler: &'static str) {
         assert!(err.message().contains(&word), "{what}: {err:?}");
         assert_eq!(env.cri.list_containers(None).await, Vec::<Container>::new(), "{what}");
         assert_eq!(env.container_dirs(), Vec::<String>::new(), "{what}");
-        assert_eq!(cgroup_children(&env.node), cgroups_before, "{what}: cgroups left");
+        assert_eq!(env.node.cgroup_children(), cgroups_before, "{what}: cgroups left");
     }
     // An unknown pod: this one's id, but for the last character.
     let flip = if pod_id.ends_with('0') { '1' } else { '0' };
@@ -1243,7 +1213,7 @@ async fn bad_security_profiles_fail_create_and_leave_nothing(handler: &'static s
     let mut env = Env::start(handler).await;
     let image = env.image(images::OCI_REF).await;
     let (pod_id, pod) = env.run_pod("bad-profiles").await;
-    let cgroups_before = cgroup_children(&env.node);
+    let cgroups_before = env.node.cgroup_children();
     let dir = env.dir("profiles");
     let write = |name: &str, text: &str| {
         let path = dir.join(name);
@@ -1281,7 +1251,7 @@ async fn bad_security_profiles_fail_create_and_leave_nothing(handler: &'static s
         }
         assert_eq!(env.cri.list_containers(None).await, Vec::<Container>::new(), "{what}");
         assert_eq!(env.container_dirs(), Vec::<String>::new(), "{what}");
-        assert_eq!(cgroup_children(&env.node), cgroups_before, "{what}: cgroups left");
+        assert_eq!(env.node.cgroup_children(), cgroups_before, "{what}: cgroups left");
     }
     // The runtime's default AppArmor profile is skipped on a node without AppArmor.
     let spec = c().apparmor(ProfileType::RuntimeDefault, "").log_path("apparmor.log");
@@ -1571,7 +1541,7 @@ async fn the_container_runs_in_the_cgroup_berth_made(handler: &'static str) {
     assert!(runtime_type.contains(if handler.is_empty() { "embedded" } else { handler }), "{info}");
     let pid = info["pid"].as_u64().expect("the container's pid");
     let cgroup = info["cgroup"].as_str().expect("the container's cgroup").to_string();
-    let dirs = node_cgroups(&env.node);
+    let dirs = env.node.cgroup_dirs();
     assert!(!dirs.is_empty());
     for node_dir in dirs {
         let dir = node_dir.join(cgroup.trim_start_matches('/'));

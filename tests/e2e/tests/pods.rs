@@ -12,7 +12,6 @@ use berth_e2e::berthd::{self, Options};
 use berth_e2e::cni::{self, BridgeNetwork, BrokenPlugin};
 use berth_e2e::cri::{filter_id, filter_labels, filter_state, pod};
 use berth_e2e::{Berthd, Cri, Node};
-use berth_runtime::cgroups::CgroupLayout;
 use tonic::Code;
 
 /// A node with a berthd whose CNI config is the bridge network. Drop order: client, daemon,
@@ -115,7 +114,7 @@ impl Env {
             .map(|m| m.point.display().to_string())
             .collect();
         assert_eq!(below, Vec::<String>::new(), "mounts left under {}", state.display());
-        assert_eq!(cgroup_children(&self.node), Vec::<PathBuf>::new(), "cgroups left");
+        assert_eq!(self.node.cgroup_children(), Vec::<PathBuf>::new(), "cgroups left");
         assert_eq!(cni::node_veths(&self.node), Vec::<String>::new(), "veths left");
         assert_eq!(self.net.leases(), Vec::<String>::new(), "IP leases left");
         let cache = self.daemon.root.join("cni-cache");
@@ -145,34 +144,6 @@ fn mounts(node: &Node) -> Vec<Mount> {
             Some(Mount { point: PathBuf::from(point), fs_type, super_options })
         })
         .collect()
-}
-
-/// The node's cgroup directory in each hierarchy berth manages (berthd nests under it).
-fn node_cgroups(node: &Node) -> Vec<PathBuf> {
-    let layout = CgroupLayout::detect().expect("the cgroup layout");
-    layout
-        .dirs(Path::new(&node.name), true)
-        .expect("the node's cgroup dirs")
-        .into_iter()
-        .map(|(_, dir)| dir)
-        .collect()
-}
-
-/// Every cgroup below the node's, in any hierarchy.
-fn cgroup_children(node: &Node) -> Vec<PathBuf> {
-    fn walk(dir: &Path, found: &mut Vec<PathBuf>) {
-        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                found.push(entry.path());
-                walk(&entry.path(), found);
-            }
-        }
-    }
-    let mut found = Vec::new();
-    for dir in node_cgroups(node) {
-        walk(&dir, &mut found);
-    }
-    found
 }
 
 fn now_nanos() -> i64 {
@@ -231,7 +202,7 @@ async fn run_pod_sandbox_sets_up_a_ready_pod() {
         .iter()
         .map(|d| PathBuf::from(d.as_str().unwrap()))
         .collect();
-    let node_dirs = node_cgroups(&env.node);
+    let node_dirs = env.node.cgroup_dirs();
     assert_eq!(cgroup_dirs.len(), node_dirs.len(), "{info:#}");
     for (dir, node_dir) in cgroup_dirs.iter().zip(&node_dirs) {
         assert_eq!(dir, &node_dir.join("kubepods/besteffort/pod-uid-web"), "nested under the node");

@@ -28,6 +28,7 @@ use crate::monitor::proto::{
 use crate::monitor::MonitorClient;
 use crate::pod::{NamespaceMode, PodForContainer, Pods};
 use crate::store::{new_id, Store};
+use crate::util::{blocking, now_nanos, remove_dir};
 
 /// ExecSync output beyond this, per stream, is dropped: the answer must fit a gRPC message
 /// (berthd allows 16 MiB), and probes read only the first few KiB.
@@ -1172,28 +1173,6 @@ fn runtime_cgroup_path(path: &str, nest: bool) -> Result<String> {
 fn remove_bundle(bundle: &Path) -> Result<()> {
     crate::executor::unmount_rootfs(&bundle.join("rootfs"))?;
     remove_dir(bundle)
-}
-
-fn remove_dir(dir: &Path) -> Result<()> {
-    match std::fs::remove_dir_all(dir) {
-        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
-            Err(Error::io("removing", dir)(err))
-        }
-        _ => Ok(()),
-    }
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|err| Error::Internal(format!("blocking task failed: {err}")))?
-}
-
-fn now_nanos() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -27,6 +27,7 @@ use crate::executor;
 use crate::monitor::log::{LogWriter, Stream};
 use crate::monitor::oci;
 use crate::monitor::proto::*;
+use crate::util::now_nanos;
 
 /// A line of a request larger than this is refused: requests are small JSON objects.
 const MAX_REQUEST: u64 = 4 << 20;
@@ -1018,11 +1019,4 @@ fn error(kind: ErrorKind, message: String) -> Reply {
 
 fn not_found(id: &str) -> Reply {
     error(ErrorKind::NotFound, format!("container {id} is not known to the pod's monitor"))
-}
-
-fn now_nanos() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
 }

@@ -19,6 +19,7 @@ use crate::namespaces::{self, NamespaceRequest, NsKind, PodNamespaces};
 use crate::pod::types::*;
 use crate::pod::{cgroup, files};
 use crate::store::{new_id, Store};
+use crate::util::{blocking, now_nanos, remove_dir};
 
 /// The size of a pod's /dev/shm, as docker and containerd default it.
 const SHM_SIZE: u64 = 64 << 20;
@@ -618,28 +619,6 @@ fn bandwidth(config: &PodConfig) -> Result<Option<crate::cni::Bandwidth>> {
     let annotations: std::collections::HashMap<String, String> =
         config.annotations.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     crate::cni::Bandwidth::from_annotations(&annotations)
-}
-
-fn remove_dir(dir: &Path) -> Result<()> {
-    match std::fs::remove_dir_all(dir) {
-        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
-            Err(Error::io("removing", dir)(err))
-        }
-        _ => Ok(()),
-    }
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|err| Error::Internal(format!("blocking task failed: {err}")))?
-}
-
-fn now_nanos() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
 }
 
 /// Failure injection for the rollback tests: in debug builds, `BERTH_FAILPOINTS=pod.cgroup,…`

@@ -1042,7 +1042,7 @@ async fn check_nothing_left(
             return Err(format!("{} {what} left at the end: {left:?}", left.len()).into());
         }
     }
-    let cgroups = node_cgroup_children(node)?;
+    let cgroups = node.cgroup_children();
     if !cgroups.is_empty() {
         return Err(format!("cgroups left at the end: {cgroups:?}").into());
     }
@@ -1066,28 +1066,6 @@ async fn check_nothing_left(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// Every cgroup below the node's own, in each hierarchy berth manages.
-fn node_cgroup_children(node: &Node) -> Result<Vec<PathBuf>, Error> {
-    fn walk(dir: &Path, found: &mut Vec<PathBuf>) {
-        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                found.push(entry.path());
-                walk(&entry.path(), found);
-            }
-        }
-    }
-    let layout = berth_runtime::cgroups::CgroupLayout::detect()
-        .map_err(|err| format!("reading the cgroup layout: {err}"))?;
-    let dirs = layout
-        .dirs(Path::new(&node.name), true)
-        .map_err(|err| format!("the node's cgroups: {err}"))?;
-    let mut found = Vec::new();
-    for (_, dir) in dirs {
-        walk(&dir, &mut found);
-    }
-    Ok(found)
 }
 
 /// Another runtime on `endpoint`: `--image`, or the test image from a registry on the host's
