@@ -859,20 +859,8 @@ fn lifecycle_berthd(
 ) -> Result<(), Error> {
     // Drops after the daemon (inside the async part): kills and removes all that is left,
     // monitors and containers included (they live in the node's cgroup).
-    let node = Node::start();
-    let registry = Registry::start(&node);
-    check_interrupted()?;
-    let image = &images::TestImages::get().oci;
-    node.block_on(|| images::push_image(&registry.addr, image))?;
-    let setup = Lifecycle {
-        image: image.reference_at(&registry.addr),
-        tag: run_tag(),
-        logs: node.dir().join("pod-logs"),
-        daemon_pid: None,
-        per_pod: Some(PerPod::Monitors),
-        ids: Default::default(),
-        handler: String::new(),
-    };
+    let (node, registry, image) = node_with_image()?;
+    let setup = Lifecycle::on_node(&node, image, Some(PerPod::Monitors));
     let (timings, idle) = runtime.block_on(interruptible(interrupt, async {
         let started = Instant::now();
         let daemon = Berthd::start(&node).await;
@@ -901,6 +889,17 @@ fn lifecycle_berthd(
     Ok(())
 }
 
+/// A test node with a registry holding the busybox test image; returns the image's reference.
+fn node_with_image() -> Result<(Node, Registry, String), Error> {
+    let node = Node::start();
+    let registry = Registry::start(&node);
+    check_interrupted()?;
+    let image = &images::TestImages::get().oci;
+    node.block_on(|| images::push_image(&registry.addr, image))?;
+    let reference = image.reference_at(&registry.addr);
+    Ok((node, registry, reference))
+}
+
 /// The handlers bench: a berthd on a test node; for each handler, `runs` pods with one
 /// container, CreateContainer and StartContainer timed. A handler whose first container fails
 /// (crun refuses a hybrid cgroup layout) is reported as skipped, with the reason.
@@ -909,20 +908,8 @@ fn handlers_berthd(
     interrupt: &Notify,
     args: &HandlersArgs,
 ) -> Result<(), Error> {
-    let node = Node::start();
-    let registry = Registry::start(&node);
-    check_interrupted()?;
-    let image = &images::TestImages::get().oci;
-    node.block_on(|| images::push_image(&registry.addr, image))?;
-    let template = Lifecycle {
-        image: image.reference_at(&registry.addr),
-        tag: run_tag(),
-        logs: node.dir().join("pod-logs"),
-        daemon_pid: None,
-        per_pod: None,
-        ids: Default::default(),
-        handler: String::new(),
-    };
+    let (node, registry, image) = node_with_image()?;
+    let template = Lifecycle::on_node(&node, image, None);
     let results = runtime.block_on(interruptible(interrupt, async {
         let daemon = Berthd::start(&node).await;
         let net = BridgeNetwork::for_daemon(&daemon);
@@ -946,11 +933,7 @@ fn handlers_berthd(
             let setup = Lifecycle {
                 handler: if handler == "default" { String::new() } else { handler.clone() },
                 tag: format!("{}-{handler}", template.tag),
-                image: template.image.clone(),
-                logs: template.logs.clone(),
-                daemon_pid: None,
-                per_pod: None,
-                ids: Default::default(),
+                ..Lifecycle::on_node(&node, template.image.clone(), None)
             };
             let outcome = handler_runs(&mut cri, args.runs, &setup).await;
             if let Err(err) = &outcome {
@@ -1148,6 +1131,19 @@ fn lifecycle_endpoint(
 }
 
 impl Lifecycle {
+    /// A run on a harness node: pod log directories under the node's scratch dir.
+    fn on_node(node: &Node, image: String, per_pod: Option<PerPod>) -> Lifecycle {
+        Lifecycle {
+            image,
+            tag: run_tag(),
+            logs: node.dir().join("pod-logs"),
+            daemon_pid: None,
+            per_pod,
+            ids: Default::default(),
+            handler: String::new(),
+        }
+    }
+
     /// A pod of this run, named `<tag>-<name>`, with its log directory made, and a PID
     /// namespace per container as the kubelet asks by default.
     fn pod(&self, name: &str) -> Result<Pod, Error> {
