@@ -78,7 +78,7 @@ const CAPABILITIES: [(&str, Capability); 41] = [
 ];
 
 /// containerd's default set (Docker's, without inheritable since CVE-2022-24769).
-const DEFAULT_CAPABILITIES: [Capability; 14] = [
+pub(crate) const DEFAULT_CAPABILITIES: [Capability; 14] = [
     Capability::Chown,
     Capability::DacOverride,
     Capability::Fsetid,

@@ -42,23 +42,8 @@ const APPLETS: &[&str] = &[
     "mountpoint",
 ];
 
-/// containerd's default capabilities.
-const DEFAULT_CAPS: &[Capability] = &[
-    Capability::Chown,
-    Capability::DacOverride,
-    Capability::Fsetid,
-    Capability::Fowner,
-    Capability::Mknod,
-    Capability::NetRaw,
-    Capability::Setgid,
-    Capability::Setuid,
-    Capability::Setfcap,
-    Capability::Setpcap,
-    Capability::NetBindService,
-    Capability::SysChroot,
-    Capability::Kill,
-    Capability::AuditWrite,
-];
+/// containerd's default capabilities, as the spec builder grants them.
+const DEFAULT_CAPS: &[Capability] = &crate::container::spec::DEFAULT_CAPABILITIES;
 /// The same set as the kernel prints it in /proc/<pid>/status.
 const DEFAULT_CAPS_MASK: &str = "00000000a80425fb";
 

@@ -374,6 +374,16 @@ fn bench_berthd(
 }
 
 /// The socket path of `--endpoint unix:///path`.
+/// Connects to another runtime's socket and says which runtime answers.
+async fn connect_endpoint(socket: &Path, endpoint: &str) -> Result<Cri, Error> {
+    let mut cri = Cri::connect(socket)
+        .await
+        .map_err(|err| format!("connecting to {}: {err}", socket.display()))?;
+    let version = cri.version().await?;
+    eprintln!("berth-bench: {} {} on {endpoint}", version.runtime_name, version.runtime_version);
+    Ok(cri)
+}
+
 fn endpoint_socket(endpoint: &str) -> Result<PathBuf, Error> {
     let socket = endpoint
         .strip_prefix("unix://")
@@ -402,14 +412,7 @@ fn bench_endpoint(
     drop(image);
 
     let (timings, rss) = runtime.block_on(interruptible(interrupt, async {
-        let mut cri = Cri::connect(&socket)
-            .await
-            .map_err(|err| format!("connecting to {}: {err}", socket.display()))?;
-        let version = cri.version().await?;
-        eprintln!(
-            "berth-bench: {} {} on {endpoint}",
-            version.runtime_name, version.runtime_version
-        );
+        let mut cri = connect_endpoint(&socket, endpoint).await?;
         let idle = args.daemon_pid.map(|pid| read_status_kib(pid, "VmRSS")).transpose()?;
         let timings = pull_runs(&mut cri, &pushed, args, None, args.daemon_pid).await?;
         let peak = args.daemon_pid.map(|pid| read_status_kib(pid, "VmHWM")).transpose()?;
@@ -558,14 +561,7 @@ fn pods_endpoint(
     let socket = endpoint_socket(endpoint)?;
     let tag = run_tag();
     let cri = runtime.block_on(interruptible(interrupt, async {
-        let mut cri = Cri::connect(&socket)
-            .await
-            .map_err(|err| format!("connecting to {}: {err}", socket.display()))?;
-        let version = cri.version().await?;
-        eprintln!(
-            "berth-bench: {} {} on {endpoint}",
-            version.runtime_name, version.runtime_version
-        );
+        let cri = connect_endpoint(&socket, endpoint).await?;
         Ok(cri)
     }))?;
     let result = runtime.block_on(interruptible(interrupt, async {
@@ -1088,14 +1084,7 @@ fn lifecycle_endpoint(
         handler: String::new(),
     };
     let cri = runtime.block_on(interruptible(interrupt, async {
-        let mut cri = Cri::connect(&socket)
-            .await
-            .map_err(|err| format!("connecting to {}: {err}", socket.display()))?;
-        let version = cri.version().await?;
-        eprintln!(
-            "berth-bench: {} {} on {endpoint}",
-            version.runtime_name, version.runtime_version
-        );
+        let cri = connect_endpoint(&socket, endpoint).await?;
         Ok(cri)
     }))?;
     let result = runtime.block_on(interruptible(interrupt, async {
