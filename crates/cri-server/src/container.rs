@@ -1,5 +1,5 @@
 //! CreateContainer, StartContainer, StopContainer, RemoveContainer, ContainerStatus,
-//! ListContainers, StreamContainers, UpdateContainerResources, ExecSync, ReopenContainerLog:
+//! ListContainers, StreamContainers, UpdateContainerResources, ReopenContainerLog:
 //! translation between the CRI and `berth_runtime::container`.
 //!
 //! Enum values the CRI leaves open (any i32 can arrive) are checked here: prost's getters read an
@@ -18,7 +18,7 @@ use crate::error::{CriError, CriResult};
 use crate::proto::{
     self, Container, ContainerResources, ContainerStatus, ContainerStatusRequest,
     ContainerStatusResponse, ContainerUser, CreateContainerRequest, CreateContainerResponse,
-    ExecSyncRequest, ExecSyncResponse, ImageSpec, LinuxContainerUser, ListContainersRequest,
+    ImageSpec, LinuxContainerUser, ListContainersRequest,
     ListContainersResponse, RemoveContainerRequest, RemoveContainerResponse,
     ReopenContainerLogRequest, ReopenContainerLogResponse, StartContainerRequest,
     StartContainerResponse, StopContainerRequest, StopContainerResponse, StreamContainersResponse,
@@ -116,21 +116,6 @@ pub async fn update_resources(
     Ok(UpdateContainerResourcesResponse {})
 }
 
-pub async fn exec_sync(cri: &Cri, request: ExecSyncRequest) -> CriResult<ExecSyncResponse> {
-    let id = required_id(&request.container_id, "container id")?;
-    record_container(id);
-    if request.cmd.is_empty() {
-        return Err(CriError::InvalidRequest("ExecSync needs a command".into()));
-    }
-    let output =
-        cri.runtime.containers().exec_sync(id, request.cmd, exec_timeout(request.timeout)).await?;
-    Ok(ExecSyncResponse {
-        stdout: output.stdout,
-        stderr: output.stderr,
-        exit_code: output.exit_code,
-    })
-}
-
 pub async fn reopen_log(
     cri: &Cri,
     request: ReopenContainerLogRequest,
@@ -149,7 +134,7 @@ async fn listed(cri: &Cri, filter: Option<proto::ContainerFilter>) -> Vec<Contai
 }
 
 /// Ids are matched by prefix below, so an empty one would name any container there is.
-fn required_id<'a>(id: &'a str, what: &str) -> CriResult<&'a str> {
+pub(crate) fn required_id<'a>(id: &'a str, what: &str) -> CriResult<&'a str> {
     if id.is_empty() {
         return Err(CriError::InvalidRequest(format!("{what} is empty")));
     }
@@ -159,12 +144,6 @@ fn required_id<'a>(id: &'a str, what: &str) -> CriResult<&'a str> {
 /// StopContainer's grace period in seconds; a negative one means "kill at once".
 fn stop_timeout(seconds: i64) -> Duration {
     Duration::from_secs(u64::try_from(seconds).unwrap_or(0))
-}
-
-/// ExecSync's timeout in seconds; zero (or less) means none, as the kubelet's probes without a
-/// timeout send.
-fn exec_timeout(seconds: i64) -> Option<Duration> {
-    u64::try_from(seconds).ok().filter(|&s| s > 0).map(Duration::from_secs)
 }
 
 fn container_config(config: proto::ContainerConfig) -> CriResult<rt::ContainerConfig> {
@@ -1247,8 +1226,5 @@ mod tests {
         assert_eq!(stop_timeout(2), Duration::from_secs(2));
         assert_eq!(stop_timeout(0), Duration::ZERO);
         assert_eq!(stop_timeout(-5), Duration::ZERO);
-        assert_eq!(exec_timeout(3), Some(Duration::from_secs(3)));
-        assert_eq!(exec_timeout(0), None);
-        assert_eq!(exec_timeout(-1), None);
     }
 }

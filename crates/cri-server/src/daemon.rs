@@ -19,6 +19,7 @@ use crate::proto::image_service_server::ImageServiceServer;
 use crate::proto::runtime_service_server::RuntimeServiceServer;
 use crate::rpc_layer::RpcLayer;
 use crate::service::Cri;
+use crate::streaming::{StreamingError, StreamingServer};
 
 /// How long calls in flight (a pull, an ExecSync) may go on after a stop signal. Longer than
 /// systemd's patience would only get berthd SIGKILLed.
@@ -61,6 +62,8 @@ pub enum DaemonError {
     Runtime(#[from] berth_runtime::Error),
     #[error(transparent)]
     Images(#[from] berth_images::Error),
+    #[error(transparent)]
+    Streaming(#[from] StreamingError),
     #[error("serving the CRI: {0}")]
     Serve(#[from] tonic::transport::Error),
 }
@@ -118,7 +121,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         },
         images.clone(),
     )?;
-    let cri = Cri::new(config.clone(), Arc::new(runtime), images);
+    let runtime = Arc::new(runtime);
+    let streaming = StreamingServer::start(&config.streaming, runtime.clone()).await?;
+    let cri = Cri::new(config.clone(), runtime, images, streaming);
 
     let socket_path = config.socket_path().map_err(ConfigError::Invalid)?;
     let listener = bind_socket(&socket_path)?;

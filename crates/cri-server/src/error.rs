@@ -12,6 +12,9 @@ pub enum CriError {
     /// A request that is malformed before it reaches the domain crates.
     #[error("{0}")]
     InvalidRequest(String),
+    /// The streaming server holds as many unused URLs as it will.
+    #[error(transparent)]
+    Streaming(#[from] crate::streaming::CacheError),
 }
 
 pub type CriResult<T> = Result<T, CriError>;
@@ -22,6 +25,8 @@ impl CriError {
         use berth_runtime::ErrorKind as R;
         match self {
             CriError::InvalidRequest(_) => Code::InvalidArgument,
+            CriError::Streaming(crate::streaming::CacheError::Full) => Code::ResourceExhausted,
+            CriError::Streaming(crate::streaming::CacheError::Random(_)) => Code::Internal,
             CriError::Runtime(err) => match err.kind() {
                 R::NotFound => Code::NotFound,
                 R::AlreadyExists => Code::AlreadyExists,

@@ -10,6 +10,7 @@ mod container;
 pub mod daemon;
 pub mod error;
 mod events;
+mod exec;
 mod image;
 pub mod proto;
 pub mod rpc_layer;
@@ -17,5 +18,6 @@ mod runtime_info;
 mod sandbox;
 pub mod service;
 mod stats;
+pub mod streaming;
 
 pub use runtime_info::{RUNTIME_API_VERSION, RUNTIME_NAME};

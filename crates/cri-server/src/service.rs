@@ -1,6 +1,6 @@
 //! The tonic service traits, implemented by delegation: each RPC translates nothing itself and
-//! calls the module of its group (runtime_info, sandbox, container, image, and in later work
-//! exec, stats, events). An RPC that berth does not implement answers UNIMPLEMENTED.
+//! calls the module of its group (runtime_info, sandbox, container, exec, image, stats,
+//! events). An RPC that berth does not implement answers UNIMPLEMENTED.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -13,7 +13,8 @@ use crate::error::unimplemented;
 use crate::proto::image_service_server::ImageService;
 use crate::proto::runtime_service_server::RuntimeService;
 use crate::proto::*;
-use crate::{container, events, image, runtime_info, sandbox, stats};
+use crate::streaming::StreamingServer;
+use crate::{container, events, exec, image, runtime_info, sandbox, stats};
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -23,6 +24,7 @@ pub struct Cri {
     pub(crate) config: Arc<Config>,
     pub(crate) runtime: Arc<berth_runtime::Runtime>,
     pub(crate) images: Arc<berth_images::ImageService>,
+    pub(crate) streaming: Arc<StreamingServer>,
 }
 
 impl Cri {
@@ -30,8 +32,9 @@ impl Cri {
         config: Arc<Config>,
         runtime: Arc<berth_runtime::Runtime>,
         images: Arc<berth_images::ImageService>,
+        streaming: Arc<StreamingServer>,
     ) -> Self {
-        Cri { config, runtime, images }
+        Cri { config, runtime, images, streaming }
     }
 }
 
@@ -159,25 +162,25 @@ impl RuntimeService for Cri {
         &self,
         request: Request<ExecSyncRequest>,
     ) -> Result<Response<ExecSyncResponse>, Status> {
-        Ok(Response::new(container::exec_sync(self, request.into_inner()).await?))
+        Ok(Response::new(exec::exec_sync(self, request.into_inner()).await?))
     }
 
-    async fn exec(&self, _request: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
-        Err(unimplemented("RuntimeService", "Exec"))
+    async fn exec(&self, request: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
+        Ok(Response::new(exec::exec(self, request.into_inner()).await?))
     }
 
     async fn attach(
         &self,
-        _request: Request<AttachRequest>,
+        request: Request<AttachRequest>,
     ) -> Result<Response<AttachResponse>, Status> {
-        Err(unimplemented("RuntimeService", "Attach"))
+        Ok(Response::new(exec::attach(self, request.into_inner()).await?))
     }
 
     async fn port_forward(
         &self,
-        _request: Request<PortForwardRequest>,
+        request: Request<PortForwardRequest>,
     ) -> Result<Response<PortForwardResponse>, Status> {
-        Err(unimplemented("RuntimeService", "PortForward"))
+        Ok(Response::new(exec::port_forward(self, request.into_inner()).await?))
     }
 
     async fn container_stats(

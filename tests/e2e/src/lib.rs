@@ -10,6 +10,7 @@ pub mod images;
 pub mod node;
 pub mod registry;
 pub mod stall;
+pub mod streaming;
 
 pub use berthd::Berthd;
 pub use cri::Cri;

@@ -2,6 +2,7 @@
 
 pub mod cgroup;
 pub mod files;
+mod forward;
 mod lifecycle;
 pub mod types;
 
