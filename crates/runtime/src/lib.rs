@@ -21,6 +21,7 @@ pub mod stats;
 pub mod store;
 mod util;
 
+pub use container::{StdioSession, StreamOptions, TerminalSize};
 pub use error::{Error, ErrorKind, Result};
 pub use handlers::{HandlerFeatures, HandlerInfo, DEFAULT_HANDLER};
 pub use runtime::{NetworkStatus, Runtime, RuntimeOptions};

@@ -1,5 +1,6 @@
 //! CreateContainer, StartContainer, StopContainer, RemoveContainer, UpdateContainerResources,
-//! ExecSync and the queries, over the container store and the pods' monitors.
+//! ExecSync, the interactive Exec and Attach (their streams: `stream.rs`) and the queries,
+//! over the container store and the pods' monitors.
 //!
 //! Create does all the work that can be done before the process runs (the user, the spec, the
 //! cgroup with its limits, the process itself set up to its last step and waiting), so that
@@ -16,6 +17,7 @@ use berth_images::ImageService;
 use crate::cgroups::{CgroupLayout, CgroupMode};
 use crate::container::cgroup::ContainerCgroup;
 use crate::container::spec::{self, PidNamespace, PodContext, SpecInputs};
+use crate::container::stream::{self, StdioSession, StreamOptions};
 use crate::container::types::*;
 use crate::container::user;
 use crate::error::{Error, Result};
@@ -167,6 +169,28 @@ impl Containers {
         timeout: Option<Duration>,
     ) -> Result<ExecOutput> {
         self.inner.exec_sync(id, cmd, timeout).await
+    }
+
+    /// Exec (not ExecSync): `cmd` in running container `id`, as ExecSync runs it, with a pipe
+    /// for each stream asked for, or a terminal (as its controlling terminal, all three
+    /// streams on it; stderr is then not given). Dropping the session does not kill it.
+    pub async fn exec_stream(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+        options: StreamOptions,
+    ) -> Result<StdioSession> {
+        self.inner.exec_stream(id, cmd, options).await
+    }
+
+    /// Attach: the running container's own stdio, held by its pod's monitor. Every attacher
+    /// gets the output from the moment it attaches; each may write stdin (a container created
+    /// with stdin only); with stdin_once, the container's stdin closes when the first attacher
+    /// with stdin ends it. The container's tty decides the streams whatever `options.tty`
+    /// says (as containerd and CRI-O do): with one, its output is stdout, there is no stderr,
+    /// and resizes apply to its terminal.
+    pub async fn attach(&self, id: &str, options: StreamOptions) -> Result<StdioSession> {
+        self.inner.attach(id, options).await
     }
 
     pub async fn reopen_log(&self, id: &str) -> Result<()> {
@@ -900,20 +924,8 @@ impl Inner {
         if cmd.is_empty() {
             return Err(Error::InvalidArgument("ExecSync needs a command".into()));
         }
-        let entry = self.store.get(id)?;
-        let record = self.refreshed(&entry.record());
-        if !matches!(record.state, ContainerState::Running { .. }) {
-            return Err(Error::FailedPrecondition(format!(
-                "container {} is {}, not running",
-                record.id,
-                record.state.name()
-            )));
-        }
-        let spec_path = self.bundle(&record.id).join("config.json");
-        let spec = oci_spec::runtime::Spec::load(&spec_path)
-            .map_err(|err| Error::Internal(format!("reading {}: {err}", spec_path.display())))?;
-        let mut process = spec.process().clone().unwrap_or_default();
-        process.set_args(Some(cmd.clone())).set_terminal(Some(false));
+        let record = self.running(id)?;
+        let process = self.exec_process(&record, cmd.clone(), false)?;
         let limit = timeout.filter(|t| !t.is_zero());
         let request = proto::ExecRequest {
             id: record.id.clone(),
@@ -937,6 +949,69 @@ impl Inner {
             }),
             other => Err(unexpected(&other)),
         }
+    }
+
+    /// The record of `id`, which must be running.
+    fn running(&self, id: &str) -> Result<ContainerRecord> {
+        let entry = self.store.get(id)?;
+        let record = self.refreshed(&entry.record());
+        if !matches!(record.state, ContainerState::Running { .. }) {
+            return Err(Error::FailedPrecondition(format!(
+                "container {} is {}, not running",
+                record.id,
+                record.state.name()
+            )));
+        }
+        Ok(record)
+    }
+
+    /// The process of an exec: the container's own (user, env, cwd, capabilities…) running
+    /// `cmd`.
+    fn exec_process(
+        &self,
+        record: &ContainerRecord,
+        cmd: Vec<String>,
+        tty: bool,
+    ) -> Result<oci_spec::runtime::Process> {
+        let spec_path = self.bundle(&record.id).join("config.json");
+        let spec = oci_spec::runtime::Spec::load(&spec_path)
+            .map_err(|err| Error::Internal(format!("reading {}: {err}", spec_path.display())))?;
+        let mut process = spec.process().clone().unwrap_or_default();
+        process.set_args(Some(cmd)).set_terminal(Some(tty));
+        Ok(process)
+    }
+
+    async fn exec_stream(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+        options: StreamOptions,
+    ) -> Result<StdioSession> {
+        if cmd.is_empty() {
+            return Err(Error::InvalidArgument("Exec needs a command".into()));
+        }
+        let record = self.running(id)?;
+        let process = self.exec_process(&record, cmd, options.tty)?;
+        stream::exec(&self.monitor_of(&record), &record.id, process, options).await
+    }
+
+    async fn attach(&self, id: &str, options: StreamOptions) -> Result<StdioSession> {
+        let record = self.running(id)?;
+        if options.stdin && !record.config.stdin {
+            return Err(Error::InvalidArgument(format!(
+                "container {} was not created with stdin",
+                record.id
+            )));
+        }
+        if options.tty != record.config.tty {
+            tracing::debug!(
+                container_id = %record.id,
+                tty = record.config.tty,
+                "attach asked for tty {}: the container's own is used",
+                options.tty
+            );
+        }
+        stream::attach(&self.monitor_of(&record), &record.id, options).await
     }
 
     async fn reopen_log(&self, id: &str) -> Result<()> {

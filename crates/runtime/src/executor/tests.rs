@@ -40,6 +40,8 @@ const APPLETS: &[&str] = &[
     "stat",
     "mount",
     "mountpoint",
+    "stty",
+    "yes",
 ];
 
 /// containerd's default capabilities, as the spec builder grants them.
@@ -49,15 +51,16 @@ const DEFAULT_CAPS_MASK: &str = "00000000a80425fb";
 
 static UNIQUE: AtomicUsize = AtomicUsize::new(0);
 
-struct Fixture {
-    dir: tempfile::TempDir,
-    rootfs: Rootfs,
-    root: PathBuf,
+/// Also used by the monitor's stream tests.
+pub(crate) struct Fixture {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) rootfs: Rootfs,
+    pub(crate) root: PathBuf,
 }
 
 impl Fixture {
     /// Two layers: the bottom one with busybox, the top one overriding /etc/marker.
-    fn new() -> Fixture {
+    pub(crate) fn new() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let layers = dir.path().join("layers");
         let bottom = layers.join("l1");
@@ -96,7 +99,7 @@ impl Fixture {
     }
 
     /// A containerd-like spec running `args` as root.
-    fn spec(&self, args: &[&str]) -> Spec {
+    pub(crate) fn spec(&self, args: &[&str]) -> Spec {
         let namespaces = [
             LinuxNamespaceType::Pid,
             LinuxNamespaceType::Ipc,

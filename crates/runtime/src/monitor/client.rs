@@ -1,10 +1,13 @@
-//! berthd's side of the monitor: starting one for a pod, and asking it things.
+//! berthd's side of the monitor: starting one for a pod, and asking it things; for the
+//! interactive streams, the connections they keep (`container/stream.rs` makes sessions of
+//! them).
 
 use std::ffi::OsStr;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
 use crate::error::{Error, Result};
@@ -14,6 +17,33 @@ use crate::monitor::proto::{self, Reply, Request, RequestLine};
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a new monitor may take to be ready.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// A stream exec may wait for an OCI runtime to send its terminal (the monitor gives it a
+/// minute) on top of the usual.
+const EXEC_START_TIMEOUT: Duration = Duration::from_secs(90);
+/// An answer line longer than this is not the monitor's.
+const MAX_ANSWER: usize = 64 << 10;
+
+/// A stream exec the monitor started.
+#[derive(Debug)]
+pub struct ExecStarted {
+    /// As the host sees it.
+    pub pid: u32,
+    /// berthd's ends of the process's stdio, in the protocol's order (see `proto`).
+    pub fds: Vec<OwnedFd>,
+    /// Where its exit comes, as a line; `buffered` holds what was read of it already.
+    pub connection: UnixStream,
+    pub buffered: Vec<u8>,
+}
+
+/// An attach connection, past its answer line.
+#[derive(Debug)]
+pub struct Attached {
+    /// The container's: its output is then all stdout.
+    pub tty: bool,
+    pub connection: UnixStream,
+    /// Frames already read with the answer.
+    pub buffered: Vec<u8>,
+}
 
 /// A pod's monitor, by its socket.
 #[derive(Debug, Clone)]
@@ -82,16 +112,155 @@ impl MonitorClient {
                 self.socket.display()
             )));
         }
-        let reply: Reply = serde_json::from_str(&answer)
-            .map_err(|err| Error::Internal(format!("bad answer from the pod's monitor: {err}")))?;
+        parse_reply(answer.as_bytes())
+    }
+
+    async fn connect(&self) -> Result<UnixStream> {
+        let short = ShortPath::to(&self.dir).map_err(|err| self.gone(err))?;
+        UnixStream::connect(&short.path).await.map_err(|err| self.gone(err))
+    }
+
+    fn gone(&self, err: std::io::Error) -> Error {
+        Error::MonitorGone(format!("the pod's monitor ({}): {err}", self.socket.display()))
+    }
+
+    /// Starts an interactive exec (protocol version 3). The answer carries descriptors, so it
+    /// is received with `recvmsg` on a blocking socket, off the async threads.
+    pub async fn exec_stream(&self, request: proto::ExecStreamRequest) -> Result<ExecStarted> {
+        let (dir, socket) = (self.dir.clone(), self.socket.clone());
+        let line = encode(Request::ExecStream(Box::new(request)))?;
+        let received = tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let io = |err: std::io::Error| {
+                Error::MonitorGone(format!("the pod's monitor ({}): {err}", socket.display()))
+            };
+            let short = ShortPath::to(&dir).map_err(io)?;
+            let stream = std::os::unix::net::UnixStream::connect(&short.path).map_err(io)?;
+            drop(short);
+            stream.set_read_timeout(Some(REPLY_TIMEOUT + EXEC_START_TIMEOUT)).map_err(io)?;
+            (&stream).write_all(&line).map_err(io)?;
+            let (answer, rest, fds) = receive_with_fds(&stream).map_err(io)?;
+            stream.set_read_timeout(None).map_err(io)?;
+            stream.set_nonblocking(true).map_err(io)?;
+            Ok::<_, Error>((stream, answer, rest, fds))
+        })
+        .await
+        .map_err(|err| Error::Internal(format!("starting a stream exec: {err}")))?;
+        let (stream, answer, buffered, fds) = received?;
+        match parse_reply(&answer)? {
+            Reply::ExecStarted { pid } => {
+                let connection = UnixStream::from_std(stream).map_err(|err| self.gone(err))?;
+                Ok(ExecStarted { pid, fds, connection, buffered })
+            }
+            other => Err(Error::Internal(format!("unexpected answer from the monitor: {other:?}"))),
+        }
+    }
+
+    /// Attaches to a container's stdio (protocol version 3): the connection, past the answer.
+    pub async fn attach(
+        &self,
+        id: &str,
+        stdin: bool,
+        stdout: bool,
+        stderr: bool,
+    ) -> Result<Attached> {
+        let request = Request::Attach { id: id.to_string(), stdin, stdout, stderr };
+        let attach = async {
+            let mut stream = self.connect().await?;
+            stream.write_all(&encode(request)?).await.map_err(|err| self.gone(err))?;
+            let mut reader = BufReader::new(stream);
+            let mut answer = Vec::new();
+            (&mut reader)
+                .take(MAX_ANSWER as u64)
+                .read_until(b'\n', &mut answer)
+                .await
+                .map_err(|err| self.gone(err))?;
+            let buffered = reader.buffer().to_vec();
+            Ok::<_, Error>((parse_reply(&answer)?, reader.into_inner(), buffered))
+        };
+        let (reply, connection, buffered) =
+            tokio::time::timeout(REPLY_TIMEOUT, attach).await.map_err(|_| {
+                Error::Internal(format!(
+                    "the pod's monitor ({}) did not answer within {REPLY_TIMEOUT:?}",
+                    self.socket.display()
+                ))
+            })??;
         match reply {
-            Reply::Error { kind, message } => Err(match kind {
-                proto::ErrorKind::Invalid => Error::InvalidArgument(message),
-                proto::ErrorKind::NotFound => Error::NotFound(message),
-                proto::ErrorKind::State => Error::FailedPrecondition(message),
-                proto::ErrorKind::Internal => Error::Internal(message),
-            }),
-            reply => Ok(reply),
+            Reply::Attached { tty } => Ok(Attached { tty, connection, buffered }),
+            other => Err(Error::Internal(format!("unexpected answer from the monitor: {other:?}"))),
+        }
+    }
+}
+
+fn encode(request: Request) -> Result<Vec<u8>> {
+    let mut line = serde_json::to_vec(&RequestLine::new(request))
+        .map_err(|err| Error::Internal(format!("encoding a monitor request: {err}")))?;
+    line.push(b'\n');
+    Ok(line)
+}
+
+/// A reply line; an error reply becomes the error it names.
+pub(crate) fn parse_reply(answer: &[u8]) -> Result<Reply> {
+    if answer.is_empty() {
+        return Err(Error::MonitorGone("the pod's monitor closed the connection".into()));
+    }
+    let reply: Reply = serde_json::from_slice(answer)
+        .map_err(|err| Error::Internal(format!("bad answer from the pod's monitor: {err}")))?;
+    match reply {
+        Reply::Error { kind, message } => Err(match kind {
+            proto::ErrorKind::Invalid => Error::InvalidArgument(message),
+            proto::ErrorKind::NotFound => Error::NotFound(message),
+            proto::ErrorKind::State => Error::FailedPrecondition(message),
+            proto::ErrorKind::Internal => Error::Internal(message),
+        }),
+        reply => Ok(reply),
+    }
+}
+
+/// Reads one answer line and the descriptors that came with it (close-on-exec); returns the
+/// line, whatever followed it in the same reads, and the descriptors.
+fn receive_with_fds(
+    stream: &std::os::unix::net::UnixStream,
+) -> std::io::Result<(Vec<u8>, Vec<u8>, Vec<OwnedFd>)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let mut data = Vec::new();
+    let mut fds = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let mut space = nix::cmsg_space!([std::os::fd::RawFd; 4]);
+        let msg = match recvmsg::<()>(
+            stream.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Ok(msg) => msg,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(err) => return Err(err.into()),
+        };
+        for cmsg in msg.cmsgs()? {
+            if let ControlMessageOwned::ScmRights(received) = cmsg {
+                // SAFETY: SCM_RIGHTS installed these descriptors in this process for us alone.
+                fds.extend(received.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+            }
+        }
+        if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
+            return Err(std::io::Error::other("the monitor sent more descriptors than asked for"));
+        }
+        let n = msg.bytes;
+        if n == 0 {
+            // Closed: an empty answer, which the caller reports.
+            return Ok((data, Vec::new(), fds));
+        }
+        data.extend_from_slice(&buf[..n]);
+        if let Some(end) = data.iter().position(|b| *b == b'\n') {
+            let rest = data.split_off(end + 1);
+            return Ok((data, rest, fds));
+        }
+        if data.len() > MAX_ANSWER {
+            return Err(std::io::Error::other("the monitor's answer is too long"));
         }
     }
 }

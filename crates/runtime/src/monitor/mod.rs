@@ -6,6 +6,8 @@ pub mod log;
 pub mod oci;
 pub mod proto;
 pub mod server;
+#[cfg(test)]
+mod stream_tests;
 
 pub use client::{spawn, wait_gone, MonitorClient};
 pub use server::main;

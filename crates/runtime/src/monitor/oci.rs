@@ -8,6 +8,9 @@
 //!   runtime exits. The monitor reads the pid file and reaps the init itself.
 //! - `start` and `delete --force` are short commands; signals go to the pid directly.
 //! - An exec is the runtime's `exec`, a child of the monitor whose exit code is the command's.
+//!   With a terminal, it is `exec --detach`: the runtime makes the pty in the container,
+//!   sends its master over a console socket of the exec's own as for `create`, and exits; the
+//!   command is reparented to the monitor, which reaps it.
 //!
 //! Every failure is the runtime's own message, read from its JSON log (`--log`), since its
 //! stderr may be the container's.
@@ -163,7 +166,7 @@ impl Cli {
             command.stdin(dup(stdin)?).stdout(dup(stdout)?).stderr(dup(stderr)?);
         }
         let log_start = self.log_len();
-        let result = self.run_create(command, console.as_ref(), &pid_file, log_start);
+        let result = self.run_to_exit("create", command, console.as_ref(), &pid_file, log_start);
         if console.is_some() {
             let _ = std::fs::remove_file(self.bundle.join(CONSOLE_SOCKET));
         }
@@ -176,14 +179,16 @@ impl Cli {
         result
     }
 
-    fn run_create(
+    /// Runs a command that starts a process, sends its pty master on `console` (when given)
+    /// and exits; the process it leaves is named by `pid_file`.
+    fn run_to_exit(
         &self,
+        what: &str,
         mut command: Command,
         console: Option<&UnixListener>,
         pid_file: &Path,
         log_start: u64,
     ) -> Result<Created> {
-        let what = "create";
         let child = command.spawn().map_err(|e| self.spawn_error(what, e))?;
         let pidfd = pidfd_open(child.id())?;
         let deadline = Instant::now() + COMMAND_TIMEOUT;
@@ -234,7 +239,7 @@ impl Cli {
         }
         if console.is_some() && master.is_none() {
             return Err(Error::Internal(format!(
-                "{} create of {} sent no terminal on the console socket",
+                "{} {what} of {} sent no terminal on the console socket",
                 self.handler, self.id
             )));
         }
@@ -251,10 +256,15 @@ impl Cli {
 
     /// Binds the console socket in the bundle, by a relative name (see [`CONSOLE_SOCKET`]).
     fn console_listener(&self) -> Result<UnixListener> {
-        let socket = self.bundle.join(CONSOLE_SOCKET);
+        self.listener(CONSOLE_SOCKET)
+    }
+
+    /// Binds a socket of the bundle by its relative name: a full path may not fit.
+    fn listener(&self, name: &str) -> Result<UnixListener> {
+        let socket = self.bundle.join(name);
         let _ = std::fs::remove_file(&socket);
         std::env::set_current_dir(&self.bundle).map_err(Error::io("entering", &self.bundle))?;
-        let bound = UnixListener::bind(CONSOLE_SOCKET);
+        let bound = UnixListener::bind(name);
         let _ = std::env::set_current_dir("/");
         let listener = bound.map_err(Error::io("binding", &socket))?;
         listener.set_nonblocking(true).map_err(Error::io("configuring", &socket))?;
@@ -308,6 +318,63 @@ impl Cli {
         }
     }
 
+    /// `exec --detach` with a terminal (`process.terminal` set): the runtime makes the pty in
+    /// the container, sends its master on a console socket of the exec's own and exits, and
+    /// the command, left running, is reparented to the monitor (its subreaper), which reaps it
+    /// by the returned pid. Returns once the runtime has exited, with the master.
+    pub fn spawn_exec_console(&self, process: &Process, n: u64) -> Result<(Exec, OwnedFd)> {
+        let socket_name = format!("exec-{n}.sock");
+        let listener = self.listener(&socket_name)?;
+        let process_file = self.bundle.join(format!("exec-{n}.json"));
+        let pid_file = self.bundle.join(format!("exec-{n}.pid"));
+        let exec = Exec { pid: Pid::from_raw(0), process_file, pid_file };
+        let json = serde_json::to_vec(process)
+            .map_err(|e| Error::Internal(format!("encoding the exec's process: {e}")));
+        let result = json.and_then(|json| {
+            std::fs::write(&exec.process_file, json)
+                .map_err(Error::io("writing", &exec.process_file))
+        });
+        let result = result.and_then(|()| {
+            // runc takes a console socket only with both flags, whatever the process says.
+            let args = [
+                OsStr::new("exec"),
+                OsStr::new("--detach"),
+                OsStr::new("--tty"),
+                OsStr::new("--console-socket"),
+                OsStr::new(&socket_name),
+                OsStr::new("--process"),
+                exec.process_file.as_os_str(),
+                OsStr::new("--pid-file"),
+                exec.pid_file.as_os_str(),
+                OsStr::new(&self.id),
+            ];
+            let log_start = self.log_len();
+            self.run_to_exit(
+                "exec",
+                self.command(&args),
+                Some(&listener),
+                &exec.pid_file,
+                log_start,
+            )
+        });
+        let _ = std::fs::remove_file(self.bundle.join(&socket_name));
+        match result {
+            Ok(Created { pid, console: Some(master), .. }) => Ok((Exec { pid, ..exec }, master)),
+            Ok(Created { pid, .. }) => {
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                exec.clean_up();
+                Err(Error::Internal(format!(
+                    "{} exec in {} sent no terminal",
+                    self.handler, self.id
+                )))
+            }
+            Err(err) => {
+                exec.clean_up();
+                Err(err)
+            }
+        }
+    }
+
     /// Runs a short command to its end; a failure is the runtime's message.
     fn run(&self, what: &str, args: &[&OsStr]) -> Result<()> {
         let mut all = vec![OsStr::new(what)];
@@ -357,7 +424,7 @@ impl Cli {
             .unwrap_or_else(|| format!("exited with {status} and logged no error"));
         let message = format!("{} {what} of {}: {message}", self.handler, self.id);
         // The container's process is the client's: its executable or working directory.
-        if what == "create" && is_process_error(&message) {
+        if matches!(what, "create" | "exec") && is_process_error(&message) {
             Error::InvalidArgument(message)
         } else {
             Error::Internal(message)
@@ -454,7 +521,7 @@ fn read_pid(path: &Path) -> std::io::Result<Pid> {
 /// The host's pid of a process the monitor knows by the pid of its own namespace: the
 /// monitor's `/proc` is the host's, and a pidfd's fdinfo gives the pid in that `/proc`'s
 /// namespace.
-fn host_pid_of(pid: Pid) -> Result<u32> {
+pub(super) fn host_pid_of(pid: Pid) -> Result<u32> {
     let pidfd = pidfd_open(pid.as_raw() as u32)?;
     let path = format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd());
     let info = std::fs::read_to_string(&path).map_err(Error::io("reading", &path))?;

@@ -4,6 +4,15 @@
 //! (`oci.rs`), owns their stdio and writes their logs, reaps them and records each exit on
 //! disk. berthd talks to it over a unix socket (see `proto.rs`); a berthd that is slow,
 //! restarting or gone never blocks a container, because the monitor alone reads their output.
+//!
+//! Interactive streams: a stream exec gets its own pipes (or a pty), whose other ends go to
+//! berthd at once, so its bytes never pass through here; the monitor only reports its exit.
+//! Attachers share the container's own stdio: every chunk read for the log is also queued, as
+//! a frame, for each attacher, and their stdin frames are queued for the container. Both
+//! queues are bounded, and every descriptor is non-blocking, so that neither a slow attacher
+//! nor a container that does not read its stdin ever holds the loop: an attacher that falls
+//! too far behind is disconnected, and attachers are not read while the container's stdin
+//! queue is full.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -35,6 +44,13 @@ const MAX_REQUEST: u64 = 4 << 20;
 /// own children keep open.
 const EXEC_OUTPUT_GRACE: Duration = Duration::from_secs(1);
 const READ_CHUNK: usize = 64 << 10;
+/// An attacher with more output queued than this is disconnected: it is not reading.
+const ATTACH_PENDING_MAX: usize = 1 << 20;
+/// Attachers' stdin queued for a container that has not read it yet; attachers are not read
+/// while it is full.
+const STDIN_PENDING_MAX: usize = 256 << 10;
+/// How long an attacher has to take the rest of its output once the container has exited.
+const ATTACH_CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// Entry point of `berthd monitor --dir <pod state dir> --pod <id> [--pid-ns]`; returns the exit
 /// code.
@@ -83,7 +99,8 @@ impl Options {
 
 pub(super) fn note(message: &str) {
     let now = crate::monitor::log::format_timestamp(SystemTime::now());
-    eprintln!("{now} {message}");
+    // Written to the descriptor, never to a test harness's capture of `eprintln!`.
+    let _ = writeln!(std::io::stderr(), "{now} {message}");
 }
 
 fn run(options: Options) -> Result<(), String> {
@@ -143,11 +160,12 @@ fn run(options: Options) -> Result<(), String> {
         signals,
         containers: BTreeMap::new(),
         execs: BTreeMap::new(),
+        stream_execs: Vec::new(),
         next_exec: 0,
         shutdown: false,
     };
     // berthd waits for this line: the socket is there from now on.
-    println!("ready {host_pid}");
+    let _ = writeln!(std::io::stdout(), "ready {host_pid}");
     let _ = std::io::stdout().flush();
     redirect_stdio_to_null();
     note(&format!("monitor of pod {} started, pid {host_pid}", monitor.pod));
@@ -174,6 +192,8 @@ struct Monitor {
     signals: SignalFd,
     containers: BTreeMap<String, Container>,
     execs: BTreeMap<u64, Exec>,
+    stream_execs: Vec<StreamExec>,
+    /// Numbers execs of both kinds (an OCI runtime's exec files are named by it).
     next_exec: u64,
     shutdown: bool,
 }
@@ -194,8 +214,24 @@ struct Container {
     host_pid: u32,
     phase: Phase,
     outputs: Vec<Output>,
-    /// Kept open for a later attach, so that the container does not see EOF on stdin.
-    _stdin: Option<OwnedFd>,
+    /// The monitor's end of the container's stdin (a pipe's write end, or a copy of the pty
+    /// master): attachers write through it, and it is kept open so that the container does not
+    /// see EOF until stdin_once says so. Non-blocking.
+    stdin: Option<OwnedFd>,
+    tty: bool,
+    /// It was created with a stdin (which `stdin` may since have closed).
+    has_stdin: bool,
+    stdin_once: bool,
+    /// Attachers' stdin the container has not taken yet.
+    stdin_pending: Vec<u8>,
+    /// stdin_once: the stdin is closed once `stdin_pending` is written.
+    stdin_closing: bool,
+    attachers: Vec<Attacher>,
+    /// When it was reaped: attachers get their end frame once its output is drained, or a
+    /// grace period after this.
+    exited_at: Option<Instant>,
+    /// The end frame went to the attachers.
+    ended: bool,
     log: Option<LogWriter>,
     exit_file: PathBuf,
     memory_cgroup: Option<PathBuf>,
@@ -239,12 +275,88 @@ struct Exec {
     oci: Option<oci::Exec>,
 }
 
+/// A stream exec: its stdio went to berthd; its exit goes on the connection it came on.
+struct StreamExec {
+    pid: Pid,
+    reply_to: UnixStream,
+    oci: Option<oci::Exec>,
+}
+
+/// An attach connection (non-blocking), with its queued output (frames) and partial input.
+struct Attacher {
+    stream: UnixStream,
+    stdin: bool,
+    stdout: bool,
+    stderr: bool,
+    /// Its stdin ended (an EOF frame, or the connection).
+    stdin_done: bool,
+    out: Vec<u8>,
+    /// How much of `out` is sent.
+    sent: usize,
+    decoder: frame::Decoder,
+    /// The end frame is queued: closed once it is sent, or at this time.
+    close_by: Option<Instant>,
+    /// Dropped (closed) at the next turn.
+    dead: bool,
+    /// What the last poll said of it.
+    revents: PollFlags,
+}
+
+impl Attacher {
+    fn unsent(&self) -> usize {
+        self.out.len() - self.sent
+    }
+
+    /// Queues a frame of output, or disconnects an attacher that is too far behind.
+    fn queue(&mut self, kind: u8, payload: &[u8]) {
+        if self.dead || self.close_by.is_some() {
+            return;
+        }
+        // Only what the connection cannot take counts against it: a container may write more
+        // than the bound in one turn of the loop.
+        if self.unsent() + frame::HEADER + payload.len() > ATTACH_PENDING_MAX {
+            self.flush();
+        }
+        if self.unsent() + frame::HEADER + payload.len() > ATTACH_PENDING_MAX {
+            note("an attacher is too far behind the container's output: disconnected");
+            self.dead = true;
+            return;
+        }
+        frame::encode(kind, payload, &mut self.out);
+    }
+
+    /// Sends what it can of the queue without blocking.
+    fn flush(&mut self) {
+        while self.unsent() > 0 && !self.dead {
+            match nix::sys::socket::send(
+                self.stream.as_raw_fd(),
+                &self.out[self.sent..],
+                nix::sys::socket::MsgFlags::MSG_DONTWAIT | nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
+            ) {
+                Ok(n) => self.sent += n,
+                Err(Errno::EINTR) => {}
+                Err(Errno::EAGAIN) => break,
+                Err(_) => self.dead = true,
+            }
+        }
+        if self.sent == self.out.len() {
+            self.out.clear();
+            self.sent = 0;
+        } else if self.sent >= READ_CHUNK {
+            self.out.drain(..self.sent);
+            self.sent = 0;
+        }
+    }
+}
+
 #[derive(Clone, Copy)]
 enum Token {
     Listener,
     Signals,
     /// A container's or an exec's output: all of those are read in `read_outputs`.
     Output,
+    /// An attacher or a container's stdin: all of those are served in `serve_attachers`.
+    Attach,
 }
 
 impl Monitor {
@@ -262,11 +374,12 @@ impl Monitor {
                 match token {
                     Token::Listener => self.accept(),
                     Token::Signals => self.reap(),
-                    Token::Output => {}
+                    Token::Output | Token::Attach => {}
                 }
             }
             // Output is read after reaping: an exit drains its container's pipes first.
             self.read_outputs();
+            self.serve_attachers(Instant::now());
             self.expire(Instant::now());
         }
         self.kill_all();
@@ -293,6 +406,29 @@ impl Monitor {
             tokens.push(Token::Output);
             fds.push(PollFd::new(output.fd.as_fd(), PollFlags::POLLIN));
         }
+        // The attachers, in the order of `containers` and their lists, which the revents are
+        // given back in below.
+        let first_attacher = fds.len();
+        for container in self.containers.values() {
+            let reading = container.stdin_pending.len() < STDIN_PENDING_MAX;
+            for attacher in &container.attachers {
+                let mut events = PollFlags::empty();
+                if reading {
+                    events |= PollFlags::POLLIN;
+                }
+                if attacher.unsent() > 0 {
+                    events |= PollFlags::POLLOUT;
+                }
+                tokens.push(Token::Attach);
+                fds.push(PollFd::new(attacher.stream.as_fd(), events));
+            }
+        }
+        for container in self.containers.values() {
+            if let (Some(stdin), false) = (&container.stdin, container.stdin_pending.is_empty()) {
+                tokens.push(Token::Attach);
+                fds.push(PollFd::new(stdin.as_fd(), PollFlags::POLLOUT));
+            }
+        }
         let timeout = self.next_deadline().map_or(PollTimeout::NONE, |at| {
             let left = at.saturating_duration_since(Instant::now()) + Duration::from_millis(1);
             PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX)
@@ -302,10 +438,19 @@ impl Monitor {
             Err(Errno::EINTR) => return Ok(Vec::new()),
             Err(err) => return Err(err),
         }
-        Ok(fds
+        let revents: Vec<PollFlags> =
+            fds.iter().map(|fd| fd.revents().unwrap_or(PollFlags::empty())).collect();
+        drop(fds);
+        let mut attacher_revents = revents[first_attacher..].iter();
+        for container in self.containers.values_mut() {
+            for attacher in &mut container.attachers {
+                attacher.revents = attacher_revents.next().copied().unwrap_or(PollFlags::empty());
+            }
+        }
+        Ok(revents
             .iter()
             .zip(tokens)
-            .filter(|(fd, _)| fd.revents().is_some_and(|r| !r.is_empty()))
+            .filter(|(revents, _)| !revents.is_empty())
             .map(|(_, token)| token)
             .collect())
     }
@@ -315,7 +460,13 @@ impl Monitor {
         let execs = self.execs.values().flat_map(|e| {
             [e.deadline.filter(|_| e.exit.is_none()), e.exit.map(|(_, at)| at + EXEC_OUTPUT_GRACE)]
         });
-        waits.chain(execs.flatten()).min()
+        let ends = self
+            .containers
+            .values()
+            .filter(|c| !c.ended && !c.attachers.is_empty())
+            .map(|c| c.exited_at.map(|at| at + EXEC_OUTPUT_GRACE));
+        let closes = self.containers.values().flat_map(|c| c.attachers.iter().map(|a| a.close_by));
+        waits.chain(execs.flatten()).chain(ends.flatten()).chain(closes.flatten()).min()
     }
 
     fn accept(&mut self) {
@@ -396,6 +547,16 @@ impl Monitor {
                 Ok(()) => return None,
                 Err(reply) => reply,
             },
+            Request::ExecStream(exec) => match self.exec_stream(*exec, stream) {
+                Ok(()) => return None,
+                Err(reply) => reply,
+            },
+            Request::Attach { id, stdin, stdout, stderr } => {
+                match self.attach(&id, stdin, stdout, stderr, stream) {
+                    Ok(()) => return None,
+                    Err(reply) => reply,
+                }
+            }
             Request::ReopenLog { id } => match self.containers.get_mut(&id) {
                 None => not_found(&id),
                 Some(Container { log: None, .. }) => Reply::Done,
@@ -458,7 +619,15 @@ impl Monitor {
                 host_pid,
                 phase: Phase::Created(launched.created),
                 outputs: launched.outputs,
-                _stdin: launched.stdin,
+                stdin: launched.stdin,
+                tty: request.tty,
+                has_stdin: request.stdin,
+                stdin_once: request.stdin_once,
+                stdin_pending: Vec::new(),
+                stdin_closing: false,
+                attachers: Vec::new(),
+                exited_at: None,
+                ended: false,
                 log,
                 exit_file: request.exit_file,
                 memory_cgroup: request.memory_cgroup,
@@ -664,6 +833,185 @@ impl Monitor {
         Ok(())
     }
 
+    /// An interactive exec: the process's stdio (pipes, or a pty) goes to berthd with the
+    /// answer, and its exit follows on the same connection once it is reaped.
+    fn exec_stream(
+        &mut self,
+        request: ExecStreamRequest,
+        stream: &UnixStream,
+    ) -> Result<(), Reply> {
+        let container = self.containers.get(&request.id).ok_or_else(|| not_found(&request.id))?;
+        if !matches!(container.phase, Phase::Running { .. }) {
+            return Err(error(
+                ErrorKind::State,
+                format!("container {} is not running", request.id),
+            ));
+        }
+        let internal = |what: &str, err: &dyn std::fmt::Display| {
+            error(ErrorKind::Internal, format!("{what}: {err}"))
+        };
+        let mut process = request.process;
+        process.set_terminal(Some(request.tty));
+        let n = self.next_exec;
+        self.next_exec += 1;
+        let (pid, oci, ours) = if request.tty {
+            match &container.oci {
+                Some(cli) => {
+                    let (exec, master) =
+                        cli.spawn_exec_console(&process, n).map_err(executor_error)?;
+                    (exec.pid, Some(exec), vec![master])
+                }
+                None => {
+                    let (master, slave) = open_exec_pty(container.host_pid)
+                        .map_err(|e| internal("making the exec's terminal", &e))?;
+                    // The terminal is its user's, as a login makes it.
+                    let uid = process.user().uid();
+                    let _ = nix::unistd::fchown(&slave, Some(uid.into()), None);
+                    let pid = executor::spawn_exec(&executor::ExecRequest {
+                        container_pid: container.host_pid,
+                        cgroup_procs: &container.cgroup_procs,
+                        process: &process,
+                        seccomp: container.seccomp.as_ref(),
+                        stdin: slave.as_fd(),
+                        stdout: slave.as_fd(),
+                        stderr: slave.as_fd(),
+                    })
+                    .map_err(executor_error)?;
+                    (pid, None, vec![master])
+                }
+            }
+        } else {
+            let stdio = ExecPipes::new(request.stdin, request.stdout, request.stderr)
+                .map_err(|e| internal("making the exec's pipes", &e))?;
+            let [stdin, stdout, stderr] = &stdio.child;
+            let (pid, oci) = match &container.oci {
+                Some(cli) => {
+                    let exec = cli
+                        .spawn_exec(&process, n, stdin.as_fd(), stdout.as_fd(), stderr.as_fd())
+                        .map_err(executor_error)?;
+                    (exec.pid, Some(exec))
+                }
+                None => {
+                    let pid = executor::spawn_exec(&executor::ExecRequest {
+                        container_pid: container.host_pid,
+                        cgroup_procs: &container.cgroup_procs,
+                        process: &process,
+                        seccomp: container.seccomp.as_ref(),
+                        stdin: stdin.as_fd(),
+                        stdout: stdout.as_fd(),
+                        stderr: stderr.as_fd(),
+                    })
+                    .map_err(executor_error)?;
+                    (pid, None)
+                }
+            };
+            (pid, oci, stdio.ours)
+        };
+        let host_pid = oci::host_pid_of(pid).unwrap_or(pid.as_raw() as u32);
+        // The monitor keeps none of berthd's ends (they go with `ours`), so that each EOF is
+        // the process's or berthd's alone.
+        if let Err(err) = send_with_fds(stream, &Reply::ExecStarted { pid: host_pid }, &ours) {
+            // Nobody can talk to it: it is stopped rather than left running unseen.
+            note(&format!("handing an exec's stdio to berthd: {err}; killing it"));
+            if let Some(command) = oci.as_ref().and_then(oci::Exec::command_pid) {
+                let _ = kill(command, Signal::SIGKILL);
+            }
+            let _ = kill(pid, Signal::SIGKILL);
+        }
+        drop(ours);
+        match stream.try_clone() {
+            Ok(reply_to) => self.stream_execs.push(StreamExec { pid, reply_to, oci }),
+            Err(err) => {
+                note(&format!("keeping an exec's connection: {err}"));
+                if let Some(oci) = &oci {
+                    oci.clean_up();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds an attacher to a running container; the answer line is its first queued output.
+    fn attach(
+        &mut self,
+        id: &str,
+        stdin: bool,
+        stdout: bool,
+        stderr: bool,
+        stream: &UnixStream,
+    ) -> Result<(), Reply> {
+        let container = self.containers.get_mut(id).ok_or_else(|| not_found(id))?;
+        if !matches!(container.phase, Phase::Running { .. }) {
+            return Err(error(ErrorKind::State, format!("container {id} is not running")));
+        }
+        if stdin && !container.has_stdin {
+            return Err(error(
+                ErrorKind::Invalid,
+                format!("container {id} was not created with stdin"),
+            ));
+        }
+        let internal = |err: std::io::Error| {
+            error(ErrorKind::Internal, format!("keeping the attach connection: {err}"))
+        };
+        let connection = stream.try_clone().map_err(internal)?;
+        connection.set_nonblocking(true).map_err(internal)?;
+        let mut attacher = Attacher {
+            stream: connection,
+            stdin,
+            stdout,
+            stderr: stderr && !container.tty,
+            stdin_done: !stdin,
+            out: Vec::new(),
+            sent: 0,
+            decoder: frame::Decoder::new(&[frame::STDIN, frame::RESIZE, frame::STDIN_EOF]),
+            close_by: None,
+            dead: false,
+            revents: PollFlags::empty(),
+        };
+        let mut line = serde_json::to_vec(&Reply::Attached { tty: container.tty })
+            .map_err(|e| error(ErrorKind::Internal, format!("encoding the answer: {e}")))?;
+        line.push(b'\n');
+        attacher.out = line;
+        attacher.flush();
+        container.attachers.push(attacher);
+        Ok(())
+    }
+
+    /// Everything attachers need each turn: their input read (stdin, resizes), the
+    /// containers' stdin written, their output sent, the end frame after an exit, and the
+    /// closed, finished and slow ones dropped.
+    fn serve_attachers(&mut self, now: Instant) {
+        for container in self.containers.values_mut() {
+            if container.attachers.is_empty() && container.stdin_pending.is_empty() {
+                continue;
+            }
+            let mut attachers = std::mem::take(&mut container.attachers);
+            for attacher in &mut attachers {
+                read_attacher(attacher, container);
+            }
+            flush_stdin(container);
+            if !container.ended
+                && container
+                    .exited_at
+                    .is_some_and(|at| container.outputs.is_empty() || at + EXEC_OUTPUT_GRACE <= now)
+            {
+                container.ended = true;
+                for attacher in &mut attachers {
+                    attacher.queue(frame::END, &[]);
+                    attacher.close_by = Some(now + ATTACH_CLOSE_GRACE);
+                }
+            }
+            for attacher in &mut attachers {
+                attacher.flush();
+            }
+            attachers
+                .retain(|a| !a.dead && !a.close_by.is_some_and(|at| a.unsent() == 0 || at <= now));
+            // Attachers that came meanwhile cannot exist (nothing here accepts), but keep any.
+            attachers.append(&mut container.attachers);
+            container.attachers = attachers;
+        }
+    }
+
     /// Reaps every child that has exited: containers, exec'd commands, and orphans the
     /// monitor inherited as subreaper.
     fn reap(&mut self) {
@@ -692,6 +1040,13 @@ impl Monitor {
                 self.container_exited(&id, code, signal);
             } else if let Some(exec) = self.execs.values_mut().find(|e| e.pid == pid) {
                 exec.exit = Some((code, Instant::now()));
+            } else if let Some(at) = self.stream_execs.iter().position(|e| e.pid == pid) {
+                let exec = self.stream_execs.swap_remove(at);
+                // berthd may be gone; the process is over either way.
+                send(&exec.reply_to, &Reply::ExecExited { exit_code: code });
+                if let Some(oci) = &exec.oci {
+                    oci.clean_up();
+                }
             }
         }
     }
@@ -721,7 +1076,9 @@ impl Monitor {
         }
         note(&format!("container {id} exited: code {exit_code}, oom {oom_killed}"));
         container.phase = Phase::Exited(info);
-        container._stdin = None;
+        container.exited_at = Some(Instant::now());
+        container.stdin = None;
+        container.stdin_pending = Vec::new();
         let status = container.status();
         for (stream, _) in container.waiters.drain(..) {
             send(&stream, &Reply::Status(status.clone()));
@@ -921,6 +1278,7 @@ fn forget(container: Container) -> Reply {
 fn drain(container: &mut Container) {
     let mut buf = [0u8; READ_CHUNK];
     let log = &mut container.log;
+    let attachers = &mut container.attachers;
     container.outputs.retain(|output| {
         // A bounded number of reads per turn, so that one chatty container cannot starve the
         // rest of the pod.
@@ -940,6 +1298,17 @@ fn drain(container: &mut Container) {
                             crate::monitor::server::note(&format!("writing a log: {err}"));
                         }
                     }
+                    for attacher in attachers.iter_mut() {
+                        match output.stream {
+                            Stream::Stdout if attacher.stdout => {
+                                attacher.queue(frame::STDOUT, &buf[..n])
+                            }
+                            Stream::Stderr if attacher.stderr => {
+                                attacher.queue(frame::STDERR, &buf[..n])
+                            }
+                            _ => {}
+                        }
+                    }
                 }
                 Err(Errno::EINTR) => {}
                 Err(_) => return true,
@@ -947,6 +1316,258 @@ fn drain(container: &mut Container) {
         }
         true
     });
+}
+
+/// Reads what an attacher sent (when the container's stdin has room, or the attacher hung
+/// up) and acts on its frames. A bad frame or a closed connection marks it dead.
+fn read_attacher(attacher: &mut Attacher, container: &mut Container) {
+    let hangup = attacher.revents.intersects(PollFlags::POLLHUP | PollFlags::POLLERR);
+    if attacher.dead || !(hangup || attacher.revents.contains(PollFlags::POLLIN)) {
+        return;
+    }
+    let mut buf = [0u8; READ_CHUNK];
+    for _ in 0..4 {
+        if !hangup && container.stdin_pending.len() >= STDIN_PENDING_MAX {
+            return;
+        }
+        match nix::unistd::read(&attacher.stream, &mut buf) {
+            Ok(0) => {
+                // berthd went away: that ends this attacher's stdin too.
+                if !attacher.stdin_done {
+                    attacher.stdin_done = true;
+                    stdin_ended(container);
+                }
+                attacher.dead = true;
+                return;
+            }
+            Ok(n) => attacher.decoder.push(&buf[..n]),
+            Err(Errno::EINTR) => continue,
+            Err(Errno::EAGAIN) => return,
+            Err(_) => {
+                attacher.dead = true;
+                return;
+            }
+        }
+        loop {
+            match attacher.decoder.next_frame() {
+                Ok(None) => break,
+                Ok(Some((kind, payload))) => {
+                    if let Err(message) = attacher_frame(attacher, container, kind, &payload) {
+                        note(&format!("attach connection closed: {message}"));
+                        attacher.dead = true;
+                        return;
+                    }
+                }
+                Err(frame::BadFrame(message)) => {
+                    note(&format!("attach connection closed: {message}"));
+                    attacher.dead = true;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn attacher_frame(
+    attacher: &mut Attacher,
+    container: &mut Container,
+    kind: u8,
+    payload: &[u8],
+) -> Result<(), String> {
+    match kind {
+        frame::STDIN | frame::STDIN_EOF if !attacher.stdin => {
+            return Err("stdin from an attacher that did not ask for it".into())
+        }
+        frame::STDIN | frame::STDIN_EOF if attacher.stdin_done => {
+            return Err("stdin after its end".into())
+        }
+        frame::STDIN => {
+            // Once stdin_once has closed it, or after the exit, stdin goes nowhere.
+            if container.stdin.is_some() && !container.stdin_closing {
+                container.stdin_pending.extend_from_slice(payload);
+            }
+        }
+        frame::STDIN_EOF => {
+            attacher.stdin_done = true;
+            stdin_ended(container);
+        }
+        frame::RESIZE => {
+            let (width, height) =
+                frame::parse_resize(payload).ok_or("a resize frame of the wrong size")?;
+            // Only a terminal has a size; zero is no size at all.
+            if container.tty && width > 0 && height > 0 {
+                if let Some(master) = container.outputs.first() {
+                    let _ = set_window_size(&master.fd, width, height);
+                }
+            }
+        }
+        _ => return Err(format!("unexpected frame kind {kind}")),
+    }
+    Ok(())
+}
+
+/// An attacher's stdin ended: with stdin_once, the container's stdin closes once what is
+/// queued for it is written (on a terminal in canonical mode, after its EOF character).
+fn stdin_ended(container: &mut Container) {
+    if !container.stdin_once || container.stdin_closing {
+        return;
+    }
+    container.stdin_closing = true;
+    if let (true, Some(stdin)) = (container.tty, &container.stdin) {
+        if let Some(eof) = terminal_eof(stdin) {
+            container.stdin_pending.push(eof);
+        }
+    }
+}
+
+/// The EOF character of a terminal in canonical mode (where it means end of input).
+pub(crate) fn terminal_eof(fd: &OwnedFd) -> Option<u8> {
+    use nix::sys::termios::{tcgetattr, LocalFlags, SpecialCharacterIndices};
+    let termios = tcgetattr(fd).ok()?;
+    termios
+        .local_flags
+        .contains(LocalFlags::ICANON)
+        .then(|| termios.control_chars[SpecialCharacterIndices::VEOF as usize])
+}
+
+/// Writes what it can of the attachers' stdin into the container's, without blocking; a
+/// container that closed its stdin (or exited) takes no more.
+fn flush_stdin(container: &mut Container) {
+    let Some(stdin) = &container.stdin else {
+        container.stdin_pending.clear();
+        return;
+    };
+    while !container.stdin_pending.is_empty() {
+        match nix::unistd::write(stdin, &container.stdin_pending) {
+            Ok(n) => {
+                container.stdin_pending.drain(..n);
+            }
+            Err(Errno::EINTR) => {}
+            Err(Errno::EAGAIN) => return,
+            Err(_) => {
+                container.stdin_pending.clear();
+                container.stdin = None;
+                return;
+            }
+        }
+    }
+    if container.stdin_closing {
+        container.stdin = None;
+    }
+}
+
+pub(crate) fn set_window_size(fd: &OwnedFd, width: u16, height: u16) -> std::io::Result<()> {
+    let size = libc::winsize { ws_row: height, ws_col: width, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: TIOCSWINSZ reads a winsize from the pointer, which is live for the call.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &size) } == -1 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A pty for a stream exec, in the container's own devpts when it has one (so that the
+/// process sees its terminal as `/dev/pts/N`, as under an OCI runtime), else the host's.
+/// Returns (master, slave); the master is non-blocking and both are close-on-exec.
+fn open_exec_pty(container_pid: u32) -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let (master, slave) = match open_container_pty(container_pid) {
+        Ok(pair) => pair,
+        Err(_) => {
+            let pty = nix::pty::openpty(None, None)?;
+            for fd in [&pty.master, &pty.slave] {
+                fcntl(fd, FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))?;
+            }
+            (pty.master, pty.slave)
+        }
+    };
+    set_nonblocking(&master);
+    Ok((master, slave))
+}
+
+/// The container's `/dev/pts/ptmx`, reached through its root and resolved inside it, checked
+/// to be a devpts multiplexer; the slave is opened from the master (`TIOCGPTPEER`), never by
+/// a path the container could swap.
+fn open_container_pty(container_pid: u32) -> std::io::Result<(OwnedFd, OwnedFd)> {
+    use nix::fcntl::{openat2, OpenHow, ResolveFlag};
+    use std::os::fd::FromRawFd;
+    const DEVPTS_SUPER_MAGIC: i64 = 0x1cd1;
+    let root = std::fs::File::open(format!("/proc/{container_pid}/root"))?;
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let master = openat2(&root, "dev/pts/ptmx", how)?;
+    let fs = nix::sys::statfs::fstatfs(&master)?;
+    let stat = nix::sys::stat::fstat(&master)?;
+    let is_ptmx = fs.filesystem_type().0 as i64 == DEVPTS_SUPER_MAGIC
+        && stat.st_mode & libc::S_IFMT == libc::S_IFCHR
+        && stat.st_rdev == libc::makedev(5, 2);
+    if !is_ptmx {
+        return Err(std::io::Error::other(
+            "the container's /dev/pts/ptmx is not a pty multiplexer",
+        ));
+    }
+    let unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK reads an int from the pointer, which is live for the call.
+    if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) } == -1 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let flags = libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC;
+    // SAFETY: TIOCGPTPEER takes open flags by value and returns a new descriptor or -1.
+    let slave = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTPEER, flags) };
+    if slave == -1 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor, which nothing else owns.
+    Ok((master, unsafe { OwnedFd::from_raw_fd(slave) }))
+}
+
+/// A stream exec's pipes: the process's three ends (`/dev/null` for a stream not asked for)
+/// and berthd's, in the protocol's order (stdin's write end, stdout's and stderr's read ends).
+struct ExecPipes {
+    child: [OwnedFd; 3],
+    ours: Vec<OwnedFd>,
+}
+
+impl ExecPipes {
+    fn new(stdin: bool, stdout: bool, stderr: bool) -> std::io::Result<ExecPipes> {
+        let null = || -> std::io::Result<OwnedFd> {
+            Ok(std::fs::OpenOptions::new().read(true).write(true).open("/dev/null")?.into())
+        };
+        let mut ours = Vec::new();
+        let child_stdin = if stdin {
+            let (r, w) = pipe2(OFlag::O_CLOEXEC)?;
+            ours.push(w);
+            r
+        } else {
+            null()?
+        };
+        let mut output = |wanted: bool| -> std::io::Result<OwnedFd> {
+            if !wanted {
+                return null();
+            }
+            let (r, w) = pipe2(OFlag::O_CLOEXEC)?;
+            ours.push(r);
+            Ok(w)
+        };
+        let child_stdout = output(stdout)?;
+        let child_stderr = output(stderr)?;
+        Ok(ExecPipes { child: [child_stdin, child_stdout, child_stderr], ours })
+    }
+}
+
+/// Sends a reply line and descriptors in one message, so that they cannot be told apart.
+fn send_with_fds(stream: &UnixStream, reply: &Reply, fds: &[OwnedFd]) -> std::io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let mut line = serde_json::to_vec(reply).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    let raw: Vec<std::os::fd::RawFd> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
+    let rights = [ControlMessage::ScmRights(&raw)];
+    let cmsgs: &[ControlMessage] = if raw.is_empty() { &[] } else { &rights };
+    let iov = [std::io::IoSlice::new(&line)];
+    let sent = sendmsg::<()>(stream.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None)?;
+    if sent != line.len() {
+        return Err(std::io::Error::other(format!("sent {sent} of {} bytes", line.len())));
+    }
+    Ok(())
 }
 
 /// The container's side and the monitor's side of its stdio.
@@ -979,6 +1600,8 @@ impl Stdio {
         let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC)?;
         let (child_stdin, stdin) = if stdin {
             let (r, w) = pipe2(OFlag::O_CLOEXEC)?;
+            // Attachers' stdin is written without blocking the monitor.
+            set_nonblocking(&w);
             (r, Some(w))
         } else {
             (std::fs::File::open("/dev/null")?.into(), None)
