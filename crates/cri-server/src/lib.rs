@@ -17,5 +17,6 @@ mod runtime_info;
 mod sandbox;
 pub mod service;
 mod stats;
+pub mod streaming;
 
 pub use runtime_info::{RUNTIME_API_VERSION, RUNTIME_NAME};

@@ -1,0 +1,3 @@
+//! The streaming server of CRI Exec, Attach and PortForward.
+
+pub mod spdy;
