@@ -18,10 +18,10 @@ use crate::error::{CriError, CriResult};
 use crate::proto::{
     self, Container, ContainerResources, ContainerStatus, ContainerStatusRequest,
     ContainerStatusResponse, ContainerUser, CreateContainerRequest, CreateContainerResponse,
-    ImageSpec, LinuxContainerUser, ListContainersRequest,
-    ListContainersResponse, RemoveContainerRequest, RemoveContainerResponse,
-    ReopenContainerLogRequest, ReopenContainerLogResponse, StartContainerRequest,
-    StartContainerResponse, StopContainerRequest, StopContainerResponse, StreamContainersResponse,
+    ImageSpec, LinuxContainerUser, ListContainersRequest, ListContainersResponse,
+    RemoveContainerRequest, RemoveContainerResponse, ReopenContainerLogRequest,
+    ReopenContainerLogResponse, StartContainerRequest, StartContainerResponse,
+    StopContainerRequest, StopContainerResponse, StreamContainersResponse,
     UpdateContainerResourcesRequest, UpdateContainerResourcesResponse,
 };
 use crate::rpc_layer::{record_container, record_pod};

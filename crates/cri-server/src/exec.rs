@@ -39,8 +39,7 @@ pub async fn exec(cri: &Cri, request: ExecRequest) -> CriResult<ExecResponse> {
     }
     let io = stdio(request.stdin, request.stdout, request.stderr, request.tty)?;
     let container_id = running(cri, id)?;
-    let url =
-        cri.streaming.register(StreamRequest::Exec { container_id, cmd: request.cmd, io })?;
+    let url = cri.streaming.register(StreamRequest::Exec { container_id, cmd: request.cmd, io })?;
     Ok(ExecResponse { url })
 }
 
@@ -53,7 +52,10 @@ pub async fn attach(cri: &Cri, request: AttachRequest) -> CriResult<AttachRespon
     Ok(AttachResponse { url })
 }
 
-pub async fn port_forward(cri: &Cri, request: PortForwardRequest) -> CriResult<PortForwardResponse> {
+pub async fn port_forward(
+    cri: &Cri,
+    request: PortForwardRequest,
+) -> CriResult<PortForwardResponse> {
     let id = required_id(&request.pod_sandbox_id, "pod sandbox id")?;
     record_pod(id);
     let ports = request
@@ -77,9 +79,7 @@ fn stdio(stdin: bool, stdout: bool, stderr: bool, tty: bool) -> CriResult<StdioR
         return Err(CriError::InvalidRequest("tty and stderr cannot both be true".into()));
     }
     if !(stdin || stdout || stderr) {
-        return Err(CriError::InvalidRequest(
-            "one of stdin, stdout, or stderr must be set".into(),
-        ));
+        return Err(CriError::InvalidRequest("one of stdin, stdout, or stderr must be set".into()));
     }
     Ok(StdioRequest { stdin, stdout, stderr, tty })
 }

@@ -318,16 +318,18 @@ pub async fn spdy_forward(session: &Session, port: u16, request_id: u32) -> Forw
     Forward { error, data_in, data_out }
 }
 
-/// A whole HTTP/1.0 GET through a forwarded connection: the response, to EOF.
+/// A whole HTTP/1.0 GET through a forwarded connection: the response, to EOF, and what the
+/// error stream said. As client-go does, the data stream is reset once the response has
+/// ended, and then the error stream is read to its end.
 pub async fn http_get(forward: Forward, path: &str) -> (Vec<u8>, String) {
     let Forward { mut error, mut data_in, mut data_out } = forward;
     let request = format!("GET {path} HTTP/1.0\r\n\r\n");
     data_out.write_all(request.as_bytes()).await.unwrap();
     let mut response = Vec::new();
     data_in.read_to_end(&mut response).await.unwrap();
+    data_out.reset();
     let mut error_text = Vec::new();
     error.read_to_end(&mut error_text).await.unwrap();
-    let _ = data_out.shutdown().await;
     (response, String::from_utf8_lossy(&error_text).into_owned())
 }
 

@@ -12,7 +12,7 @@ use berth_cri_server::proto::{AttachRequest, ExecRequest, PortForwardRequest, Ve
 use berth_e2e::cni::BridgeNetwork;
 use berth_e2e::cri::{container, pod, wait_log, ContainerSpec, Pod};
 use berth_e2e::images::{self, LATEST_REF};
-use berth_e2e::streaming::{self as client, Input, V4, PORT_FORWARD, SPDY_OFFER};
+use berth_e2e::streaming::{self as client, Input, PORT_FORWARD, SPDY_OFFER, V4};
 use berth_e2e::{Berthd, Cri, Node, Registry};
 use futures::{SinkExt, StreamExt};
 use sha2::{Digest, Sha256};
@@ -58,7 +58,12 @@ impl Env {
     }
 
     /// A pod with one running container of `script`; returns (pod id, container id).
-    async fn run(&mut self, name: &str, spec: impl FnOnce(ContainerSpec) -> ContainerSpec, script: &str) -> (String, String) {
+    async fn run(
+        &mut self,
+        name: &str,
+        spec: impl FnOnce(ContainerSpec) -> ContainerSpec,
+        script: &str,
+    ) -> (String, String) {
         let p = self.pod(name);
         let pod_id = self.cri.run_pod(&p).await.unwrap();
         let spec = spec(self.container("c", script));
@@ -90,7 +95,8 @@ impl Env {
     }
 
     async fn forward_url(&mut self, pod_id: &str, ports: &[i32]) -> String {
-        let request = PortForwardRequest { pod_sandbox_id: pod_id.to_string(), port: ports.to_vec() };
+        let request =
+            PortForwardRequest { pod_sandbox_id: pod_id.to_string(), port: ports.to_vec() };
         self.cri.runtime.port_forward(request).await.expect("PortForward").into_inner().url
     }
 
@@ -112,31 +118,30 @@ const SLEEPER: &str = "exec sleep 1000";
 async fn exec_over_spdy_separates_streams_and_reports_exit_codes() {
     let mut env = Env::start().await;
     let (_, id) = env.run("spdy-exec", |c| c, SLEEPER).await;
-    let node = &env.node;
 
     let script = ["sh", "-c", "echo out; echo err >&2; exit 3"];
     let url = env.exec_url(&id, &script, &out_err()).await;
-    let output = client::spdy_run(node, &url, &SPDY_OFFER, out_err()).await;
+    let output = client::spdy_run(&env.node, &url, &SPDY_OFFER, out_err()).await;
     assert_eq!(output.stdout, b"out\n");
     assert_eq!(output.stderr, b"err\n");
     assert_eq!(output.exit_code(), Some(3), "{}", String::from_utf8_lossy(&output.error));
 
     let url = env.exec_url(&id, &["true"], &out_err()).await;
-    let output = client::spdy_run(node, &url, &SPDY_OFFER, out_err()).await;
+    let output = client::spdy_run(&env.node, &url, &SPDY_OFFER, out_err()).await;
     assert_eq!(String::from_utf8_lossy(&output.error), r#"{"metadata":{},"status":"Success"}"#);
 
     // v2: text on failure, nothing on success.
     let url = env.exec_url(&id, &script, &out_err()).await;
-    let output = client::spdy_run(node, &url, &["v2.channel.k8s.io"], out_err()).await;
+    let output = client::spdy_run(&env.node, &url, &["v2.channel.k8s.io"], out_err()).await;
     assert_eq!(output.stdout, b"out\n");
     assert!(String::from_utf8_lossy(&output.error).contains("exit code 3"), "{output:?}");
     let url = env.exec_url(&id, &["true"], &out_err()).await;
-    let output = client::spdy_run(node, &url, &["v2.channel.k8s.io"], out_err()).await;
+    let output = client::spdy_run(&env.node, &url, &["v2.channel.k8s.io"], out_err()).await;
     assert!(output.error.is_empty());
 
     // A command that cannot run is an internal error the client sees, not a hang.
     let url = env.exec_url(&id, &["/no/such/binary"], &out_err()).await;
-    let output = client::spdy_run(node, &url, &SPDY_OFFER, out_err()).await;
+    let output = client::spdy_run(&env.node, &url, &SPDY_OFFER, out_err()).await;
     let status: serde_json::Value = serde_json::from_slice(&output.error).unwrap();
     assert_eq!(status["status"], "Failure", "{status}");
     assert_ne!(output.exit_code(), Some(0));
@@ -157,7 +162,11 @@ async fn exec_pipes_stdin_through_cat_intact() {
     for protocol in ["v5.channel.k8s.io"] {
         let url = env.exec_url(&id, &["cat"], &input).await;
         let output = client::ws_run(&env.node, &url, protocol, input.clone()).await;
-        assert!(output.stdout == data, "{protocol}: cat returned other bytes ({} bytes)", output.stdout.len());
+        assert!(
+            output.stdout == data,
+            "{protocol}: cat returned other bytes ({} bytes)",
+            output.stdout.len()
+        );
         assert_eq!(output.exit_code(), Some(0));
     }
 }
@@ -167,13 +176,13 @@ async fn exec_with_a_tty_sees_a_terminal_and_its_size() {
     let mut env = Env::start().await;
     let (_, id) = env.run("tty", |c| c, SLEEPER).await;
     let input = Input { stdout: true, tty: true, size: Some((123, 45)), ..Input::default() };
-    let url = env.exec_url(&id, &["tty"], &input).await;
+    let url = env.exec_url(&id, &["busybox", "tty"], &input).await;
     let output = client::spdy_run(&env.node, &url, &SPDY_OFFER, input.clone()).await;
     assert!(output.stdout_text().starts_with("/dev/pts/"), "{:?}", output.stdout_text());
     assert_eq!(output.exit_code(), Some(0));
 
     // The size may reach the terminal a moment after the command starts.
-    let script = "for i in $(seq 50); do [ \"$(stty size)\" = '45 123' ] && break; sleep 0.1; done; stty size";
+    let script = "for i in $(seq 50); do [ \"$(busybox stty size)\" = '45 123' ] && break; sleep 0.1; done; busybox stty size";
     let url = env.exec_url(&id, &["sh", "-c", script], &input).await;
     let output = client::spdy_run(&env.node, &url, &SPDY_OFFER, input.clone()).await;
     assert_eq!(output.stdout_text().trim(), "45 123");
@@ -211,8 +220,9 @@ async fn exec_over_websocket_v4_binary_and_base64() {
 #[tokio::test]
 async fn attach_reaches_the_output_of_several_attachers_and_the_stdin() {
     let mut env = Env::start().await;
-    let (_, id) =
-        env.run("attach-out", |c| c, "i=0; while :; do i=$((i+1)); echo tick $i; sleep 0.1; done").await;
+    let (_, id) = env
+        .run("attach-out", |c| c, "i=0; while :; do i=$((i+1)); echo tick $i; sleep 0.1; done")
+        .await;
     let input = Input { stdout: true, stderr: true, ..Input::default() };
     let mut readers = Vec::new();
     for _ in 0..2 {
@@ -223,7 +233,8 @@ async fn attach_reaches_the_output_of_several_attachers_and_the_stdin() {
             let mut seen = Vec::new();
             let mut buf = [0u8; 1024];
             while String::from_utf8_lossy(&seen).matches("tick").count() < 3 {
-                let n = tokio::time::timeout(TIMEOUT, stdout.read(&mut buf)).await.unwrap().unwrap();
+                let n =
+                    tokio::time::timeout(TIMEOUT, stdout.read(&mut buf)).await.unwrap().unwrap();
                 assert!(n > 0, "attach output ended");
                 seen.extend_from_slice(&buf[..n]);
             }
@@ -242,7 +253,12 @@ async fn attach_reaches_the_output_of_several_attachers_and_the_stdin() {
     let pod_id = env.cri.run_pod(&p).await.unwrap();
     let spec = env.container("cat", "exec cat").stdin(true, true);
     let cat = env.cri.run_container(&pod_id, &p, &spec).await.unwrap();
-    let input = Input { stdin: Some(b"hello attach\n".to_vec()), stdout: true, stderr: true, ..Input::default() };
+    let input = Input {
+        stdin: Some(b"hello attach\n".to_vec()),
+        stdout: true,
+        stderr: true,
+        ..Input::default()
+    };
     let url = env.attach_url(&cat, &input).await;
     let output = client::spdy_run(&env.node, &url, &SPDY_OFFER, input).await;
     assert_eq!(output.stdout, b"hello attach\n");
@@ -257,7 +273,7 @@ async fn port_forward_to_httpd_in_a_pod() {
     let mut env = Env::start().await;
     // 3 MiB of random bytes behind busybox httpd on the pod's loopback only.
     let script = "mkdir -p /www && head -c 3145728 /dev/urandom > /www/big && \
-                  sha256sum /www/big > /www/sum && echo ready && \
+                  busybox sha256sum /www/big > /www/sum && echo ready && \
                   exec busybox httpd -f -p 127.0.0.1:8080 -h /www";
     let (pod_id, id) = env.run("forward", |c| c, script).await;
     let p = env.pod("forward");
@@ -333,7 +349,9 @@ async fn port_forward_to_httpd_in_a_pod() {
 }
 
 /// A WebSocket as a byte stream, as the tunnel of crictl's port forward is.
-fn ws_tunnel(ws: tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>) -> tokio::io::DuplexStream {
+fn ws_tunnel(
+    ws: tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+) -> tokio::io::DuplexStream {
     let (ours, theirs) = tokio::io::duplex(64 * 1024);
     let (mut sink, mut stream) = ws.split();
     let (mut read, mut write) = tokio::io::split(theirs);
@@ -381,28 +399,54 @@ async fn urls_work_once_and_only_on_their_route() {
     assert_eq!(client::request(&env.node, &url, "POST", &[]).await.status, 404);
     // Negotiation failures.
     let url = env.exec_url(&id, &["true"], &out_err()).await;
-    let answer = client::request(&env.node, &url, "POST", &[("Connection", "Upgrade"), ("Upgrade", "SPDY/3.1")]).await;
+    let answer = client::request(
+        &env.node,
+        &url,
+        "POST",
+        &[("Connection", "Upgrade"), ("Upgrade", "SPDY/3.1")],
+    )
+    .await;
     assert_eq!(answer.status, 400);
     let url = env.exec_url(&id, &["true"], &out_err()).await;
-    let headers = [("Connection", "Upgrade"), ("Upgrade", "SPDY/3.1"), ("X-Stream-Protocol-Version", "v9.channel.k8s.io")];
+    let headers = [
+        ("Connection", "Upgrade"),
+        ("Upgrade", "SPDY/3.1"),
+        ("X-Stream-Protocol-Version", "v9.channel.k8s.io"),
+    ];
     let answer = client::request(&env.node, &url, "POST", &headers).await;
     assert_eq!(answer.status, 403);
-    assert!(answer.headers.iter().any(|(n, v)| n == "x-accepted-stream-protocol-versions" && v == V4));
+    assert!(answer
+        .headers
+        .iter()
+        .any(|(n, v)| n == "x-accepted-stream-protocol-versions" && v == V4));
     let url = env.forward_url(&pod_id, &[]).await;
-    let headers = [("Connection", "Upgrade"), ("Upgrade", "SPDY/3.1"), ("X-Stream-Protocol-Version", V4)];
+    let headers =
+        [("Connection", "Upgrade"), ("Upgrade", "SPDY/3.1"), ("X-Stream-Protocol-Version", V4)];
     assert_eq!(client::request(&env.node, &url, "POST", &headers).await.status, 403);
 
     // Bad requests never get a URL.
-    let bad = ExecRequest { container_id: id.clone(), cmd: vec!["sh".into()], tty: true, stderr: true, ..Default::default() };
+    let bad = ExecRequest {
+        container_id: id.clone(),
+        cmd: vec!["sh".into()],
+        tty: true,
+        stderr: true,
+        ..Default::default()
+    };
     assert_eq!(env.cri.runtime.exec(bad).await.unwrap_err().code(), Code::InvalidArgument);
-    let none = ExecRequest { container_id: id.clone(), cmd: vec!["sh".into()], ..Default::default() };
+    let none =
+        ExecRequest { container_id: id.clone(), cmd: vec!["sh".into()], ..Default::default() };
     assert_eq!(env.cri.runtime.exec(none).await.unwrap_err().code(), Code::InvalidArgument);
     let unknown = AttachRequest { container_id: "nope".into(), stdout: true, ..Default::default() };
     assert_eq!(env.cri.runtime.attach(unknown).await.unwrap_err().code(), Code::NotFound);
     let port = PortForwardRequest { pod_sandbox_id: pod_id.clone(), port: vec![70000] };
     assert_eq!(env.cri.runtime.port_forward(port).await.unwrap_err().code(), Code::InvalidArgument);
     env.cri.stop_container(&id, 0).await.unwrap();
-    let stopped = ExecRequest { container_id: id.clone(), cmd: vec!["true".into()], stdout: true, ..Default::default() };
+    let stopped = ExecRequest {
+        container_id: id.clone(),
+        cmd: vec!["true".into()],
+        stdout: true,
+        ..Default::default()
+    };
     assert_eq!(env.cri.runtime.exec(stopped).await.unwrap_err().code(), Code::FailedPrecondition);
 }
 
@@ -412,7 +456,8 @@ async fn urls_expire_after_a_minute() {
     let (_, id) = env.run("expiry", |c| c, SLEEPER).await;
     let url = env.exec_url(&id, &["true"], &out_err()).await;
     tokio::time::sleep(Duration::from_secs(61)).await;
-    let headers = [("Connection", "Upgrade"), ("Upgrade", "SPDY/3.1"), ("X-Stream-Protocol-Version", V4)];
+    let headers =
+        [("Connection", "Upgrade"), ("Upgrade", "SPDY/3.1"), ("X-Stream-Protocol-Version", V4)];
     assert_eq!(client::request(&env.node, &url, "POST", &headers).await.status, 404);
 }
 
@@ -420,7 +465,8 @@ async fn urls_expire_after_a_minute() {
 async fn abusive_clients_end_their_own_session_only() {
     let mut env = Env::start().await;
     let (_, id) = env.run("abuse", |c| c, SLEEPER).await;
-    let upgrade = [("Connection", "Upgrade"), ("Upgrade", "SPDY/3.1"), ("X-Stream-Protocol-Version", V4)];
+    let upgrade =
+        [("Connection", "Upgrade"), ("Upgrade", "SPDY/3.1"), ("X-Stream-Protocol-Version", V4)];
 
     // Garbage after the upgrade.
     let url = env.exec_url(&id, &["cat"], &out_err()).await;
@@ -455,7 +501,8 @@ async fn abusive_clients_end_their_own_session_only() {
     assert!(!String::from_utf8_lossy(&reply).starts_with("HTTP/1.1 101"));
 
     // Thousands of streams: the ones over the limit are refused, the daemon is fine.
-    let url = env.forward_url(&env_pod(&mut env, "abuse-pf").await, &[]).await;
+    let forward_pod = env_pod(&mut env, "abuse-pf").await;
+    let url = env.forward_url(&forward_pod, &[]).await;
     let (session, _) = client::spdy_session(&env.node, &url, &[PORT_FORWARD]).await;
     let mut refused = 0;
     for i in 0..2000u32 {

@@ -96,7 +96,8 @@ async fn pair(
     });
     let slot = if kind == "data" { &mut entry.data } else { &mut entry.error };
     if slot.is_some() {
-        let message = format!("error processing stream for request {key}: {kind} stream already assigned");
+        let message =
+            format!("error processing stream for request {key}: {kind} stream already assigned");
         if let Some(error) = entry.error.take() {
             let (_, mut writer) = error.split();
             let _ = writer.write_all(message.as_bytes()).await;
@@ -202,11 +203,9 @@ pub async fn serve_websocket<S>(
     let mut split = websocket::split(ws, protocol, &inputs, &outputs, initial);
     let mut forwards = Vec::new();
     for (port, data, error) in ports {
-        let (Some(from_client), Some(to_client), Some(mut error_out)) = (
-            split.inputs.remove(&data),
-            split.outputs.remove(&data),
-            split.outputs.remove(&error),
-        ) else {
+        let (Some(from_client), Some(to_client), Some(mut error_out)) =
+            (split.inputs.remove(&data), split.outputs.remove(&data), split.outputs.remove(&error))
+        else {
             continue;
         };
         let (runtime, pod_id) = (runtime.clone(), pod_id.clone());

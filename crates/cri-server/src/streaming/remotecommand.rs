@@ -8,7 +8,7 @@ use std::pin::Pin;
 
 use berth_runtime::{StdioSession, StreamOptions, TerminalSize};
 use serde::Serialize;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::streaming::cache::StdioRequest;
 use crate::streaming::spdy::{IncomingStream, Session};
@@ -16,8 +16,8 @@ use crate::streaming::spdy::{IncomingStream, Session};
 pub type BoxRead = Pin<Box<dyn AsyncRead + Send>>;
 pub type BoxWrite = Pin<Box<dyn AsyncWrite + Send>>;
 
-/// One resize message is a small JSON object; a line longer than this is no terminal size.
-const MAX_RESIZE_LINE: usize = 1024;
+/// One resize message is a small JSON object; anything longer is no terminal size.
+const MAX_RESIZE_MESSAGE: usize = 1024;
 
 /// The client's side of a session, as the transport made it. Channels the client did not
 /// ask for are `None`.
@@ -45,7 +45,10 @@ pub enum StatusFormat {
 /// What happened to the command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    Exited { cmd: Vec<String>, code: i32 },
+    Exited {
+        cmd: Vec<String>,
+        code: i32,
+    },
     /// Attach: the container exited or the client left.
     Detached,
     Failed(String),
@@ -61,17 +64,20 @@ pub async fn exec(
     format: StatusFormat,
 ) {
     let started = runtime.containers().exec_stream(container_id, cmd.clone(), options(io)).await;
+    let (streams, error) = channels.split_error();
     let outcome = match started {
-        Ok(session) => match join(session, channels.without_error(), false).await {
+        Ok(session) => match join(session, streams, false).await {
             Joined::Exited(Some(code)) => Outcome::Exited { cmd, code },
             Joined::Exited(None) => Outcome::Failed("the process's exit code was lost".into()),
             Joined::Gone => return,
-            Joined::Failed(err) => Outcome::Failed(format!("error executing command in container: {err}")),
+            Joined::Failed(err) => {
+                Outcome::Failed(format!("error executing command in container: {err}"))
+            }
         },
         Err(err) => Outcome::Failed(format!("error executing command in container: {err}")),
     };
     tracing::debug!(container_id, ?outcome, "exec stream ended");
-    report(channels.error, &outcome, format).await;
+    report(error, &outcome, format).await;
 }
 
 /// Connects the client to the container's own stdio.
@@ -82,8 +88,9 @@ pub async fn attach(
     channels: Channels,
     format: StatusFormat,
 ) {
+    let (streams, error) = channels.split_error();
     let outcome = match runtime.containers().attach(container_id, options(io)).await {
-        Ok(session) => match join(session, channels.without_error(), true).await {
+        Ok(session) => match join(session, streams, true).await {
             Joined::Exited(_) => Outcome::Detached,
             Joined::Gone => return,
             Joined::Failed(err) => Outcome::Failed(format!("error attaching to container: {err}")),
@@ -91,7 +98,7 @@ pub async fn attach(
         Err(err) => Outcome::Failed(format!("error attaching to container: {err}")),
     };
     tracing::debug!(container_id, ?outcome, "attach stream ended");
-    report(channels.error, &outcome, format).await;
+    report(error, &outcome, format).await;
 }
 
 fn options(io: StdioRequest) -> StreamOptions {
@@ -108,14 +115,9 @@ struct Streams {
 }
 
 impl Channels {
-    fn without_error(&mut self) -> Streams {
-        Streams {
-            stdin: self.stdin.take(),
-            stdout: self.stdout.take(),
-            stderr: self.stderr.take(),
-            resize: self.resize.take(),
-            gone: std::mem::replace(&mut self.gone, Box::pin(std::future::pending())),
-        }
+    fn split_error(self) -> (Streams, BoxWrite) {
+        let Channels { stdin, stdout, stderr, resize, error, gone } = self;
+        (Streams { stdin, stdout, stderr, resize, gone }, error)
     }
 }
 
@@ -135,10 +137,8 @@ async fn join(session: StdioSession, streams: Streams, attach: bool) -> Joined {
     let input = tokio::spawn(copy_input(streams.stdin, stdin));
     let resizes = tokio::spawn(copy_resizes(streams.resize, resize));
     let output = async {
-        let (out, err) = tokio::join!(
-            copy_output(stdout, streams.stdout),
-            copy_output(stderr, streams.stderr)
-        );
+        let (out, err) =
+            tokio::join!(copy_output(stdout, streams.stdout), copy_output(stderr, streams.stderr));
         out && err
     };
     let finished = async {
@@ -162,10 +162,7 @@ async fn join(session: StdioSession, streams: Streams, attach: bool) -> Joined {
     result
 }
 
-async fn copy_input(
-    from: Option<BoxRead>,
-    to: Option<Pin<Box<dyn AsyncWrite + Send>>>,
-) {
+async fn copy_input(from: Option<BoxRead>, to: Option<Pin<Box<dyn AsyncWrite + Send>>>) {
     let (Some(mut from), Some(mut to)) = (from, to) else { return };
     if tokio::io::copy(&mut from, &mut to).await.is_ok() {
         // EOF from the client: the process sees its stdin end.
@@ -188,40 +185,55 @@ async fn copy_output(from: Option<Pin<Box<dyn AsyncRead + Send>>>, to: Option<Bo
     }
 }
 
-async fn copy_resizes(
-    from: Option<BoxRead>,
-    to: Option<tokio::sync::mpsc::Sender<TerminalSize>>,
-) {
-    let (Some(from), Some(to)) = (from, to) else { return };
-    let mut lines = BufReader::new(from);
-    let mut line = Vec::new();
+/// Reads the sizes as a stream of JSON values: client-go ends each with a newline, other
+/// clients send one per WebSocket message without one.
+async fn copy_resizes(from: Option<BoxRead>, to: Option<tokio::sync::mpsc::Sender<TerminalSize>>) {
+    let (Some(mut from), Some(to)) = (from, to) else { return };
+    let mut pending = Vec::new();
+    let mut chunk = [0u8; 512];
     loop {
-        line.clear();
-        let mut limited = (&mut lines).take(MAX_RESIZE_LINE as u64);
-        match limited.read_until(b'\n', &mut line).await {
+        match from.read(&mut chunk).await {
             Ok(0) | Err(_) => return,
-            Ok(_) => {}
+            Ok(n) => pending.extend_from_slice(&chunk[..n]),
         }
-        if line.last() != Some(&b'\n') && line.len() >= MAX_RESIZE_LINE {
-            tracing::debug!("resize message too long; ignoring the resize stream");
-            return;
-        }
-        match parse_size(&line) {
-            Some(size) if size.width > 0 && size.height > 0 => {
-                if to.send(size).await.is_err() {
+        let mut values =
+            serde_json::Deserializer::from_slice(&pending).into_iter::<serde_json::Value>();
+        let mut consumed = 0;
+        loop {
+            match values.next() {
+                Some(Ok(value)) => {
+                    consumed = values.byte_offset();
+                    let Some(size) = parse_size(&value).filter(|s| s.width > 0 && s.height > 0)
+                    else {
+                        continue;
+                    };
+                    tracing::debug!(width = size.width, height = size.height, "terminal resized");
+                    if to.send(size).await.is_err() {
+                        return;
+                    }
+                }
+                // The rest of a value is still to come.
+                Some(Err(err)) if err.is_eof() => break,
+                Some(Err(_)) => {
+                    tracing::debug!("garbage on the resize stream; ignoring the rest of it");
                     return;
                 }
+                None => {
+                    consumed = pending.len();
+                    break;
+                }
             }
-            _ => {}
+        }
+        pending.drain(..consumed);
+        if pending.len() > MAX_RESIZE_MESSAGE {
+            tracing::debug!("resize message too long; ignoring the rest of the stream");
+            return;
         }
     }
 }
 
-use tokio::io::AsyncReadExt;
-
 /// `{"Width":80,"Height":24}`, keys in any case (Go's decoder matches them so).
-fn parse_size(line: &[u8]) -> Option<TerminalSize> {
-    let value: serde_json::Value = serde_json::from_slice(line).ok()?;
+fn parse_size(value: &serde_json::Value) -> Option<TerminalSize> {
     let object = value.as_object()?;
     let field = |name: &str| {
         object
@@ -304,7 +316,9 @@ fn status_json(outcome: &Outcome) -> String {
             status: "Failure",
             message: Some(format!("Internal error occurred: {message}")),
             reason: Some("InternalError"),
-            details: Some(Details { causes: vec![Cause { reason: None, message: message.clone() }] }),
+            details: Some(Details {
+                causes: vec![Cause { reason: None, message: message.clone() }],
+            }),
             code: Some(500),
         },
     };
@@ -406,7 +420,14 @@ pub async fn spdy_channels(
     let stderr = writer("stderr");
     let error = writer("error")?;
     let closed = session.clone();
-    Some(Channels { stdin, stdout, stderr, resize, error, gone: Box::pin(async move { closed.closed().await }) })
+    Some(Channels {
+        stdin,
+        stdout,
+        stderr,
+        resize,
+        error,
+        gone: Box::pin(async move { closed.closed().await }),
+    })
 }
 
 #[cfg(test)]
@@ -417,7 +438,8 @@ mod tests {
     fn statuses_are_written_as_the_kubelet_library_writes_them() {
         let ok = Outcome::Exited { cmd: vec!["true".into()], code: 0 };
         assert_eq!(status_json(&ok), r#"{"metadata":{},"status":"Success"}"#);
-        let three = Outcome::Exited { cmd: vec!["sh".into(), "-c".into(), "exit 3".into()], code: 3 };
+        let three =
+            Outcome::Exited { cmd: vec!["sh".into(), "-c".into(), "exit 3".into()], code: 3 };
         assert_eq!(
             status_json(&three),
             r#"{"metadata":{},"status":"Failure","message":"command terminated with non-zero exit code: error executing command [sh -c exit 3], exit code 3","reason":"NonZeroExitCode","details":{"causes":[{"reason":"ExitCode","message":"3"}]}}"#
@@ -431,17 +453,20 @@ mod tests {
 
     #[test]
     fn sizes_are_read_with_keys_in_any_case() {
-        let size = parse_size(br#"{"Width":80,"Height":24}"#).unwrap();
+        let parse = |text: &str| parse_size(&serde_json::from_str(text).unwrap());
+        let size = parse(r#"{"Width":80,"Height":24}"#).unwrap();
         assert_eq!((size.width, size.height), (80, 24));
-        let size = parse_size(b"{\"width\":100,\"HEIGHT\":7}\n").unwrap();
+        let size = parse("{\"width\":100,\"HEIGHT\":7}\n").unwrap();
         assert_eq!((size.width, size.height), (100, 7));
-        assert!(parse_size(br#"{"Width":70000,"Height":24}"#).is_none());
-        assert!(parse_size(b"garbage").is_none());
+        assert!(parse(r#"{"Width":70000,"Height":24}"#).is_none());
+        assert!(parse("[1]").is_none());
     }
 
     #[tokio::test]
     async fn resize_lines_reach_the_runtime_and_zero_sizes_do_not() {
-        let input: &[u8] = b"{\"Width\":80,\"Height\":24}\n{\"Width\":0,\"Height\":5}\n{\"Width\":1,\"Height\":2}\n";
+        // With and without newlines, as client-go and WebSocket clients send them.
+        let input: &[u8] =
+            b"{\"Width\":80,\"Height\":24}\n{\"Width\":0,\"Height\":5}{\"Width\":1,\"Height\":2}";
         let (tx, mut rx) = tokio::sync::mpsc::channel(4);
         copy_resizes(Some(Box::pin(input)), Some(tx)).await;
         let first = rx.recv().await.unwrap();

@@ -18,10 +18,10 @@ use tokio::sync::Semaphore;
 
 use crate::config::StreamingConfig;
 use crate::streaming::cache::{CacheError, RequestCache, StreamRequest};
+use crate::streaming::portforward;
 use crate::streaming::remotecommand::{self, SpdyVersion};
 use crate::streaming::spdy::{self, Role, Session};
 use crate::streaming::websocket::{self, WsProtocol};
-use crate::streaming::portforward;
 
 const PROTOCOL_HEADER: &str = "x-stream-protocol-version";
 const ACCEPTED_HEADER: &str = "x-accepted-stream-protocol-versions";
@@ -61,10 +61,11 @@ impl StreamingServer {
         config: &StreamingConfig,
         runtime: Arc<berth_runtime::Runtime>,
     ) -> Result<Arc<StreamingServer>, StreamingError> {
-        let address: SocketAddr = config.address.parse().map_err(|err| StreamingError::Address {
-            address: config.address.clone(),
-            message: format!("{err}; expected ip:port"),
-        })?;
+        let address: SocketAddr =
+            config.address.parse().map_err(|err| StreamingError::Address {
+                address: config.address.clone(),
+                message: format!("{err}; expected ip:port"),
+            })?;
         let tls = tls_acceptor(config)?;
         let listener = TcpListener::bind(address)
             .await
@@ -101,7 +102,9 @@ fn base_url(mut local: SocketAddr, tls: bool) -> String {
     format!("{}://{local}", if tls { "https" } else { "http" })
 }
 
-fn tls_acceptor(config: &StreamingConfig) -> Result<Option<tokio_rustls::TlsAcceptor>, StreamingError> {
+fn tls_acceptor(
+    config: &StreamingConfig,
+) -> Result<Option<tokio_rustls::TlsAcceptor>, StreamingError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let (cert, key) = match (&config.tls_cert_file, &config.tls_key_file) {
@@ -175,7 +178,6 @@ where
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
         .max_buf_size(MAX_HEAD)
-        .keep_alive(false)
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades()
         .await;
@@ -203,7 +205,11 @@ impl StreamingServer {
         }
     }
 
-    fn upgrade_spdy(self: &Arc<Self>, mut request: Request<Incoming>, what: StreamRequest) -> Reply {
+    fn upgrade_spdy(
+        self: &Arc<Self>,
+        mut request: Request<Incoming>,
+        what: StreamRequest,
+    ) -> Reply {
         let port_forward = matches!(what, StreamRequest::PortForward { .. });
         let offered: Vec<String> = request
             .headers()
@@ -314,14 +320,20 @@ impl StreamingServer {
         finish(session).await;
     }
 
-    fn upgrade_websocket(self: &Arc<Self>, mut request: Request<Incoming>, what: StreamRequest) -> Reply {
+    fn upgrade_websocket(
+        self: &Arc<Self>,
+        mut request: Request<Incoming>,
+        what: StreamRequest,
+    ) -> Reply {
         if request.method() != Method::GET {
             return text(StatusCode::METHOD_NOT_ALLOWED, "a WebSocket upgrade is a GET");
         }
         let headers = request.headers();
         if headers.get(header::SEC_WEBSOCKET_VERSION).and_then(|v| v.to_str().ok()) != Some("13") {
             let mut reply = text(StatusCode::BAD_REQUEST, "unsupported WebSocket version");
-            reply.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+            reply
+                .headers_mut()
+                .insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
             return reply;
         }
         let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
@@ -330,10 +342,8 @@ impl StreamingServer {
         let accept_key =
             tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
         let port_forward = matches!(what, StreamRequest::PortForward { .. });
-        let offered = headers
-            .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-            .iter()
-            .filter_map(|v| v.to_str().ok());
+        let offered =
+            headers.get_all(header::SEC_WEBSOCKET_PROTOCOL).iter().filter_map(|v| v.to_str().ok());
         let Ok(protocol) = websocket::choose(offered, port_forward) else {
             return text(StatusCode::FORBIDDEN, "");
         };
@@ -374,13 +384,17 @@ impl StreamingServer {
     {
         let format = protocol.status_format();
         match what {
-            StreamRequest::PortForward { pod_id, .. } if protocol == WsProtocol::SpdyPortForward => {
+            StreamRequest::PortForward { pod_id, .. }
+                if protocol == WsProtocol::SpdyPortForward =>
+            {
                 let tunnel = websocket::tunnel(ws);
-                let (session, incoming) = Session::new(tunnel, Role::Server, spdy::Limits::default());
+                let (session, incoming) =
+                    Session::new(tunnel, Role::Server, spdy::Limits::default());
                 portforward::serve_spdy(self.runtime.clone(), pod_id, session, incoming).await;
             }
             StreamRequest::PortForward { pod_id, ports } => {
-                portforward::serve_websocket(self.runtime.clone(), pod_id, ws, protocol, ports).await;
+                portforward::serve_websocket(self.runtime.clone(), pod_id, ws, protocol, ports)
+                    .await;
             }
             StreamRequest::Exec { container_id, cmd, io } => {
                 let channels = websocket::remotecommand_channels(ws, protocol, io);

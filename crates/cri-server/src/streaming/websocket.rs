@@ -229,15 +229,14 @@ where
     let (mut theirs_read, mut theirs_write) = tokio::io::split(theirs);
     tokio::spawn(async move {
         while let Some(Ok(message)) = stream.next().await {
-            match message {
-                Message::Binary(data) => {
-                    if theirs_write.write_all(&data).await.is_err() {
-                        break;
-                    }
-                }
+            let data = match message {
+                Message::Binary(data) => data,
                 Message::Close(_) => break,
                 // Pings are answered by the library as the socket is read.
-                _ => {}
+                _ => continue,
+            };
+            if theirs_write.write_all(&data).await.is_err() {
+                break;
             }
         }
         let _ = theirs_write.shutdown().await;
@@ -434,7 +433,9 @@ mod tests {
         }
         assert!(got.contains(&Message::Binary(vec![STDOUT, b'o', b'u', b't'].into())), "{got:?}");
         assert!(got.contains(&Message::Binary(vec![ERROR, b'{', b'}'].into())), "{got:?}");
-        assert!(matches!(got.last(), Some(Message::Close(Some(frame))) if frame.code == CloseCode::Normal));
+        assert!(
+            matches!(got.last(), Some(Message::Close(Some(frame))) if frame.code == CloseCode::Normal)
+        );
         drop(client);
         channels.gone.await;
     }

@@ -45,7 +45,8 @@ fn connect_loopback(port: u16) -> Result<TcpStream> {
         Ok(stream) => Ok(stream),
         Err(v4_err) => {
             let v6 = SocketAddr::from((Ipv6Addr::LOCALHOST, port));
-            TcpStream::connect_timeout(&v6, CONNECT_TIMEOUT).map_err(|_| forward_error(port, v4_err))
+            TcpStream::connect_timeout(&v6, CONNECT_TIMEOUT)
+                .map_err(|_| forward_error(port, v4_err))
         }
     }
 }

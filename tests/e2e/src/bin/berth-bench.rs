@@ -1028,8 +1028,13 @@ fn streaming_berthd(
                 pod_sandbox_id: pod_id.clone(),
                 port: vec![],
             };
-            let url =
-                cri.runtime.port_forward(request).await.map_err(rpc("PortForward"))?.into_inner().url;
+            let url = cri
+                .runtime
+                .port_forward(request)
+                .await
+                .map_err(rpc("PortForward"))?
+                .into_inner()
+                .url;
             let (session, _) = client::spdy_session(&node, &url, &[PORT_FORWARD]).await;
             let started = Instant::now();
             let forward = client::spdy_forward(&session, 8080, n as u32).await;
