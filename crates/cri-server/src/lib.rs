@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod error;
 mod events;
 mod image;
+pub mod metrics;
 pub mod proto;
 pub mod rpc_layer;
 mod runtime_info;

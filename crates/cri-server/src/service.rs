@@ -1,6 +1,7 @@
 //! The tonic service traits, implemented by delegation: each RPC translates nothing itself and
-//! calls the module of its group (runtime_info, sandbox, container, image, and in later work
-//! exec, stats, events). An RPC that berth does not implement answers UNIMPLEMENTED.
+//! calls the module of its group (runtime_info, sandbox, container, image, stats with the
+//! metrics RPCs, events, and in later work exec). An RPC that berth does not implement answers
+//! UNIMPLEMENTED.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use tonic::{Request, Response, Status};
 
 use crate::config::Config;
 use crate::error::unimplemented;
+use crate::metrics::Metrics;
 use crate::proto::image_service_server::ImageService;
 use crate::proto::runtime_service_server::RuntimeService;
 use crate::proto::*;
@@ -23,6 +25,7 @@ pub struct Cri {
     pub(crate) config: Arc<Config>,
     pub(crate) runtime: Arc<berth_runtime::Runtime>,
     pub(crate) images: Arc<berth_images::ImageService>,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 impl Cri {
@@ -31,7 +34,12 @@ impl Cri {
         runtime: Arc<berth_runtime::Runtime>,
         images: Arc<berth_images::ImageService>,
     ) -> Self {
-        Cri { config, runtime, images }
+        Cri { config, runtime, images, metrics: Arc::new(Metrics::new()) }
+    }
+
+    /// berthd's own metrics, which the RPC layer feeds.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
     }
 }
 
@@ -260,16 +268,16 @@ impl RuntimeService for Cri {
 
     async fn list_metric_descriptors(
         &self,
-        _request: Request<ListMetricDescriptorsRequest>,
+        request: Request<ListMetricDescriptorsRequest>,
     ) -> Result<Response<ListMetricDescriptorsResponse>, Status> {
-        Err(unimplemented("RuntimeService", "ListMetricDescriptors"))
+        Ok(Response::new(stats::list_metric_descriptors(self, request.into_inner()).await?))
     }
 
     async fn list_pod_sandbox_metrics(
         &self,
-        _request: Request<ListPodSandboxMetricsRequest>,
+        request: Request<ListPodSandboxMetricsRequest>,
     ) -> Result<Response<ListPodSandboxMetricsResponse>, Status> {
-        Err(unimplemented("RuntimeService", "ListPodSandboxMetrics"))
+        Ok(Response::new(stats::list_pod_metrics(self, request.into_inner()).await?))
     }
 
     type StreamPodSandboxMetricsStream = ResponseStream<StreamPodSandboxMetricsResponse>;
@@ -278,7 +286,8 @@ impl RuntimeService for Cri {
         &self,
         _request: Request<StreamPodSandboxMetricsRequest>,
     ) -> Result<Response<Self::StreamPodSandboxMetricsStream>, Status> {
-        Err(unimplemented("RuntimeService", "StreamPodSandboxMetrics"))
+        let batches = stats::stream_pod_metrics(self).await?;
+        Ok(Response::new(Box::pin(tokio_stream::iter(batches.into_iter().map(Ok)))))
     }
 
     async fn runtime_config(
