@@ -33,6 +33,7 @@ pub struct Config {
     pub registry: RegistryConfig,
     pub images: ImagesConfig,
     pub streaming: StreamingConfig,
+    pub metrics: MetricsConfig,
 }
 
 impl Default for Config {
@@ -49,6 +50,7 @@ impl Default for Config {
             registry: RegistryConfig::default(),
             images: ImagesConfig::default(),
             streaming: StreamingConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -113,6 +115,14 @@ impl Default for StreamingConfig {
     fn default() -> Self {
         StreamingConfig { address: "127.0.0.1:0".into(), tls_cert_file: None, tls_key_file: None }
     }
+}
+
+/// berthd's own Prometheus endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `host:port` where `/metrics` is served over plain HTTP; empty: not served.
+    pub address: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -232,6 +242,12 @@ impl Config {
         if self.streaming.tls_cert_file.is_some() != self.streaming.tls_key_file.is_some() {
             return Err("streaming.tls_cert_file and streaming.tls_key_file go together".into());
         }
+        if !self.metrics.address.is_empty() {
+            self.metrics
+                .address
+                .parse::<SocketAddr>()
+                .map_err(|err| format!("metrics.address {:?}: {err}", self.metrics.address))?;
+        }
         Ok(())
     }
 
@@ -324,11 +340,20 @@ mod tests {
             ("[runtimes.runc]\npath = \"runc\"\nroot = \"r\"", "runtimes.runc.root"),
             ("[runtimes.runc]\npth = \"runc\"", "pth"),
             ("[streaming]\ntls_cert_file = \"/c\"", "streaming.tls_cert_file"),
+            ("[metrics]\naddress = \"localhost\"", "metrics.address"),
+            ("[metrics]\nport = 9090", "port"),
         ];
         for (text, key) in cases {
             let err = Config::parse(text).expect_err(text);
             assert!(err.contains(key), "error for {text:?} should name {key:?}: {err}");
         }
+    }
+
+    #[test]
+    fn metrics_are_off_unless_an_address_is_given() {
+        assert!(Config::default().metrics.address.is_empty());
+        let config = Config::parse("[metrics]\naddress = \"127.0.0.1:9101\"").unwrap();
+        assert_eq!(config.metrics.address, "127.0.0.1:9101");
     }
 
     #[test]

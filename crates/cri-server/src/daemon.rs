@@ -66,6 +66,12 @@ pub enum DaemonError {
     Streaming(#[from] StreamingError),
     #[error("serving the CRI: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error("serving metrics on metrics.address {address}: {source}")]
+    Metrics {
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 fn pid_suffix(pid: Option<u32>) -> String {
@@ -124,6 +130,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let runtime = Arc::new(runtime);
     let streaming = StreamingServer::start(&config.streaming, runtime.clone()).await?;
     let cri = Cri::new(config.clone(), runtime, images, streaming);
+    let address = &config.metrics.address;
+    crate::metrics::start(&cri, address)
+        .await
+        .map_err(|source| DaemonError::Metrics { address: address.clone(), source })?;
 
     let socket_path = config.socket_path().map_err(ConfigError::Invalid)?;
     let listener = bind_socket(&socket_path)?;
@@ -137,7 +147,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
-        .layer(RpcLayer)
+        .layer(RpcLayer::with_metrics(cri.metrics()))
         .add_service(
             RuntimeServiceServer::new(cri.clone())
                 .max_decoding_message_size(config.grpc.max_recv_message_size)

@@ -2,6 +2,7 @@
 //! Translation only; the work is in `berth_images`.
 
 use std::collections::HashMap;
+use std::time::Instant;
 
 use berth_images::auth::AuthConfig;
 use berth_images::metadata::ImageRecord;
@@ -40,8 +41,10 @@ pub async fn pull_image(cri: &Cri, request: PullImageRequest) -> CriResult<PullI
         identity_token: a.identity_token,
         registry_token: a.registry_token,
     });
-    let record = cri.images.pull(name, auth.as_ref()).await?;
-    Ok(PullImageResponse { image_ref: record.id.to_string() })
+    let started = Instant::now();
+    let pulled = cri.images.pull(name, auth.as_ref()).await;
+    cri.metrics.observe_pull(pulled.is_ok(), started.elapsed());
+    Ok(PullImageResponse { image_ref: pulled?.id.to_string() })
 }
 
 pub async fn image_status(

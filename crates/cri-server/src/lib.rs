@@ -12,6 +12,7 @@ pub mod error;
 mod events;
 mod exec;
 mod image;
+pub mod metrics;
 pub mod proto;
 pub mod rpc_layer;
 mod runtime_info;

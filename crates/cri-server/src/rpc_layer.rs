@@ -1,10 +1,11 @@
 //! One tower layer around every RPC: its tracing span (with the ids handlers record into it),
-//! its latency and outcome in the log, and a panic turned into INTERNAL for that call alone.
-//! Handlers stay free of logging boilerplate.
+//! its latency and outcome in the log and in berthd's metrics, and a panic turned into INTERNAL
+//! for that call alone. Handlers stay free of logging boilerplate.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -12,6 +13,8 @@ use futures::FutureExt;
 use tonic::Code;
 use tower::{Layer, Service};
 use tracing::{field, Instrument, Span};
+
+use crate::metrics::Metrics;
 
 /// RPCs that change state: logged at INFO. The rest are queries the kubelet repeats every few
 /// seconds, logged at DEBUG so that a node's log is not all polling.
@@ -37,19 +40,29 @@ const MUTATING: &[&str] = &[
 ];
 
 #[derive(Debug, Clone, Default)]
-pub struct RpcLayer;
+pub struct RpcLayer {
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl RpcLayer {
+    /// Also counts every call, by method and code, in `metrics`.
+    pub fn with_metrics(metrics: Arc<Metrics>) -> RpcLayer {
+        RpcLayer { metrics: Some(metrics) }
+    }
+}
 
 impl<S> Layer<S> for RpcLayer {
     type Service = RpcService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RpcService { inner }
+        RpcService { inner, metrics: self.metrics.clone() }
     }
 }
 
 #[derive(Debug, Clone)]
 pub struct RpcService<S> {
     inner: S,
+    metrics: Option<Arc<Metrics>>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -72,7 +85,9 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let rpc = rpc_name(request.uri().path()).to_string();
+        let path = request.uri().path().to_string();
+        let rpc = rpc_name(&path).to_string();
+        let metrics = self.metrics.clone();
         // Handlers fill the ids in with `Span::current().record(..)`.
         let span = tracing::info_span!(
             "rpc",
@@ -99,6 +114,9 @@ where
                         .into_http()
                     }
                 };
+                if let Some(metrics) = metrics {
+                    metrics.observe_rpc(&path, response_code(&response), started.elapsed());
+                }
                 log_outcome(&rpc, &response, started);
                 Ok(response)
             }
@@ -120,6 +138,12 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     } else {
         "panic".to_string()
     }
+}
+
+/// An error is sent "trailers-only": its status is in the headers. A success carries its status
+/// in trailers that are not written yet, so no grpc-status header means OK.
+fn response_code(response: &http::Response<tonic::body::Body>) -> Code {
+    tonic::Status::from_header_map(response.headers()).map_or(Code::Ok, |status| status.code())
 }
 
 fn log_outcome(rpc: &str, response: &http::Response<tonic::body::Body>, started: Instant) {
@@ -176,7 +200,8 @@ mod tests {
             }
             Ok::<_, Infallible>(http::Response::new(tonic::body::Body::empty()))
         });
-        let mut service = RpcLayer.layer(handler);
+        let metrics = Arc::new(Metrics::new());
+        let mut service = RpcLayer::with_metrics(metrics.clone()).layer(handler);
 
         let request =
             http::Request::builder().uri("/runtime.v1.RuntimeService/Boom").body(()).unwrap();
@@ -190,6 +215,13 @@ mod tests {
             http::Request::builder().uri("/runtime.v1.RuntimeService/Version").body(()).unwrap();
         let response = service.call(request).await.unwrap();
         assert!(tonic::Status::from_header_map(response.headers()).is_none());
+        let text = metrics.encode();
+        for line in [
+            "berth_rpc_requests_total{method=\"Boom\",code=\"Internal\"} 1",
+            "berth_rpc_requests_total{method=\"Version\",code=\"OK\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
+        }
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The tonic service traits, implemented by delegation: each RPC translates nothing itself and
-//! calls the module of its group (runtime_info, sandbox, container, exec, image, stats,
-//! events). An RPC that berth does not implement answers UNIMPLEMENTED.
+//! calls the module of its group (runtime_info, sandbox, container, exec, image, stats with
+//! the metrics RPCs, events). An RPC that berth does not implement answers UNIMPLEMENTED.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status};
 
 use crate::config::Config;
 use crate::error::unimplemented;
+use crate::metrics::Metrics;
 use crate::proto::image_service_server::ImageService;
 use crate::proto::runtime_service_server::RuntimeService;
 use crate::proto::*;
@@ -25,6 +26,7 @@ pub struct Cri {
     pub(crate) runtime: Arc<berth_runtime::Runtime>,
     pub(crate) images: Arc<berth_images::ImageService>,
     pub(crate) streaming: Arc<StreamingServer>,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 impl Cri {
@@ -34,7 +36,12 @@ impl Cri {
         images: Arc<berth_images::ImageService>,
         streaming: Arc<StreamingServer>,
     ) -> Self {
-        Cri { config, runtime, images, streaming }
+        Cri { config, runtime, images, streaming, metrics: Arc::new(Metrics::new()) }
+    }
+
+    /// berthd's own metrics, which the RPC layer feeds.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
     }
 }
 
@@ -263,16 +270,16 @@ impl RuntimeService for Cri {
 
     async fn list_metric_descriptors(
         &self,
-        _request: Request<ListMetricDescriptorsRequest>,
+        request: Request<ListMetricDescriptorsRequest>,
     ) -> Result<Response<ListMetricDescriptorsResponse>, Status> {
-        Err(unimplemented("RuntimeService", "ListMetricDescriptors"))
+        Ok(Response::new(stats::list_metric_descriptors(self, request.into_inner()).await?))
     }
 
     async fn list_pod_sandbox_metrics(
         &self,
-        _request: Request<ListPodSandboxMetricsRequest>,
+        request: Request<ListPodSandboxMetricsRequest>,
     ) -> Result<Response<ListPodSandboxMetricsResponse>, Status> {
-        Err(unimplemented("RuntimeService", "ListPodSandboxMetrics"))
+        Ok(Response::new(stats::list_pod_metrics(self, request.into_inner()).await?))
     }
 
     type StreamPodSandboxMetricsStream = ResponseStream<StreamPodSandboxMetricsResponse>;
@@ -281,7 +288,8 @@ impl RuntimeService for Cri {
         &self,
         _request: Request<StreamPodSandboxMetricsRequest>,
     ) -> Result<Response<Self::StreamPodSandboxMetricsStream>, Status> {
-        Err(unimplemented("RuntimeService", "StreamPodSandboxMetrics"))
+        let batches = stats::stream_pod_metrics(self).await?;
+        Ok(Response::new(Box::pin(tokio_stream::iter(batches.into_iter().map(Ok)))))
     }
 
     async fn runtime_config(

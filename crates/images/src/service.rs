@@ -12,6 +12,7 @@
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -72,6 +73,8 @@ pub struct ImageService {
     holds: Arc<Holds>,
     /// Taken on blocking threads only, never across an await: see the module doc.
     gc_lock: Arc<Mutex<()>>,
+    /// Layer bytes received from registries since start (berthd's metrics).
+    downloaded: Arc<AtomicU64>,
 }
 
 /// What a container needs of its image.
@@ -132,6 +135,7 @@ impl ImageService {
             in_use: Arc::default(),
             holds: Arc::new(Holds::open(&root.join("holds"))?),
             gc_lock: Arc::default(),
+            downloaded: Arc::default(),
             root,
         };
         // Only space is at stake: a failure is retried at the next RemoveImage.
@@ -320,7 +324,12 @@ impl ImageService {
         // The source verifies the blob's digest (oci-client, or direct.rs for mutual TLS): the
         // stream ends only once every byte hashed to the descriptor's digest, and a mismatch
         // is its last item, an error.
-        let stream = resolved.source.blob(&what, layer).await?;
+        let downloaded = self.downloaded.clone();
+        let stream = resolved.source.blob(&what, layer).await?.inspect(move |piece| {
+            if let Ok(chunk) = piece {
+                downloaded.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            }
+        });
 
         let (tx, rx) = mpsc::channel::<Piece>(UNPACK_QUEUE);
         let snapshots = self.snapshots.clone();
@@ -351,6 +360,11 @@ impl ImageService {
                 Ok(())
             }
         }
+    }
+
+    /// Layer bytes received from registries since start, failed downloads included.
+    pub fn downloaded_bytes(&self) -> u64 {
+        self.downloaded.load(Ordering::Relaxed)
     }
 
     /// Finds an image by what kubelet or crictl pass: an id (`sha256:<hex>`, or its hex), a

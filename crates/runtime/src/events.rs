@@ -9,11 +9,12 @@
 //! are held and handed out once, to the subscribers present when the first one subscribes.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::broadcast;
 
-use crate::container::ContainerRecord;
+use crate::container::{ContainerRecord, ContainerState};
 use crate::pod::PodRecord;
 
 /// Events a subscriber may fall behind by before its stream is ended.
@@ -47,6 +48,8 @@ pub struct Events {
     /// Containers whose Stopped event went out: an exit can be noticed by several paths (a
     /// stop, the exit watcher, a status call) and must be told once.
     stopped: Mutex<HashSet<String>>,
+    /// Stopped events whose exit the OOM killer caused, since start (for berthd's metrics).
+    oom_kills: AtomicU64,
 }
 
 impl Default for Events {
@@ -58,7 +61,12 @@ impl Default for Events {
 impl Events {
     pub fn new(capacity: usize) -> Events {
         let (tx, _) = broadcast::channel(capacity.max(1));
-        Events { tx, held: Mutex::new(Some(Vec::new())), stopped: Mutex::new(HashSet::new()) }
+        Events {
+            tx,
+            held: Mutex::new(Some(Vec::new())),
+            stopped: Mutex::new(HashSet::new()),
+            oom_kills: AtomicU64::new(0),
+        }
     }
 
     /// A new subscriber: it sees every event published from now on (and the held recovery
@@ -97,10 +105,25 @@ impl Events {
         }
     }
 
+    /// Containers stopped by the OOM killer since start, each counted once.
+    pub fn oom_kills(&self) -> u64 {
+        self.oom_kills.load(Ordering::Relaxed)
+    }
+
     fn first_of_its_kind(&self, event: &ContainerEvent) -> bool {
         let mut stopped = self.stopped.lock().unwrap_or_else(|p| p.into_inner());
         match event.kind {
-            ContainerEventKind::Stopped => stopped.insert(event.container_id.clone()),
+            ContainerEventKind::Stopped => {
+                let first = stopped.insert(event.container_id.clone());
+                let oom = event.containers.iter().any(|c| {
+                    c.id == event.container_id
+                        && matches!(&c.state, ContainerState::Exited(exit) if exit.oom_killed)
+                });
+                if first && oom {
+                    self.oom_kills.fetch_add(1, Ordering::Relaxed);
+                }
+                first
+            }
             ContainerEventKind::Deleted => {
                 stopped.remove(&event.container_id);
                 true
@@ -161,6 +184,41 @@ mod tests {
             events.publish(event(&format!("c{i}"), ContainerEventKind::Created));
         }
         assert!(matches!(slow.try_recv(), Err(TryRecvError::Lagged(6))));
+    }
+
+    #[test]
+    fn oom_kills_are_counted_once_per_stop() {
+        let record = |id: &str, oom_killed: bool| ContainerRecord {
+            version: 1,
+            id: id.into(),
+            name: id.into(),
+            pod_id: "p".into(),
+            config: Default::default(),
+            image: Default::default(),
+            log_path: None,
+            user: Default::default(),
+            stop_signal: 15,
+            created_at_nanos: 0,
+            started_at_nanos: 0,
+            state: ContainerState::Exited(crate::container::ExitInfo {
+                exit_code: 137,
+                oom_killed,
+                ..Default::default()
+            }),
+            cgroup: String::new(),
+        };
+        let events = Events::new(16);
+        let stopped = |id: &str| ContainerEvent {
+            containers: vec![record("c1", true), record("c2", false)],
+            ..event(id, ContainerEventKind::Stopped)
+        };
+        events.publish(stopped("c1"));
+        events.publish(stopped("c1"));
+        events.publish_recovered(stopped("c2"));
+        assert_eq!(events.oom_kills(), 1);
+        events.publish(event("c1", ContainerEventKind::Deleted));
+        events.publish(stopped("c1"));
+        assert_eq!(events.oom_kills(), 2, "a new stop after a delete is a new exit");
     }
 
     #[test]

@@ -108,7 +108,7 @@ impl Runtime {
     /// ContainerStats: any container, from whatever its cgroup still holds.
     pub async fn container_stats(&self, id: &str) -> Result<ContainerStats> {
         let record = self.containers.record(id)?;
-        let mut all = self.containers_stats(vec![record]).await?;
+        let mut all = self.containers_stats(vec![record], false).await?;
         all.pop().ok_or_else(|| Error::Internal("no stats read".into()))
     }
 
@@ -118,7 +118,8 @@ impl Runtime {
         filter: &ContainerFilter,
     ) -> Result<Vec<ContainerStats>> {
         let records = self.containers.list(filter).await;
-        self.containers_stats(records.into_iter().filter(|r| is_live(&r.state)).collect()).await
+        let live = records.into_iter().filter(|r| is_live(&r.state)).collect();
+        self.containers_stats(live, false).await
     }
 
     /// PodSandboxStats: the pod's cgroup, network and live containers.
@@ -128,17 +129,41 @@ impl Runtime {
             .pods
             .record(&id)
             .ok_or_else(|| Error::NotFound(format!("pod sandbox {id:?} not found")))?;
-        let mut all = self.pods_stats(vec![record]).await?;
+        let mut all = self.pods_stats(vec![record], false).await?;
         all.pop().ok_or_else(|| Error::Internal("no stats read".into()))
     }
 
     /// ListPodSandboxStats: the ready pods `filter` matches.
     pub async fn list_pod_stats(&self, filter: &PodFilter) -> Result<Vec<PodStats>> {
         let pods = self.pods.list(filter).await;
-        self.pods_stats(pods.into_iter().filter(|p| p.state == PodState::Ready).collect()).await
+        self.pods_stats(pods.into_iter().filter(|p| p.state == PodState::Ready).collect(), false)
+            .await
     }
 
-    async fn containers_stats(&self, records: Vec<ContainerRecord>) -> Result<Vec<ContainerStats>> {
+    /// ListPodSandboxMetrics: every ready pod and its live containers, the containers with the
+    /// figures only metrics use (see [`crate::stats::CgroupDetail`]).
+    pub async fn pod_metrics(&self) -> Result<Vec<PodStats>> {
+        let pods = self.pods.list(&PodFilter::default()).await;
+        self.pods_stats(pods.into_iter().filter(|p| p.state == PodState::Ready).collect(), true)
+            .await
+    }
+
+    /// How many pod monitors are alive.
+    pub async fn live_monitors(&self) -> usize {
+        self.pods
+            .list(&PodFilter::default())
+            .await
+            .iter()
+            .filter_map(|p| p.monitor_pid)
+            .filter(|&pid| stats::process_alive(pid))
+            .count()
+    }
+
+    async fn containers_stats(
+        &self,
+        records: Vec<ContainerRecord>,
+        detail: bool,
+    ) -> Result<Vec<ContainerStats>> {
         let stats = self.stats.clone();
         let uppers: Vec<PathBuf> =
             records.iter().map(|r| self.containers.upper_dir(&r.id)).collect();
@@ -147,7 +172,7 @@ impl Runtime {
                 .iter()
                 .map(|r| Target { key: format!("container/{}", r.id), cgroup: r.cgroup.clone() })
                 .collect();
-            let cgroups = stats.cgroups(&targets);
+            let cgroups = stats.cgroups(&targets, detail);
             Ok(records
                 .into_iter()
                 .zip(cgroups)
@@ -162,7 +187,7 @@ impl Runtime {
         .await
     }
 
-    async fn pods_stats(&self, pods: Vec<PodRecord>) -> Result<Vec<PodStats>> {
+    async fn pods_stats(&self, pods: Vec<PodRecord>, detail: bool) -> Result<Vec<PodStats>> {
         let mut netns = Vec::with_capacity(pods.len());
         let mut containers = Vec::with_capacity(pods.len());
         let mut all_records = Vec::new();
@@ -179,14 +204,15 @@ impl Runtime {
             containers.push(live.len());
             all_records.extend(live);
         }
-        let mut container_stats = self.containers_stats(all_records).await?.into_iter();
+        let mut container_stats = self.containers_stats(all_records, detail).await?.into_iter();
         let stats = self.stats.clone();
         let read = blocking(move || {
             let targets: Vec<Target> = pods
                 .iter()
                 .map(|p| Target { key: format!("pod/{}", p.id), cgroup: p.cgroup.clone() })
                 .collect();
-            let cgroups = stats.cgroups(&targets);
+            // Metrics of a pod are its network's; only its containers' detail is used.
+            let cgroups = stats.cgroups(&targets, false);
             Ok(pods
                 .into_iter()
                 .zip(cgroups)

@@ -7,6 +7,12 @@
 //! for a whole list, not per cgroup), so that the first answer is already right. The writable
 //! layer's usage is a walk of its files, cached for [`LAYER_REFRESH`] so that kubelet's polling
 //! of many containers costs a walk per container every few seconds at most.
+//!
+//! Pressure (PSI) is read where the cgroup has it: the `*.pressure` files of a v2 cgroup. A v1
+//! hierarchy has none, so on a v1 or hybrid host it stays unset. The figures only the
+//! cAdvisor-style metrics need (CPU user/system split and throttling, cache, failcnt, OOM kills,
+//! block I/O per device) are read only when asked for ([`Stats::cgroups`] with `detail`), so
+//! that the kubelet's stats polling reads no more files than it uses.
 
 use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
@@ -61,15 +67,93 @@ pub struct SwapStats {
     pub available_bytes: Option<u64>,
 }
 
+/// One line of a pressure file: the share of time (percent) some or all tasks stalled over 10,
+/// 60 and 300 s, and the total stall time.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PsiLine {
+    pub avg10: f64,
+    pub avg60: f64,
+    pub avg300: f64,
+    pub total_usec: u64,
+}
+
+/// A pressure file: `some` always, `full` where the kernel reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Psi {
+    pub some: PsiLine,
+    pub full: Option<PsiLine>,
+}
+
+/// The cgroup's pressure figures; each `None` where the kernel does not report it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Pressure {
+    pub cpu: Option<Psi>,
+    pub memory: Option<Psi>,
+    pub io: Option<Psi>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Throttling {
+    /// Enforcement periods that elapsed with runnable tasks.
+    pub periods: u64,
+    pub throttled_periods: u64,
+    pub throttled_nanos: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemoryDetail {
+    /// Page cache (v1 `total_cache`, v2 `file`).
+    pub cache: u64,
+    pub mapped_file: u64,
+    /// The highest usage seen (v1 `max_usage_in_bytes`, v2 `memory.peak` where it exists).
+    pub max_usage: Option<u64>,
+    /// Times usage hit the limit (v1 `failcnt` of memory and of memory+swap, v2 `memory.events`
+    /// `max`).
+    pub failcnt: Option<u64>,
+    /// Processes the OOM killer killed in the cgroup (`oom_kill`, kernel 4.13 and later).
+    pub oom_kills: Option<u64>,
+    /// `None` without a limit.
+    pub limit: Option<u64>,
+}
+
+/// Block I/O of a cgroup on one device.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceIo {
+    pub major: u64,
+    pub minor: u64,
+    /// `/dev/<name>` from sysfs, else `major:minor`; empty until [`Stats`] names it.
+    pub device: String,
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+    pub reads: u64,
+    pub writes: u64,
+}
+
+/// The figures only metrics read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CgroupDetail {
+    pub cpu_user_nanos: Option<u64>,
+    pub cpu_system_nanos: Option<u64>,
+    /// `None` where the CPU controller's `cpu.stat` is not there.
+    pub throttling: Option<Throttling>,
+    pub memory: Option<MemoryDetail>,
+    /// `None` without a limit.
+    pub pids_limit: Option<u64>,
+    pub io: Vec<DeviceIo>,
+}
+
 /// What one cgroup says; a part whose files are missing (no such controller, the cgroup is
 /// gone) is `None`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct CgroupStats {
     pub timestamp: i64,
     pub cpu: Option<CpuStats>,
     pub memory: Option<MemoryStats>,
     pub swap: Option<SwapStats>,
     pub process_count: Option<u64>,
+    pub pressure: Pressure,
+    /// Only when asked for.
+    pub detail: Option<CgroupDetail>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -77,8 +161,14 @@ pub struct FsUsage {
     pub timestamp: i64,
     /// The mountpoint of the filesystem holding the directory.
     pub mountpoint: String,
+    /// That filesystem's source as mounted (`/dev/vda1`, `overlay`).
+    pub device: String,
     pub used_bytes: u64,
     pub inodes_used: u64,
+    /// The filesystem's size and inodes, all of them and the free ones.
+    pub capacity_bytes: u64,
+    pub inodes_total: u64,
+    pub inodes_free: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -92,9 +182,13 @@ pub struct ContainerStats {
 pub struct InterfaceStats {
     pub name: String,
     pub rx_bytes: u64,
+    pub rx_packets: u64,
     pub rx_errors: u64,
+    pub rx_dropped: u64,
     pub tx_bytes: u64,
+    pub tx_packets: u64,
     pub tx_errors: u64,
+    pub tx_dropped: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -134,23 +228,32 @@ struct CpuSample {
     seen: Instant,
 }
 
-/// The stats reader: keeps the CPU samples and the writable layers' cached usage.
+/// The stats reader: keeps the CPU samples, the writable layers' cached usage and the block
+/// devices' names.
 pub struct Stats {
     cgroups: Arc<CgroupLayout>,
     nest: bool,
     samples: Mutex<HashMap<String, CpuSample>>,
     layers: Mutex<HashMap<PathBuf, (Instant, FsUsage)>>,
+    devices: Mutex<HashMap<(u64, u64), String>>,
 }
 
 impl Stats {
     pub fn new(cgroups: Arc<CgroupLayout>, nest: bool) -> Stats {
-        Stats { cgroups, nest, samples: Mutex::default(), layers: Mutex::default() }
+        Stats {
+            cgroups,
+            nest,
+            samples: Mutex::default(),
+            layers: Mutex::default(),
+            devices: Mutex::default(),
+        }
     }
 
     /// Reads every target's cgroup, with a CPU rate for each (blocking: up to 100 ms when one
-    /// is new).
-    pub fn cgroups(&self, targets: &[Target]) -> Vec<CgroupStats> {
-        let mut read: Vec<CgroupStats> = targets.iter().map(|t| self.read(&t.cgroup)).collect();
+    /// is new), and with `detail` the figures only metrics need.
+    pub fn cgroups(&self, targets: &[Target], detail: bool) -> Vec<CgroupStats> {
+        let mut read: Vec<CgroupStats> =
+            targets.iter().map(|t| self.read(&t.cgroup, detail)).collect();
         let new: Vec<usize> = {
             let samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
             (0..targets.len())
@@ -168,7 +271,7 @@ impl Stats {
             }
             std::thread::sleep(FIRST_SAMPLE_GAP);
             for &i in &new {
-                let again = self.read(&targets[i].cgroup);
+                let again = self.read(&targets[i].cgroup, false);
                 if again.cpu.is_some() {
                     read[i].cpu = again.cpu;
                 }
@@ -189,10 +292,36 @@ impl Stats {
             samples.insert(target.key.clone(), sample(cpu, rate));
         }
         samples.retain(|_, s| s.seen.elapsed() < SAMPLE_TTL);
+        drop(samples);
+        for detail in read.iter_mut().filter_map(|s| s.detail.as_mut()) {
+            for io in &mut detail.io {
+                io.device = self.device_name(io.major, io.minor);
+            }
+        }
         read
     }
 
-    fn read(&self, path: &str) -> CgroupStats {
+    /// `/dev/<name>` of a block device, as cAdvisor labels it; `major:minor` when sysfs does
+    /// not know it.
+    fn device_name(&self, major: u64, minor: u64) -> String {
+        let mut devices = self.devices.lock().unwrap_or_else(|p| p.into_inner());
+        devices
+            .entry((major, minor))
+            .or_insert_with(|| {
+                let uevent = format!("/sys/dev/block/{major}:{minor}/uevent");
+                std::fs::read_to_string(uevent)
+                    .ok()
+                    .and_then(|text| {
+                        text.lines()
+                            .find_map(|l| l.strip_prefix("DEVNAME="))
+                            .map(|name| format!("/dev/{}", name.trim()))
+                    })
+                    .unwrap_or_else(|| format!("{major}:{minor}"))
+            })
+            .clone()
+    }
+
+    fn read(&self, path: &str, detail: bool) -> CgroupStats {
         let dirs = match self.cgroups.dirs(Path::new(path), self.nest) {
             Ok(dirs) => dirs,
             Err(err) => {
@@ -208,8 +337,17 @@ impl Stats {
                 .map(|(_, dir)| dir.as_path())
         };
         match dirs.first() {
-            Some((h, dir)) if h.version == CgroupVersion::V2 => read_v2(dir),
-            _ => read_v1(find("cpuacct"), find("memory"), find("pids")),
+            Some((h, dir)) if h.version == CgroupVersion::V2 => read_v2(dir, detail),
+            _ => {
+                let v1 = V1Dirs {
+                    cpuacct: find("cpuacct"),
+                    cpu: find("cpu"),
+                    memory: find("memory"),
+                    pids: find("pids"),
+                    blkio: find("blkio"),
+                };
+                read_v1(&v1, detail)
+            }
         }
     }
 
@@ -247,20 +385,33 @@ fn rate(prev: &CpuSample, cpu: &CpuStats) -> u64 {
     u64::try_from(used * 1_000_000_000 / dt).unwrap_or(u64::MAX)
 }
 
+/// The directories of one cgroup in the v1 hierarchies that have its controllers.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct V1Dirs<'a> {
+    pub cpuacct: Option<&'a Path>,
+    pub cpu: Option<&'a Path>,
+    pub memory: Option<&'a Path>,
+    pub pids: Option<&'a Path>,
+    pub blkio: Option<&'a Path>,
+}
+
 /// cgroup v1: `cpuacct.usage`, `memory.usage_in_bytes` and `memory.stat`'s hierarchical
-/// (`total_*`) counters, `pids.current` (else the members of `cgroup.procs`).
-pub fn read_v1(cpuacct: Option<&Path>, memory: Option<&Path>, pids: Option<&Path>) -> CgroupStats {
+/// (`total_*`) counters, `pids.current` (else the members of `cgroup.procs`). v1 has no
+/// pressure files.
+pub fn read_v1(dirs: &V1Dirs, detail: bool) -> CgroupStats {
     let timestamp = now_nanos();
-    let cpu = cpuacct.and_then(|dir| number(&dir.join("cpuacct.usage"))).map(|usage| CpuStats {
-        timestamp,
-        usage_core_nano_seconds: usage,
-        usage_nano_cores: 0,
-    });
-    let (memory_stats, swap) = match memory {
+    let cpu = dirs
+        .cpuacct
+        .and_then(|dir| number(&dir.join("cpuacct.usage")))
+        .map(|usage| CpuStats { timestamp, usage_core_nano_seconds: usage, usage_nano_cores: 0 });
+    let stat = dirs.memory.map(|dir| keyed(&dir.join("memory.stat"))).unwrap_or_default();
+    let limit = dirs
+        .memory
+        .and_then(|dir| number(&dir.join("memory.limit_in_bytes")))
+        .filter(|&l| l < UNLIMITED);
+    let (memory, swap) = match dirs.memory {
         Some(dir) => {
-            let stat = keyed(&dir.join("memory.stat"));
             let usage = number(&dir.join("memory.usage_in_bytes"));
-            let limit = number(&dir.join("memory.limit_in_bytes")).filter(|&l| l < UNLIMITED);
             let memory = usage.map(|usage| {
                 let inactive = stat.get("total_inactive_file").copied().unwrap_or(0);
                 let working_set = usage.saturating_sub(inactive);
@@ -291,24 +442,160 @@ pub fn read_v1(cpuacct: Option<&Path>, memory: Option<&Path>, pids: Option<&Path
         }
         None => (None, None),
     };
-    let process_count = pids
+    let process_count = dirs
+        .pids
         .and_then(|dir| number(&dir.join("pids.current")))
-        .or_else(|| memory.or(cpuacct).and_then(count_procs));
-    CgroupStats { timestamp, cpu, memory: memory_stats, swap, process_count }
+        .or_else(|| dirs.memory.or(dirs.cpuacct).and_then(count_procs));
+    let detail = detail.then(|| CgroupDetail {
+        cpu_user_nanos: dirs.cpuacct.and_then(|dir| number(&dir.join("cpuacct.usage_user"))),
+        cpu_system_nanos: dirs.cpuacct.and_then(|dir| number(&dir.join("cpuacct.usage_sys"))),
+        throttling: dirs.cpu.and_then(|dir| {
+            let stat = keyed_file(&dir.join("cpu.stat"))?;
+            Some(Throttling {
+                periods: stat.get("nr_periods").copied().unwrap_or(0),
+                throttled_periods: stat.get("nr_throttled").copied().unwrap_or(0),
+                throttled_nanos: stat.get("throttled_time").copied().unwrap_or(0),
+            })
+        }),
+        memory: dirs.memory.map(|dir| MemoryDetail {
+            cache: stat.get("total_cache").copied().unwrap_or(0),
+            mapped_file: stat.get("total_mapped_file").copied().unwrap_or(0),
+            max_usage: number(&dir.join("memory.max_usage_in_bytes")),
+            // A charge that fails is counted by the counter that refused it: memory+swap (when
+            // swap is accounted, it is tried first) or memory.
+            failcnt: number(&dir.join("memory.failcnt"))
+                .map(|memory| memory + number(&dir.join("memory.memsw.failcnt")).unwrap_or(0)),
+            oom_kills: keyed(&dir.join("memory.oom_control")).get("oom_kill").copied(),
+            limit,
+        }),
+        pids_limit: dirs
+            .pids
+            .and_then(|dir| number(&dir.join("pids.max")))
+            .filter(|&l| l != u64::MAX),
+        io: dirs.blkio.map(blkio_v1).unwrap_or_default(),
+    });
+    CgroupStats {
+        timestamp,
+        cpu,
+        memory,
+        swap,
+        process_count,
+        pressure: Pressure::default(),
+        detail,
+    }
+}
+
+/// `blkio.throttle.io_service_bytes_recursive` and `…io_serviced_recursive` (the throttle
+/// files count every I/O whatever the scheduler; the plain ones only CFQ/BFQ's): lines of
+/// `major:minor Read|Write|… value`.
+fn blkio_v1(dir: &Path) -> Vec<DeviceIo> {
+    let mut devices: Vec<DeviceIo> = Vec::new();
+    for (file, bytes) in [
+        ("blkio.throttle.io_service_bytes_recursive", true),
+        ("blkio.throttle.io_serviced_recursive", false),
+    ] {
+        let Ok(text) = std::fs::read_to_string(dir.join(file)) else { continue };
+        for line in text.lines() {
+            let mut fields = line.split_whitespace();
+            let (Some(dev), Some(op), Some(value)) = (fields.next(), fields.next(), fields.next())
+            else {
+                continue;
+            };
+            let (Some((major, minor)), Ok(value)) = (major_minor(dev), value.parse::<u64>()) else {
+                continue;
+            };
+            let io = device_entry(&mut devices, major, minor);
+            match (op, bytes) {
+                ("Read", true) => io.read_bytes = value,
+                ("Write", true) => io.write_bytes = value,
+                ("Read", false) => io.reads = value,
+                ("Write", false) => io.writes = value,
+                _ => {}
+            }
+        }
+    }
+    devices
+}
+
+/// v2 `io.stat`: `major:minor rbytes=… wbytes=… rios=… wios=… dbytes=… dios=…`.
+fn io_v2(dir: &Path) -> Vec<DeviceIo> {
+    let Ok(text) = std::fs::read_to_string(dir.join("io.stat")) else { return Vec::new() };
+    let mut devices = Vec::new();
+    for line in text.lines() {
+        let mut fields = line.split_whitespace();
+        let Some((major, minor)) = fields.next().and_then(major_minor) else { continue };
+        let io = device_entry(&mut devices, major, minor);
+        for field in fields {
+            let Some((key, value)) = field.split_once('=') else { continue };
+            let Ok(value) = value.parse::<u64>() else { continue };
+            match key {
+                "rbytes" => io.read_bytes = value,
+                "wbytes" => io.write_bytes = value,
+                "rios" => io.reads = value,
+                "wios" => io.writes = value,
+                _ => {}
+            }
+        }
+    }
+    devices
+}
+
+fn major_minor(dev: &str) -> Option<(u64, u64)> {
+    let (major, minor) = dev.split_once(':')?;
+    Some((major.parse().ok()?, minor.parse().ok()?))
+}
+
+fn device_entry(devices: &mut Vec<DeviceIo>, major: u64, minor: u64) -> &mut DeviceIo {
+    let at = match devices.iter().position(|d| d.major == major && d.minor == minor) {
+        Some(at) => at,
+        None => {
+            devices.push(DeviceIo { major, minor, ..Default::default() });
+            devices.len() - 1
+        }
+    };
+    &mut devices[at]
+}
+
+/// A pressure file: `some avg10=… avg60=… avg300=… total=…` and, since 5.13 for CPU, `full …`.
+pub fn parse_psi(text: &str) -> Option<Psi> {
+    let line = |kind: &str| {
+        let rest = text.lines().find_map(|l| l.strip_prefix(kind))?;
+        let mut psi = PsiLine::default();
+        for field in rest.split_whitespace() {
+            let (key, value) = field.split_once('=')?;
+            match key {
+                "avg10" => psi.avg10 = value.parse().ok()?,
+                "avg60" => psi.avg60 = value.parse().ok()?,
+                "avg300" => psi.avg300 = value.parse().ok()?,
+                "total" => psi.total_usec = value.parse().ok()?,
+                _ => {}
+            }
+        }
+        Some(psi)
+    };
+    Some(Psi { some: line("some ")?, full: line("full ") })
+}
+
+fn pressure_v2(dir: &Path) -> Pressure {
+    let read =
+        |file: &str| std::fs::read_to_string(dir.join(file)).ok().and_then(|text| parse_psi(&text));
+    Pressure { cpu: read("cpu.pressure"), memory: read("memory.pressure"), io: read("io.pressure") }
 }
 
 /// cgroup v2: `cpu.stat`'s `usage_usec`, `memory.current`, `memory.stat`, `memory.max`,
-/// `memory.swap.*`, `pids.current` (else `cgroup.procs`).
-pub fn read_v2(dir: &Path) -> CgroupStats {
+/// `memory.swap.*`, `pids.current` (else `cgroup.procs`), the `*.pressure` files.
+pub fn read_v2(dir: &Path, detail: bool) -> CgroupStats {
     let timestamp = now_nanos();
-    let cpu = keyed(&dir.join("cpu.stat")).get("usage_usec").map(|usec| CpuStats {
+    let cpu_stat = keyed(&dir.join("cpu.stat"));
+    let cpu = cpu_stat.get("usage_usec").map(|usec| CpuStats {
         timestamp,
         usage_core_nano_seconds: usec.saturating_mul(1000),
         usage_nano_cores: 0,
     });
     let stat = keyed(&dir.join("memory.stat"));
     let limit = number(&dir.join("memory.max")).filter(|&l| l < UNLIMITED);
-    let memory = number(&dir.join("memory.current")).map(|usage| {
+    let current = number(&dir.join("memory.current"));
+    let memory = current.map(|usage| {
         let working_set = usage.saturating_sub(stat.get("inactive_file").copied().unwrap_or(0));
         MemoryStats {
             timestamp,
@@ -328,7 +615,31 @@ pub fn read_v2(dir: &Path) -> CgroupStats {
             .map(|l| l.saturating_sub(usage)),
     });
     let process_count = number(&dir.join("pids.current")).or_else(|| count_procs(dir));
-    CgroupStats { timestamp, cpu, memory, swap, process_count }
+    let detail = detail.then(|| {
+        let usec = |key: &str| cpu_stat.get(key).map(|v| v.saturating_mul(1000));
+        let events = keyed(&dir.join("memory.events"));
+        CgroupDetail {
+            cpu_user_nanos: usec("user_usec"),
+            cpu_system_nanos: usec("system_usec"),
+            // Without the cpu controller enabled, cpu.stat has only the usage lines.
+            throttling: cpu_stat.get("nr_periods").map(|&periods| Throttling {
+                periods,
+                throttled_periods: cpu_stat.get("nr_throttled").copied().unwrap_or(0),
+                throttled_nanos: usec("throttled_usec").unwrap_or(0),
+            }),
+            memory: current.map(|_| MemoryDetail {
+                cache: stat.get("file").copied().unwrap_or(0),
+                mapped_file: stat.get("file_mapped").copied().unwrap_or(0),
+                max_usage: number(&dir.join("memory.peak")),
+                failcnt: events.get("max").copied(),
+                oom_kills: events.get("oom_kill").copied(),
+                limit,
+            }),
+            pids_limit: number(&dir.join("pids.max")).filter(|&l| l != u64::MAX),
+            io: io_v2(dir),
+        }
+    });
+    CgroupStats { timestamp, cpu, memory, swap, process_count, pressure: pressure_v2(dir), detail }
 }
 
 /// A file holding one number; `max` (v2's "no limit") is `u64::MAX`.
@@ -340,15 +651,21 @@ fn number(path: &Path) -> Option<u64> {
     }
 }
 
-/// A file of `key value` lines (`memory.stat`, `cpu.stat`).
+/// A file of `key value` lines (`memory.stat`, `cpu.stat`); empty when it is missing.
 fn keyed(path: &Path) -> HashMap<String, u64> {
-    let Ok(text) = std::fs::read_to_string(path) else { return HashMap::new() };
-    text.lines()
-        .filter_map(|line| {
-            let (key, value) = line.split_once(' ')?;
-            Some((key.to_string(), value.trim().parse().ok()?))
-        })
-        .collect()
+    keyed_file(path).unwrap_or_default()
+}
+
+fn keyed_file(path: &Path) -> Option<HashMap<String, u64>> {
+    let text = std::fs::read_to_string(path).ok()?;
+    Some(
+        text.lines()
+            .filter_map(|line| {
+                let (key, value) = line.split_once(' ')?;
+                Some((key.to_string(), value.trim().parse().ok()?))
+            })
+            .collect(),
+    )
 }
 
 fn count_procs(dir: &Path) -> Option<u64> {
@@ -387,25 +704,51 @@ pub fn dir_usage(dir: &Path) -> Result<FsUsage> {
             }
         }
     }
-    let mountpoint = std::fs::read_to_string("/proc/self/mountinfo")
+    let (mountpoint, device) = std::fs::read_to_string("/proc/self/mountinfo")
         .ok()
-        .and_then(|text| mountpoint_of(&text, dir))
-        .unwrap_or_else(|| "/".to_string());
-    Ok(FsUsage { timestamp, mountpoint, used_bytes, inodes_used })
+        .and_then(|text| mount_of(&text, dir))
+        .unwrap_or_else(|| ("/".to_string(), String::new()));
+    let fs = nix::sys::statvfs::statvfs(dir).ok();
+    let capacity_bytes = fs.as_ref().map_or(0, |fs| fs.blocks() * fs.fragment_size());
+    Ok(FsUsage {
+        timestamp,
+        mountpoint,
+        device,
+        used_bytes,
+        inodes_used,
+        capacity_bytes,
+        inodes_total: fs.as_ref().map_or(0, |fs| fs.files()),
+        inodes_free: fs.as_ref().map_or(0, |fs| fs.files_free()),
+    })
 }
 
-/// The mountpoint in `mountinfo` that holds `path`: the longest one it is under.
-pub fn mountpoint_of(mountinfo: &str, path: &Path) -> Option<String> {
+/// The mount in `mountinfo` that holds `path` (the longest mountpoint it is under): its
+/// mountpoint and its source.
+pub fn mount_of(mountinfo: &str, path: &Path) -> Option<(String, String)> {
     mountinfo
         .lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .map(unescape)
-        .filter(|mp| path.starts_with(mp))
-        .max_by_key(|mp| mp.len())
+        .filter_map(|line| {
+            let mountpoint = unescape(line.split(' ').nth(4)?);
+            // After the optional fields and their ` - ` separator: fstype, source, options.
+            let source = line.split_once(" - ").and_then(|(_, rest)| rest.split(' ').nth(1));
+            Some((mountpoint, unescape(source.unwrap_or_default())))
+        })
+        .filter(|(mp, _)| path.starts_with(mp))
+        .max_by_key(|(mp, _)| mp.len())
 }
 
 fn unescape(field: &str) -> String {
     field.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+}
+
+/// Whether process `pid` exists (signal 0 checks without sending anything).
+pub fn process_alive(pid: u32) -> bool {
+    let Ok(pid) = i32::try_from(pid) else { return false };
+    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
+        Ok(()) => true,
+        // It exists, but is not ours to signal.
+        Err(errno) => errno == nix::errno::Errno::EPERM,
+    }
 }
 
 /// The counters of `/proc/net/dev` inside the network namespace held at `netns`.
@@ -419,7 +762,7 @@ pub fn network(netns: &Path) -> Result<NetworkStats> {
 }
 
 /// `/proc/net/dev`: after two header lines, `name: rx_bytes packets errs drop fifo frame
-/// compressed multicast tx_bytes packets errs …`.
+/// compressed multicast tx_bytes packets errs drop …`.
 pub fn parse_net_dev(text: &str) -> Vec<InterfaceStats> {
     text.lines()
         .skip(2)
@@ -430,15 +773,19 @@ pub fn parse_net_dev(text: &str) -> Vec<InterfaceStats> {
                 return None;
             }
             let n: Vec<u64> = counters.split_whitespace().map(|v| v.parse().unwrap_or(0)).collect();
-            if n.len() < 11 {
+            if n.len() < 12 {
                 return None;
             }
             Some(InterfaceStats {
                 name: name.to_string(),
                 rx_bytes: n[0],
+                rx_packets: n[1],
                 rx_errors: n[2],
+                rx_dropped: n[3],
                 tx_bytes: n[8],
+                tx_packets: n[9],
                 tx_errors: n[10],
+                tx_dropped: n[11],
             })
         })
         .collect()
@@ -475,7 +822,15 @@ mod tests {
             ],
         );
         write(&pids, &[("pids.current", "4\n")]);
-        let s = read_v1(Some(&cpu), Some(&mem), Some(&pids));
+        let dirs = V1Dirs {
+            cpuacct: Some(&cpu),
+            memory: Some(&mem),
+            pids: Some(&pids),
+            ..Default::default()
+        };
+        let s = read_v1(&dirs, false);
+        assert!(s.detail.is_none(), "detail only when asked");
+        assert_eq!(s.pressure, Pressure::default(), "v1 has no pressure files");
         assert_eq!(s.cpu.unwrap().usage_core_nano_seconds, 1_500_000_000);
         let m = s.memory.unwrap();
         assert_eq!(
@@ -492,7 +847,7 @@ mod tests {
             &mem,
             &[("memory.limit_in_bytes", "9223372036854771712\n"), ("cgroup.procs", "1\n2\n")],
         );
-        let s = read_v1(None, Some(&mem), None);
+        let s = read_v1(&V1Dirs { memory: Some(&mem), ..Default::default() }, false);
         assert!(s.cpu.is_none());
         assert_eq!(s.memory.unwrap().available_bytes, None);
         assert_eq!(s.process_count, Some(2));
@@ -514,17 +869,187 @@ mod tests {
                 ("cgroup.procs", "7\n"),
             ],
         );
-        let s = read_v2(dir);
+        let s = read_v2(dir, false);
         assert_eq!(s.cpu.unwrap().usage_core_nano_seconds, 2_500_000);
+        assert!(s.detail.is_none());
+        assert_eq!(s.pressure, Pressure::default(), "no pressure files, no pressure");
         let m = s.memory.unwrap();
         assert_eq!((m.working_set_bytes, m.available_bytes, m.rss_bytes), (600, None, 300));
         assert_eq!((m.page_faults, m.major_page_faults), (9, 1));
         assert_eq!(s.swap.unwrap().available_bytes, Some(100));
         assert_eq!(s.process_count, Some(1));
         write(dir, &[("memory.max", "1000\n"), ("pids.current", "3\n")]);
-        let s = read_v2(dir);
+        let s = read_v2(dir, false);
         assert_eq!(s.memory.unwrap().available_bytes, Some(400));
         assert_eq!(s.process_count, Some(3));
+    }
+
+    #[test]
+    fn v1_detail() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = |name: &str| tmp.path().join(name);
+        write(
+            &d("cpuacct"),
+            &[
+                ("cpuacct.usage", "3000\n"),
+                ("cpuacct.usage_user", "2000\n"),
+                ("cpuacct.usage_sys", "1000\n"),
+            ],
+        );
+        write(
+            &d("cpu"),
+            &[("cpu.stat", "nr_periods 10\nnr_throttled 4\nthrottled_time 5000\nnr_bursts 0\n")],
+        );
+        write(
+            &d("memory"),
+            &[
+                ("memory.usage_in_bytes", "1000\n"),
+                ("memory.limit_in_bytes", "2000\n"),
+                ("memory.max_usage_in_bytes", "1500\n"),
+                ("memory.failcnt", "4\n"),
+                ("memory.memsw.failcnt", "3\n"),
+                ("memory.oom_control", "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n"),
+                ("memory.stat", "total_cache 300\ntotal_mapped_file 100\ntotal_rss 600\n"),
+            ],
+        );
+        write(&d("pids"), &[("pids.current", "2\n"), ("pids.max", "max\n")]);
+        write(
+            &d("blkio"),
+            &[
+                (
+                    "blkio.throttle.io_service_bytes_recursive",
+                    "254:0 Read 4096\n254:0 Write 8192\n254:0 Sync 0\n254:0 Total 12288\n\
+                     7:1 Read 1\nTotal 12289\n",
+                ),
+                ("blkio.throttle.io_serviced_recursive", "254:0 Read 1\n254:0 Write 2\nTotal 3\n"),
+            ],
+        );
+        let (cpuacct, cpu, memory, pids, blkio) =
+            (d("cpuacct"), d("cpu"), d("memory"), d("pids"), d("blkio"));
+        let dirs = V1Dirs {
+            cpuacct: Some(&cpuacct),
+            cpu: Some(&cpu),
+            memory: Some(&memory),
+            pids: Some(&pids),
+            blkio: Some(&blkio),
+        };
+        let detail = read_v1(&dirs, true).detail.unwrap();
+        assert_eq!((detail.cpu_user_nanos, detail.cpu_system_nanos), (Some(2000), Some(1000)));
+        assert_eq!(
+            detail.throttling,
+            Some(Throttling { periods: 10, throttled_periods: 4, throttled_nanos: 5000 })
+        );
+        assert_eq!(
+            detail.memory,
+            Some(MemoryDetail {
+                cache: 300,
+                mapped_file: 100,
+                max_usage: Some(1500),
+                failcnt: Some(7),
+                oom_kills: Some(2),
+                limit: Some(2000),
+            })
+        );
+        assert_eq!(detail.pids_limit, None, "max is no limit");
+        assert_eq!(
+            detail.io,
+            [
+                DeviceIo {
+                    major: 254,
+                    minor: 0,
+                    device: String::new(),
+                    read_bytes: 4096,
+                    write_bytes: 8192,
+                    reads: 1,
+                    writes: 2
+                },
+                DeviceIo { major: 7, minor: 1, read_bytes: 1, ..Default::default() },
+            ]
+        );
+    }
+
+    #[test]
+    fn v2_detail_and_pressure() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        write(
+            dir,
+            &[
+                (
+                    "cpu.stat",
+                    "usage_usec 3000\nuser_usec 2000\nsystem_usec 1000\nnr_periods 8\n\
+                     nr_throttled 3\nthrottled_usec 40\n",
+                ),
+                ("memory.current", "900\n"),
+                ("memory.max", "max\n"),
+                ("memory.peak", "950\n"),
+                ("memory.events", "low 0\nhigh 0\nmax 5\noom 1\noom_kill 1\n"),
+                ("memory.stat", "anon 300\nfile 500\nfile_mapped 20\ninactive_file 200\n"),
+                ("pids.max", "100\n"),
+                ("io.stat", "254:0 rbytes=10 wbytes=20 rios=1 wios=2 dbytes=0 dios=0\n"),
+                (
+                    "cpu.pressure",
+                    "some avg10=1.50 avg60=0.25 avg300=0.00 total=1234\n\
+                     full avg10=0.50 avg60=0.00 avg300=0.00 total=99\n",
+                ),
+                ("memory.pressure", "some avg10=0.00 avg60=0.00 avg300=0.00 total=7\n"),
+            ],
+        );
+        let s = read_v2(dir, true);
+        let cpu = s.pressure.cpu.unwrap();
+        assert_eq!(cpu.some, PsiLine { avg10: 1.5, avg60: 0.25, avg300: 0.0, total_usec: 1234 });
+        assert_eq!(cpu.full.unwrap().total_usec, 99);
+        let memory = s.pressure.memory.unwrap();
+        assert_eq!((memory.some.total_usec, memory.full), (7, None));
+        assert!(s.pressure.io.is_none(), "no io.pressure file");
+        let detail = s.detail.unwrap();
+        assert_eq!(
+            (detail.cpu_user_nanos, detail.cpu_system_nanos),
+            (Some(2_000_000), Some(1_000_000))
+        );
+        assert_eq!(
+            detail.throttling,
+            Some(Throttling { periods: 8, throttled_periods: 3, throttled_nanos: 40_000 })
+        );
+        let memory = detail.memory.unwrap();
+        assert_eq!((memory.cache, memory.mapped_file, memory.max_usage), (500, 20, Some(950)));
+        assert_eq!((memory.failcnt, memory.oom_kills, memory.limit), (Some(5), Some(1), None));
+        assert_eq!(detail.pids_limit, Some(100));
+        assert_eq!(
+            (
+                detail.io[0].read_bytes,
+                detail.io[0].write_bytes,
+                detail.io[0].reads,
+                detail.io[0].writes
+            ),
+            (10, 20, 1, 2)
+        );
+
+        // Without the cpu controller, no throttling figures are claimed.
+        write(dir, &[("cpu.stat", "usage_usec 3000\nuser_usec 2000\nsystem_usec 1000\n")]);
+        assert!(read_v2(dir, true).detail.unwrap().throttling.is_none());
+    }
+
+    #[test]
+    fn psi_lines() {
+        assert!(parse_psi("").is_none());
+        assert!(parse_psi("some avg10=x total=1\n").is_none());
+        let psi = parse_psi("some avg10=0.00 avg60=0.00 avg300=0.00 total=5\n").unwrap();
+        assert_eq!((psi.some.total_usec, psi.full), (5, None));
+    }
+
+    #[test]
+    fn device_names_from_sysfs_or_numbers() {
+        let layout =
+            CgroupLayout { mode: crate::cgroups::CgroupMode::Unified, hierarchies: vec![] };
+        let stats = Stats::new(Arc::new(layout), false);
+        // Major 0 is never a block device.
+        assert_eq!(stats.device_name(0, 77), "0:77");
+        for entry in std::fs::read_dir("/sys/dev/block").into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let (major, minor) = major_minor(&name).unwrap();
+            assert!(stats.device_name(major, minor).starts_with("/dev/"), "{name}");
+        }
     }
 
     #[test]
@@ -551,6 +1076,8 @@ mod tests {
         // upper, a, b, file (the hard link counted once).
         assert_eq!(usage.inodes_used, 4);
         assert!(dir.starts_with(&usage.mountpoint));
+        assert!(usage.capacity_bytes >= usage.used_bytes && usage.inodes_total > 0, "{usage:?}");
+        assert!(usage.inodes_free <= usage.inodes_total);
 
         let layout =
             CgroupLayout { mode: crate::cgroups::CgroupMode::Unified, hierarchies: vec![] };
@@ -564,12 +1091,12 @@ mod tests {
     #[test]
     fn mountpoints() {
         let mountinfo = "22 1 8:1 / / rw - ext4 /dev/sda1 rw\n\
-                         30 22 0:5 / /var/lib rw - ext4 /dev/sdb rw\n\
+                         30 22 0:5 / /var/lib rw shared:3 - ext4 /dev/sdb rw\n\
                          31 22 0:6 / /var/lib\\040x rw - tmpfs t rw\n";
-        let at = |p: &str| mountpoint_of(mountinfo, Path::new(p)).unwrap();
-        assert_eq!(at("/var/lib/berth/containers/x/upper"), "/var/lib");
-        assert_eq!(at("/var/lib x/y"), "/var/lib x");
-        assert_eq!(at("/var/libx"), "/");
+        let at = |p: &str| mount_of(mountinfo, Path::new(p)).unwrap();
+        assert_eq!(at("/var/lib/berth/containers/x/upper"), ("/var/lib".into(), "/dev/sdb".into()));
+        assert_eq!(at("/var/lib x/y"), ("/var/lib x".into(), "t".into()));
+        assert_eq!(at("/var/libx"), ("/".into(), "/dev/sda1".into()));
     }
 
     #[test]
@@ -584,9 +1111,13 @@ mod tests {
             [InterfaceStats {
                 name: "eth0".into(),
                 rx_bytes: 5000,
+                rx_packets: 10,
                 rx_errors: 2,
+                rx_dropped: 0,
                 tx_bytes: 3000,
-                tx_errors: 1
+                tx_packets: 8,
+                tx_errors: 1,
+                tx_dropped: 0,
             }]
         );
     }

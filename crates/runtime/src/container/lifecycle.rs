@@ -202,6 +202,11 @@ impl Containers {
         self.inner.events.subscribe()
     }
 
+    /// Containers the OOM killer stopped since berthd started.
+    pub fn oom_kills(&self) -> u64 {
+        self.inner.events.oom_kills()
+    }
+
     /// The record of `id` (a full id or unique prefix) with any exit recorded since.
     pub fn record(&self, id: &str) -> Result<ContainerRecord> {
         let entry = self.inner.store.get(id)?;

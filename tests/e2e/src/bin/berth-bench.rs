@@ -62,6 +62,16 @@
 //! berthd's Status lists), one line per handler and metric with a `handler` field; a handler
 //! that cannot run here gets a line with `skipped` and the reason instead of figures.
 //!
+//! `berth-bench stats [--containers 100] [--per-pod 1] [--runs 50]` runs `containers` containers
+//! of the lifecycle workload (in pods of `per-pod` containers on the bridge network) and times
+//! what the kubelet polls: ListContainerStats over all of them (`list_container_stats`,
+//! back to back, the writable layers' usage served from berth's cache), the very first such
+//! call (`list_container_stats_first`: every cgroup sampled twice for its CPU rate, every layer
+//! walked), one call once the layer cache has expired (`list_container_stats_walk`, after
+//! waiting out berth's refresh period), ListPodSandboxStats (`list_pod_sandbox_stats`) and
+//! ListPodSandboxMetrics (`list_pod_sandbox_metrics`), all in ms, each checked to answer for
+//! every container. Nothing may be left at the end. `--save-log FILE` as for pull.
+//!
 //! Build and run: `cargo build --release -p berth-e2e --bin berth-bench &&
 //! sudo target/release/berth-bench pull --mb 200 --layers 5 --runs 3`.
 
@@ -103,6 +113,8 @@ enum Bench {
     Lifecycle(LifecycleArgs),
     /// The streaming server: exec round trips over SPDY, port-forward throughput.
     Streaming(StreamingArgs),
+    /// What the kubelet polls: container and pod stats and metrics of many running containers.
+    Stats(StatsArgs),
 }
 
 #[derive(clap::Args)]
@@ -200,6 +212,22 @@ struct HandlersArgs {
     handlers: Vec<String>,
 }
 
+#[derive(clap::Args)]
+struct StatsArgs {
+    /// Running containers the stats are about.
+    #[arg(long, default_value_t = 100, value_parser = at_least_one())]
+    containers: usize,
+    /// Containers per pod.
+    #[arg(long, default_value_t = 1, value_parser = at_least_one())]
+    per_pod: usize,
+    /// Timed calls of each RPC.
+    #[arg(long, default_value_t = 50, value_parser = at_least_one())]
+    runs: usize,
+    /// Copy berthd's log here before it is deleted with the node.
+    #[arg(long)]
+    save_log: Option<PathBuf>,
+}
+
 fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
     clap::builder::RangedU64ValueParser::new().range(1..)
 }
@@ -215,7 +243,7 @@ fn main() {
         Bench::Pull(args) => &args.endpoint,
         Bench::Pods(args) => &args.endpoint,
         Bench::Lifecycle(args) => &args.endpoint,
-        Bench::Handlers(_) | Bench::Streaming(_) => &None,
+        Bench::Handlers(_) | Bench::Streaming(_) | Bench::Stats(_) => &None,
     };
     if endpoint.is_none() {
         if let Err(err) = prepare_berthd() {
@@ -248,6 +276,7 @@ fn main() {
         },
         Bench::Handlers(args) => handlers_berthd(&runtime, &interrupt, args),
         Bench::Streaming(args) => streaming_berthd(&runtime, &interrupt, args),
+        Bench::Stats(args) => stats_berthd(&runtime, &interrupt, args),
     };
     // Every guard has dropped by now.
     drop(runtime);
@@ -1546,6 +1575,177 @@ async fn parallel_pods(
     Ok((wall, running))
 }
 
+/// How long berth serves a writable layer's measured usage before walking it again (its
+/// `berth_runtime::stats::LAYER_REFRESH`), and a margin.
+const LAYER_CACHE_EXPIRY: Duration = Duration::from_millis(10_500);
+
+struct StatsTimings {
+    first: f64,
+    container_stats: Vec<f64>,
+    walk: f64,
+    pod_stats: Vec<f64>,
+    pod_metrics: Vec<f64>,
+}
+
+/// The stats bench: a berthd on a test node, the bridge network, `containers` running
+/// containers of the lifecycle workload.
+fn stats_berthd(
+    runtime: &tokio::runtime::Runtime,
+    interrupt: &Notify,
+    args: &StatsArgs,
+) -> Result<(), Error> {
+    let (node, registry, image) = node_with_image()?;
+    let setup = Lifecycle::on_node(&node, image, None);
+    let timings = runtime.block_on(interruptible(interrupt, async {
+        let daemon = Berthd::start(&node).await;
+        let net = BridgeNetwork::for_daemon(&daemon);
+        net.install(&daemon);
+        let mut cri = daemon.client().await;
+        cri.pull(&setup.image).await.map_err(rpc("PullImage"))?;
+        let result = stats_runs(&mut cri, args, &setup).await;
+        if let Some(path) = &args.save_log {
+            std::fs::copy(&daemon.log, path)
+                .map_err(|err| format!("copying the log to {}: {err}", path.display()))?;
+        }
+        let timings = result?;
+        check_nothing_left(&node, &daemon, &net, &setup).await?;
+        Ok(timings)
+    }))?;
+    let containers = Some(args.containers);
+    for (metric, values) in [
+        ("list_container_stats", &timings.container_stats),
+        ("list_pod_sandbox_stats", &timings.pod_stats),
+        ("list_pod_sandbox_metrics", &timings.pod_metrics),
+    ] {
+        print(&Line { stats: Some(Stats::of(values)), containers, ..line("stats", metric, "ms") });
+    }
+    for (metric, value) in
+        [("list_container_stats_first", timings.first), ("list_container_stats_walk", timings.walk)]
+    {
+        print(&Line { value: Some(round(value, 4)), containers, ..line("stats", metric, "ms") });
+    }
+    drop(registry);
+    drop(node);
+    Ok(())
+}
+
+/// Starts the containers, times the calls, and removes the pods whatever happened.
+async fn stats_runs(
+    cri: &mut Cri,
+    args: &StatsArgs,
+    setup: &Lifecycle,
+) -> Result<StatsTimings, Error> {
+    let mut pods = Vec::new();
+    let result = async {
+        let started = Instant::now();
+        let mut running = 0;
+        while running < args.containers {
+            check_interrupted()?;
+            let (pod_id, pod) = setup.run_pod(cri, &format!("s-{}", pods.len())).await?;
+            pods.push(pod_id.clone());
+            for n in 0..args.per_pod.min(args.containers - running) {
+                let spec = container(&format!("work{n}"), &setup.image)
+                    .shell(WORKLOAD)
+                    .log_path(&format!("work{n}.log"))
+                    .pid_mode(NamespaceMode::Container);
+                let id =
+                    cri.run_container(&pod_id, &pod, &spec).await.map_err(rpc("Create/Start"))?;
+                setup.remember(&id);
+                running += 1;
+            }
+        }
+        eprintln!(
+            "berth-bench: {running} containers in {} pods running in {:.1} s",
+            pods.len(),
+            started.elapsed().as_secs_f64()
+        );
+        stats_calls(cri, args, pods.len()).await
+    }
+    .await;
+    for pod_id in &pods {
+        cri.stop_pod(pod_id).await.map_err(rpc("StopPodSandbox"))?;
+        cri.remove_pod(pod_id).await.map_err(rpc("RemovePodSandbox"))?;
+    }
+    result
+}
+
+/// One ListContainerStats, ms, checked to answer for every container with CPU and memory.
+async fn timed_container_stats(cri: &mut Cri, containers: usize) -> Result<f64, Error> {
+    let started = Instant::now();
+    let request = berth_cri_server::proto::ListContainerStatsRequest { filter: None };
+    let stats =
+        cri.runtime.list_container_stats(request).await.map_err(rpc("ListContainerStats"))?;
+    let elapsed = millis(started);
+    let stats = stats.into_inner().stats;
+    let whole = stats.iter().all(|s| s.cpu.is_some() && s.memory.is_some());
+    if stats.len() != containers || !whole {
+        return Err(format!(
+            "ListContainerStats: {} answers for {containers} containers, or some without CPU or \
+             memory",
+            stats.len()
+        )
+        .into());
+    }
+    Ok(elapsed)
+}
+
+/// The timed calls, each checked to answer for every container (and pod).
+async fn stats_calls(cri: &mut Cri, args: &StatsArgs, pods: usize) -> Result<StatsTimings, Error> {
+    use berth_cri_server::proto::{ListPodSandboxMetricsRequest, ListPodSandboxStatsRequest};
+    let containers = args.containers;
+    let first = timed_container_stats(cri, containers).await?;
+    eprintln!("berth-bench: first ListContainerStats {first:.1} ms");
+    let mut container_stats = Vec::with_capacity(args.runs);
+    for _ in 0..args.runs {
+        check_interrupted()?;
+        container_stats.push(timed_container_stats(cri, containers).await?);
+    }
+    eprintln!(
+        "berth-bench: ListContainerStats p50 {:.1} ms; waiting out the layer cache",
+        percentile(&container_stats, 0.5)
+    );
+    tokio::time::sleep(LAYER_CACHE_EXPIRY).await;
+    let walk = timed_container_stats(cri, containers).await?;
+    let mut pod_stats = Vec::with_capacity(args.runs);
+    let mut pod_metrics = Vec::with_capacity(args.runs);
+    for _ in 0..args.runs {
+        check_interrupted()?;
+        let started = Instant::now();
+        let request = ListPodSandboxStatsRequest { filter: None };
+        let stats = cri
+            .runtime
+            .list_pod_sandbox_stats(request)
+            .await
+            .map_err(rpc("ListPodSandboxStats"))?;
+        pod_stats.push(millis(started));
+        let stats = stats.into_inner().stats;
+        let listed: usize =
+            stats.iter().filter_map(|s| s.linux.as_ref()).map(|l| l.containers.len()).sum();
+        if stats.len() != pods || listed != containers {
+            return Err(
+                format!("ListPodSandboxStats: {} pods, {listed} containers", stats.len()).into()
+            );
+        }
+        let started = Instant::now();
+        let metrics = cri
+            .runtime
+            .list_pod_sandbox_metrics(ListPodSandboxMetricsRequest {})
+            .await
+            .map_err(rpc("ListPodSandboxMetrics"))?;
+        pod_metrics.push(millis(started));
+        let metrics = metrics.into_inner().pod_metrics;
+        let listed: usize = metrics.iter().map(|p| p.container_metrics.len()).sum();
+        if metrics.len() != pods || listed != containers {
+            return Err(format!(
+                "ListPodSandboxMetrics: {} pods, {listed} containers",
+                metrics.len()
+            )
+            .into());
+        }
+    }
+    Ok(StatsTimings { first, container_stats, walk, pod_stats, pod_metrics })
+}
+
 /// A process as `/proc` shows it.
 struct Process {
     pid: i32,
@@ -1716,6 +1916,9 @@ struct Line<'a> {
     /// Why there is no figure: the handler cannot run containers on this host.
     #[serde(skip_serializing_if = "Option::is_none")]
     skipped: Option<&'a str>,
+    /// How many running containers a stats figure is about (the `stats` bench).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    containers: Option<usize>,
 }
 
 #[derive(Serialize)]
@@ -1762,6 +1965,7 @@ fn line<'a>(bench: &'a str, metric: &'a str, unit: &'a str) -> Line<'a> {
         processes: None,
         handler: None,
         skipped: None,
+        containers: None,
     }
 }
 
