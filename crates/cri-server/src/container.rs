@@ -199,12 +199,6 @@ fn mount(m: proto::Mount) -> CriResult<rt::Mount> {
             m.container_path
         )));
     }
-    if !m.uid_mappings.is_empty() || !m.gid_mappings.is_empty() {
-        return Err(CriError::InvalidRequest(format!(
-            "mount {:?}: id-mapped mounts are not supported",
-            m.container_path
-        )));
-    }
     let propagation = match proto::MountPropagation::try_from(m.propagation) {
         Ok(proto::MountPropagation::PropagationPrivate) => rt::Propagation::Private,
         Ok(proto::MountPropagation::PropagationHostToContainer) => rt::Propagation::HostToContainer,
@@ -222,6 +216,8 @@ fn mount(m: proto::Mount) -> CriResult<rt::Mount> {
         readonly: m.readonly,
         recursive_read_only: m.recursive_read_only,
         propagation,
+        uid_mappings: crate::sandbox::id_mappings(&m.uid_mappings),
+        gid_mappings: crate::sandbox::id_mappings(&m.gid_mappings),
     })
 }
 
@@ -237,6 +233,8 @@ fn proto_mount(m: &rt::Mount) -> proto::Mount {
         readonly: m.readonly,
         recursive_read_only: m.recursive_read_only,
         propagation: propagation.into(),
+        uid_mappings: crate::sandbox::proto_id_mappings(&m.uid_mappings),
+        gid_mappings: crate::sandbox::proto_id_mappings(&m.gid_mappings),
         ..Default::default()
     }
 }
@@ -281,11 +279,22 @@ fn proto_resources(r: &rt::Resources) -> proto::LinuxContainerResources {
 
 fn security_context(ctx: proto::LinuxContainerSecurityContext) -> CriResult<rt::SecurityContext> {
     let options = ctx.namespace_options.unwrap_or_default();
-    if options.userns_options.as_ref().is_some_and(|u| u.mode() != proto::NamespaceMode::Node) {
-        return Err(CriError::InvalidRequest(
-            "user namespaces for containers are not supported yet".into(),
-        ));
-    }
+    let user_namespace = match &options.userns_options {
+        None => rt::UsernsRequest::Unspecified,
+        Some(u) => match proto::NamespaceMode::try_from(u.mode) {
+            Ok(proto::NamespaceMode::Node) => rt::UsernsRequest::Node,
+            Ok(proto::NamespaceMode::Pod) => rt::UsernsRequest::Pod {
+                uids: crate::sandbox::id_mappings(&u.uids),
+                gids: crate::sandbox::id_mappings(&u.gids),
+            },
+            _ => {
+                return Err(CriError::InvalidRequest(format!(
+                    "user namespace mode {} of a container is not supported (POD or NODE)",
+                    u.mode
+                )))
+            }
+        },
+    };
     let supplemental_groups_policy =
         match proto::SupplementalGroupsPolicy::try_from(ctx.supplemental_groups_policy) {
             Ok(proto::SupplementalGroupsPolicy::Merge) => rt::SupplementalGroupsPolicy::Merge,
@@ -356,6 +365,7 @@ fn security_context(ctx: proto::LinuxContainerSecurityContext) -> CriResult<rt::
         apparmor,
         selinux,
         supplemental_groups_policy,
+        user_namespace,
     })
 }
 
@@ -699,6 +709,7 @@ mod tests {
             readonly: true,
             recursive_read_only: true,
             propagation: rt::Propagation::HostToContainer,
+            ..Default::default()
         }];
         record.config.resources.memory_limit_in_bytes = 20 << 20;
         record.config.resources.unified = [("memory.high".to_string(), "1M".to_string())].into();
@@ -956,6 +967,7 @@ mod tests {
                     readonly: true,
                     recursive_read_only: false,
                     propagation: rt::Propagation::Private,
+                    ..Default::default()
                 },
                 rt::Mount {
                     container_path: "/b".into(),
@@ -963,6 +975,7 @@ mod tests {
                     readonly: false,
                     recursive_read_only: true,
                     propagation: rt::Propagation::HostToContainer,
+                    ..Default::default()
                 },
                 rt::Mount {
                     container_path: "/c".into(),
@@ -970,6 +983,7 @@ mod tests {
                     readonly: false,
                     recursive_read_only: false,
                     propagation: rt::Propagation::Bidirectional,
+                    ..Default::default()
                 },
             ],
             devices: vec![rt::Device {
@@ -1024,6 +1038,7 @@ mod tests {
                     level: "s0".into(),
                 }),
                 supplemental_groups_policy: rt::SupplementalGroupsPolicy::Strict,
+                user_namespace: rt::UsernsRequest::Unspecified,
             },
             stop_signal: "SIGQUIT".into(),
         };
@@ -1139,7 +1154,35 @@ mod tests {
                     }),
                     ..Default::default()
                 },
-                none.clone(),
+                rt::SecurityContext { user_namespace: rt::UsernsRequest::Node, ..none.clone() },
+            ),
+            (
+                Ctx {
+                    namespace_options: Some(proto::NamespaceOption {
+                        userns_options: Some(proto::UserNamespace {
+                            mode: proto::NamespaceMode::Pod.into(),
+                            uids: vec![proto::IdMapping {
+                                host_id: 65536,
+                                container_id: 0,
+                                length: 65536,
+                            }],
+                            gids: vec![],
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                rt::SecurityContext {
+                    user_namespace: rt::UsernsRequest::Pod {
+                        uids: vec![rt::IdMapping {
+                            container_id: 0,
+                            host_id: 65536,
+                            length: 65536,
+                        }],
+                        gids: vec![],
+                    },
+                    ..none.clone()
+                },
             ),
         ];
         for (ctx, expected) in table {
@@ -1151,14 +1194,14 @@ mod tests {
                 Ctx {
                     namespace_options: Some(proto::NamespaceOption {
                         userns_options: Some(proto::UserNamespace {
-                            mode: proto::NamespaceMode::Pod.into(),
+                            mode: proto::NamespaceMode::Container.into(),
                             ..Default::default()
                         }),
                         ..Default::default()
                     }),
                     ..Default::default()
                 },
-                "user namespaces",
+                "user namespace mode 1",
             ),
             (
                 Ctx {
@@ -1210,10 +1253,15 @@ mod tests {
             Some(ImageSpec { image: "registry.test/data:1".into(), ..Default::default() });
         assert!(bad_request(container_config(image_volume)).contains("image volumes"));
 
+        // Idmapped mounts are taken, both ways.
         let mut id_mapped = full_config();
-        id_mapped.mounts[2].uid_mappings =
-            vec![proto::IdMapping { host_id: 1000, container_id: 0, length: 1 }];
-        assert!(bad_request(container_config(id_mapped)).contains("id-mapped"));
+        let mapping = proto::IdMapping { host_id: 1000, container_id: 0, length: 1 };
+        id_mapped.mounts[2].uid_mappings = vec![mapping];
+        id_mapped.mounts[2].gid_mappings = vec![mapping];
+        let config = container_config(id_mapped).unwrap();
+        let expected = rt::IdMapping { container_id: 0, host_id: 1000, length: 1 };
+        assert_eq!(config.mounts[2].uid_mappings, [expected]);
+        assert_eq!(proto_mount(&config.mounts[2]).gid_mappings, [mapping]);
 
         let odd_signal = proto::ContainerConfig { stop_signal: 99, ..full_config() };
         assert!(bad_request(container_config(odd_signal)).contains("99"));

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use berth_runtime::pod::{self, PodFilter, PodRecord, PodState};
+use berth_runtime::userns::{IdMapping, UserNamespace};
 
 use crate::clock::now_nanos;
 use crate::error::{CriError, CriResult};
@@ -176,11 +177,7 @@ fn pod_config(
     }
     let linux = config.linux.unwrap_or_default();
     let options = linux.security_context.and_then(|s| s.namespace_options).unwrap_or_default();
-    if options.userns_options.as_ref().is_some_and(|u| u.mode() != proto::NamespaceMode::Node) {
-        return Err(CriError::InvalidRequest(
-            "user namespaces for pods are not supported yet".into(),
-        ));
-    }
+    let user = user_namespace(options.userns_options.as_ref())?;
     let port_mappings = config
         .port_mappings
         .into_iter()
@@ -224,10 +221,51 @@ fn pod_config(
             pid: mode(options.pid()),
             ipc: mode(options.ipc()),
             target_id: options.target_id,
+            user,
         },
         sysctls: linux.sysctls.into_iter().collect(),
         runtime_handler,
     })
+}
+
+/// The pod's `userns_options`: absent or NODE, the node's user namespace; POD, one of its own
+/// with the kubelet's mappings (exactly one range each, checked by the runtime).
+fn user_namespace(options: Option<&proto::UserNamespace>) -> CriResult<Option<UserNamespace>> {
+    let Some(options) = options else { return Ok(None) };
+    match proto::NamespaceMode::try_from(options.mode) {
+        Ok(proto::NamespaceMode::Node) if options.uids.is_empty() && options.gids.is_empty() => {
+            Ok(None)
+        }
+        Ok(proto::NamespaceMode::Node) => Err(CriError::InvalidRequest(
+            "user namespace mode NODE takes no uid or gid mappings".into(),
+        )),
+        Ok(proto::NamespaceMode::Pod) => {
+            Ok(Some(UserNamespace::new(&id_mappings(&options.uids), &id_mappings(&options.gids))?))
+        }
+        Ok(other) => Err(CriError::InvalidRequest(format!(
+            "user namespace mode {} is not supported (POD or NODE)",
+            other.as_str_name()
+        ))),
+        Err(_) => {
+            Err(CriError::InvalidRequest(format!("unknown user namespace mode {}", options.mode)))
+        }
+    }
+}
+
+pub(crate) fn id_mappings(list: &[proto::IdMapping]) -> Vec<IdMapping> {
+    list.iter()
+        .map(|m| IdMapping { container_id: m.container_id, host_id: m.host_id, length: m.length })
+        .collect()
+}
+
+pub(crate) fn proto_id_mappings(list: &[IdMapping]) -> Vec<proto::IdMapping> {
+    list.iter()
+        .map(|m| proto::IdMapping {
+            host_id: m.host_id,
+            container_id: m.container_id,
+            length: m.length,
+        })
+        .collect()
 }
 
 fn mode(mode: proto::NamespaceMode) -> pod::NamespaceMode {
@@ -254,7 +292,11 @@ fn namespace_option(options: &pod::NamespaceOptions) -> NamespaceOption {
         pid: proto_mode(options.pid).into(),
         ipc: proto_mode(options.ipc).into(),
         target_id: options.target_id.clone(),
-        userns_options: None,
+        userns_options: options.user.as_ref().map(|user| proto::UserNamespace {
+            mode: proto::NamespaceMode::Pod.into(),
+            uids: proto_id_mappings(&[user.uids]),
+            gids: proto_id_mappings(&[user.gids]),
+        }),
     }
 }
 
@@ -277,4 +319,65 @@ fn state(state: PodState) -> proto::PodSandboxState {
 
 pub(crate) fn to_map(map: &std::collections::BTreeMap<String, String>) -> HashMap<String, String> {
     map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    fn userns(
+        mode: proto::NamespaceMode,
+        uids: &[(u32, u32, u32)],
+        gids: &[(u32, u32, u32)],
+    ) -> proto::UserNamespace {
+        let list = |l: &[(u32, u32, u32)]| {
+            l.iter()
+                .map(|&(container_id, host_id, length)| proto::IdMapping {
+                    host_id,
+                    container_id,
+                    length,
+                })
+                .collect()
+        };
+        proto::UserNamespace { mode: mode.into(), uids: list(uids), gids: list(gids) }
+    }
+
+    fn code(result: CriResult<Option<UserNamespace>>) -> (Code, String) {
+        let status = tonic::Status::from(result.unwrap_err());
+        (status.code(), status.message().to_string())
+    }
+
+    #[test]
+    fn user_namespace_options_translate_and_are_checked() {
+        use proto::NamespaceMode::*;
+        assert_eq!(user_namespace(None).unwrap(), None);
+        assert_eq!(user_namespace(Some(&userns(Node, &[], &[]))).unwrap(), None);
+        let pod = user_namespace(Some(&userns(Pod, &[(0, 65536, 65536)], &[(0, 131_072, 65536)])));
+        let pod = pod.unwrap().unwrap();
+        assert_eq!(pod.uids, IdMapping { container_id: 0, host_id: 65536, length: 65536 });
+        assert_eq!(pod.gids.host_id, 131_072);
+        // And back, for PodSandboxStatus.
+        let options = pod::NamespaceOptions { user: Some(pod), ..Default::default() };
+        let shown = namespace_option(&options).userns_options.unwrap();
+        assert_eq!(shown, userns(Pod, &[(0, 65536, 65536)], &[(0, 131_072, 65536)]));
+        assert_eq!(namespace_option(&pod::NamespaceOptions::default()).userns_options, None);
+
+        let range = [(0, 65536, 65536)];
+        let two = [(0, 65536, 1000), (1000, 200_000, 10)];
+        for (options, words) in [
+            (userns(Pod, &[], &range), "exactly one uid mapping, not 0"),
+            (userns(Pod, &two, &range), "exactly one uid mapping, not 2"),
+            (userns(Pod, &range, &two), "exactly one gid mapping, not 2"),
+            (userns(Pod, &[(0, 65536, 0)], &range), "length is 0"),
+            (userns(Pod, &[(0, 0, 65536)], &range), "node's root"),
+            (userns(Node, &range, &range), "mode NODE takes no"),
+            (userns(Container, &range, &range), "CONTAINER is not supported"),
+            (proto::UserNamespace { mode: 9, ..Default::default() }, "mode 9"),
+        ] {
+            let (code, message) = code(user_namespace(Some(&options)));
+            assert_eq!(code, Code::InvalidArgument, "{message}");
+            assert!(message.contains(words), "{words}: {message}");
+        }
+    }
 }

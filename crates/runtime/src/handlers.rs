@@ -6,6 +6,12 @@
 //! Features come from the runtime's own `features` command (OCI runtime-spec "features"
 //! document, runc ≥ 1.1.0) where it has one; a runtime without it is assumed to have none of
 //! the optional features, since the kubelet admits pods on these flags.
+//!
+//! User namespaces (`hostUsers: false`) need the node to idmap mounts (probed once, see
+//! `userns::probe`): berth makes every idmapped mount itself (the rootfs layers, the volumes),
+//! also for an OCI runtime, which then only has to join the pod's user namespace. So a runtime
+//! qualifies when its `features` lists the user namespace, whether or not it could idmap mounts
+//! itself (runc < 1.2 cannot; berth never asks it to).
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -30,10 +36,6 @@ const DEFAULT_SEARCH_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr
 
 /// A runtime that takes longer than this to print its version or features is broken.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// berth refuses pods with user namespaces (`sandbox.rs`) whatever the runtime can do, so the
-/// feature is never advertised; a runtime's own support is still probed and reported.
-const USER_NAMESPACE_PODS: bool = false;
 
 /// What one runtime handler can do. Every flag is true only once it really works end to end,
 /// because the kubelet admits pods on these flags.
@@ -60,8 +62,10 @@ pub struct OciRuntime {
     /// The first line of `--version`.
     pub version: String,
     pub features: HandlerFeatures,
-    /// What the runtime's `features` says about user namespaces (idmapped mounts included).
+    /// Whether the runtime's `features` lists the user namespace.
     pub runtime_user_namespaces: bool,
+    /// Whether it could idmap mounts itself (`mountExtensions.idmap`); berth does not need it.
+    pub runtime_idmap: bool,
 }
 
 /// What a pod's handler name stands for.
@@ -81,28 +85,40 @@ impl Handler<'_> {
 }
 
 /// Every handler berthd was configured with, and whether it works.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Handlers {
     embedded: HandlerFeatures,
     oci: BTreeMap<String, OciRuntime>,
     /// Configured runtimes that failed their probe: why.
     unavailable: BTreeMap<String, String>,
+    /// Whether this node can run pods in user namespaces, and why not.
+    userns: std::result::Result<(), String>,
 }
 
 impl Handlers {
-    /// Probes each configured runtime; `state` is berthd's state dir, under which each
-    /// runtime's default root lies.
-    pub fn probe(configs: &BTreeMap<String, OciRuntimeConfig>, state: &Path) -> Handlers {
-        let mut handlers = Handlers::embedded_only();
+    /// Probes each configured runtime, and whether user namespaces work on this node with the
+    /// image layers in `layers_dir`; `state` is berthd's state dir, under which each runtime's
+    /// default root lies.
+    pub fn probe(
+        configs: &BTreeMap<String, OciRuntimeConfig>,
+        state: &Path,
+        layers_dir: &Path,
+    ) -> Handlers {
+        let userns = crate::userns::probe(layers_dir);
+        match &userns {
+            Ok(()) => tracing::info!("user namespaces with idmapped mounts work on this node"),
+            Err(reason) => tracing::warn!(%reason, "no user namespaces for pods on this node"),
+        }
+        let mut handlers = Handlers::embedded_only(userns);
         for (name, config) in configs {
-            match probe_one(name, config, state) {
+            match probe_one(name, config, state, handlers.userns.is_ok()) {
                 Ok(runtime) => {
                     tracing::info!(
                         handler = %name,
                         binary = %runtime.binary.display(),
                         version = %runtime.version,
                         recursive_read_only_mounts = runtime.features.recursive_read_only_mounts,
-                        runtime_user_namespaces = runtime.runtime_user_namespaces,
+                        user_namespaces = runtime.features.user_namespaces,
                         "OCI runtime available"
                     );
                     handlers.oci.insert(name.clone(), runtime);
@@ -116,16 +132,40 @@ impl Handlers {
         handlers
     }
 
-    /// The embedded executor alone (no `[runtimes]`).
-    pub fn embedded_only() -> Handlers {
+    /// The embedded executor alone (no `[runtimes]`); `userns` is whether the node can run
+    /// pods in user namespaces (`userns::probe`).
+    pub fn embedded_only(userns: std::result::Result<(), String>) -> Handlers {
         Handlers {
             embedded: HandlerFeatures {
                 recursive_read_only_mounts: kernel_has_mount_setattr(),
-                user_namespaces: false,
+                user_namespaces: userns.is_ok(),
             },
             oci: BTreeMap::new(),
             unavailable: BTreeMap::new(),
+            userns,
         }
+    }
+
+    /// Whether handler `name` can run a pod in a user namespace of its own; the error says why
+    /// not.
+    pub fn user_namespaces(&self, name: &str) -> Result<()> {
+        let handler = self.get(name)?;
+        if handler.features().user_namespaces {
+            return Ok(());
+        }
+        let why = match (&self.userns, handler) {
+            (Err(reason), _) => format!("this node cannot idmap mounts: {reason}"),
+            (Ok(()), Handler::Oci(runtime)) => format!(
+                "{} ({}) does not list the user namespace in its `features`",
+                runtime.binary.display(),
+                runtime.version
+            ),
+            (Ok(()), Handler::Embedded(_)) => "not supported".to_string(),
+        };
+        Err(Error::InvalidArgument(format!(
+            "runtime handler {name:?} cannot run a pod in a user namespace (hostUsers: false): \
+             {why}"
+        )))
     }
 
     /// The handler a pod names. An unknown or unavailable one is an error naming it.
@@ -169,6 +209,10 @@ impl Handlers {
             "embedded": self.embedded,
             "oci": self.oci,
             "unavailable": self.unavailable,
+            "userNamespaces": match &self.userns {
+                Ok(()) => "supported".to_string(),
+                Err(reason) => reason.clone(),
+            },
         })
     }
 }
@@ -177,6 +221,7 @@ fn probe_one(
     name: &str,
     config: &OciRuntimeConfig,
     state: &Path,
+    node_userns: bool,
 ) -> std::result::Result<OciRuntime, String> {
     let binary = resolve_binary(&config.path)?;
     let (ok, version) = run_probe(&binary, &["--version"])?;
@@ -199,9 +244,10 @@ fn probe_one(
         features: HandlerFeatures {
             // The runtime applies it with mount_setattr, which the kernel must have too.
             recursive_read_only_mounts: features.rro && kernel_has_mount_setattr(),
-            user_namespaces: features.user_namespaces && USER_NAMESPACE_PODS,
+            user_namespaces: features.user_namespaces && node_userns,
         },
         runtime_user_namespaces: features.user_namespaces,
+        runtime_idmap: features.idmap,
     })
 }
 
@@ -272,6 +318,7 @@ fn run_probe(binary: &Path, args: &[&str]) -> std::result::Result<(bool, String)
 struct RuntimeFeatures {
     rro: bool,
     user_namespaces: bool,
+    idmap: bool,
 }
 
 impl RuntimeFeatures {
@@ -285,9 +332,8 @@ impl RuntimeFeatures {
         let linux = &doc["linux"];
         RuntimeFeatures {
             rro: has(&doc["mountOptions"], "rro"),
-            // A user namespace alone is not enough for pods: volumes need idmapped mounts.
-            user_namespaces: has(&linux["namespaces"], "user")
-                && linux["mountExtensions"]["idmap"]["enabled"].as_bool() == Some(true),
+            user_namespaces: has(&linux["namespaces"], "user"),
+            idmap: linux["mountExtensions"]["idmap"]["enabled"].as_bool() == Some(true),
         }
     }
 }
@@ -324,10 +370,16 @@ mod tests {
             "linux":{"namespaces":["mount","user"],"mountExtensions":{"idmap":{"enabled":true}}}}"#;
         assert_eq!(
             RuntimeFeatures::parse(runc),
-            RuntimeFeatures { rro: true, user_namespaces: true }
+            RuntimeFeatures { rro: true, user_namespaces: true, idmap: true }
         );
+        // runc 1.1: a user namespace to join, no idmapped mounts of its own (berth makes them).
         let old = r#"{"mountOptions":["ro"],"linux":{"namespaces":["mount","user"]}}"#;
-        assert_eq!(RuntimeFeatures::parse(old), RuntimeFeatures::default());
+        assert_eq!(
+            RuntimeFeatures::parse(old),
+            RuntimeFeatures { rro: false, user_namespaces: true, idmap: false }
+        );
+        let no_user = r#"{"mountOptions":["rro"],"linux":{"namespaces":["mount"]}}"#;
+        assert!(!RuntimeFeatures::parse(no_user).user_namespaces);
         assert_eq!(RuntimeFeatures::parse("unknown command features"), RuntimeFeatures::default());
     }
 
@@ -339,7 +391,7 @@ mod tests {
             ("abs".to_string(), runtime("/no/such/runtime")),
         ]
         .into();
-        let handlers = Handlers::probe(&configs, state.path());
+        let handlers = Handlers::probe(&configs, state.path(), state.path());
         let names: Vec<String> = handlers.list().into_iter().map(|h| h.name).collect();
         assert_eq!(names, ["", "default"]);
         let err = handlers.get("nope").unwrap_err().to_string();
@@ -358,7 +410,7 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
         let configs = [("broken".to_string(), runtime(script.to_str().unwrap()))].into();
-        let handlers = Handlers::probe(&configs, state.path());
+        let handlers = Handlers::probe(&configs, state.path(), state.path());
         let err = handlers.get("broken").unwrap_err().to_string();
         assert!(err.contains("broken") && err.contains("--version failed"), "{err}");
     }
@@ -375,7 +427,7 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
         let configs = [("old".to_string(), runtime(script.to_str().unwrap()))].into();
-        let handlers = Handlers::probe(&configs, state.path());
+        let handlers = Handlers::probe(&configs, state.path(), state.path());
         let Handler::Oci(old) = handlers.get("old").unwrap() else { panic!("not an OCI runtime") };
         assert_eq!(old.version, "old 0.1");
         assert_eq!(old.features, HandlerFeatures::default());
@@ -385,7 +437,8 @@ mod tests {
         assert_eq!(listed.last().map(|h| h.name.as_str()), Some("old"));
     }
 
-    /// The runc of this host (Debian's, ≥ 1.1) claims rro; berth never claims user namespaces.
+    /// The runc of this host (Debian's, ≥ 1.1) claims rro and joins user namespaces, which
+    /// berth offers where the node can idmap mounts.
     #[test]
     fn runc_is_probed_with_its_features() {
         if resolve_binary(Path::new("runc")).is_err() {
@@ -393,12 +446,46 @@ mod tests {
             return;
         }
         let state = tempfile::tempdir().unwrap();
-        let handlers =
-            Handlers::probe(&[("runc".to_string(), runtime("runc"))].into(), state.path());
+        let configs = [("runc".to_string(), runtime("runc"))].into();
+        let handlers = Handlers::probe(&configs, state.path(), state.path());
         let Handler::Oci(runc) = handlers.get("runc").unwrap() else { panic!("runc not offered") };
         assert!(runc.binary.is_absolute());
         assert!(runc.version.starts_with("runc version"), "{}", runc.version);
         assert!(runc.features.recursive_read_only_mounts);
-        assert!(!runc.features.user_namespaces);
+        assert!(runc.runtime_user_namespaces);
+        let node = crate::userns::probe(state.path()).is_ok();
+        assert_eq!(runc.features.user_namespaces, node);
+        assert_eq!(handlers.user_namespaces("runc").is_ok(), node);
+    }
+
+    #[test]
+    fn user_namespaces_follow_the_node_and_the_runtime() {
+        let state = tempfile::tempdir().unwrap();
+        let script = state.path().join("no-user-runtime");
+        std::fs::write(
+            &script,
+            "#!/bin/sh\ncase \"$1\" in --version) echo 'nouser 1.0';; features) echo \
+             '{\"linux\":{\"namespaces\":[\"mount\"]}}';; esac\n",
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let configs = [("nouser".to_string(), runtime(script.to_str().unwrap()))].into();
+        let handlers = Handlers::probe(&configs, state.path(), state.path());
+        if nix::unistd::geteuid().is_root() {
+            handlers.user_namespaces("").unwrap();
+            assert!(handlers
+                .list()
+                .iter()
+                .any(|h| h.name == "default" && h.features.user_namespaces));
+        }
+        let err = handlers.user_namespaces("nouser").unwrap_err().to_string();
+        assert!(err.contains("\"nouser\"") && err.contains("user namespace"), "{err}");
+
+        let no_idmap = Handlers::embedded_only(Err("idmapping: not supported".into()));
+        let err = no_idmap.user_namespaces("").unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::InvalidArgument);
+        assert!(err.to_string().contains("cannot idmap mounts: idmapping: not supported"), "{err}");
+        assert!(!no_idmap.list()[0].features.user_namespaces);
     }
 }

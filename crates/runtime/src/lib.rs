@@ -19,6 +19,7 @@ mod runtime;
 pub mod seccomp;
 pub mod stats;
 pub mod store;
+pub mod userns;
 mod util;
 
 pub use container::{StdioSession, StreamOptions, TerminalSize};

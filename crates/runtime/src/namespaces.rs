@@ -9,6 +9,13 @@
 //! no tokio worker is ever left inside a pod's namespaces. Every function here blocks; berthd
 //! calls them through `spawn_blocking`.
 //!
+//! A pod with a user namespace of its own (`hostUsers: false`) has it made by a short-lived
+//! helper process instead (a thread cannot enter or create one; see `userns`), which creates
+//! the pod's network, IPC and UTS namespaces inside it, so that the user namespace owns them:
+//! its root has every capability over them (routes, sysctls, the hostname) and none over the
+//! node's. The user namespace is held like the others, and the rest of the setup is the same:
+//! berthd, root of the node, has every capability over namespaces a child user namespace owns.
+//!
 //! Mount propagation of the state directory is explained at [`prepare_state_dir`].
 
 use std::collections::BTreeMap;
@@ -31,6 +38,7 @@ use nix::sys::statfs::{statfs, NSFS_MAGIC};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::userns::{self, UserNamespace};
 
 const MOUNTINFO: &str = "/proc/self/mountinfo";
 const PROC_SYS: &str = "/proc/sys";
@@ -47,9 +55,13 @@ pub enum NsKind {
     Net,
     Ipc,
     Uts,
+    /// Only with `hostUsers: false`; never entered by a thread (the kernel allows that only
+    /// to a single-threaded process).
+    User,
 }
 
 impl NsKind {
+    /// The kinds a thread can enter (see [`in_namespaces`]).
     pub const ALL: [NsKind; 3] = [NsKind::Net, NsKind::Ipc, NsKind::Uts];
 
     /// The namespace's name in /proc/<pid>/ns, which is also the name of the file holding it in
@@ -59,6 +71,7 @@ impl NsKind {
             NsKind::Net => "net",
             NsKind::Ipc => "ipc",
             NsKind::Uts => "uts",
+            NsKind::User => "user",
         }
     }
 
@@ -67,6 +80,7 @@ impl NsKind {
             NsKind::Net => "network",
             NsKind::Ipc => "IPC",
             NsKind::Uts => "UTS",
+            NsKind::User => "user",
         }
     }
 
@@ -75,6 +89,7 @@ impl NsKind {
             NsKind::Net => CloneFlags::CLONE_NEWNET,
             NsKind::Ipc => CloneFlags::CLONE_NEWIPC,
             NsKind::Uts => CloneFlags::CLONE_NEWUTS,
+            NsKind::User => CloneFlags::CLONE_NEWUSER,
         }
     }
 }
@@ -93,6 +108,9 @@ pub struct PodNamespaces {
     pub net: Option<PathBuf>,
     pub ipc: Option<PathBuf>,
     pub uts: Option<PathBuf>,
+    /// The pod's own user namespace, which owns the others.
+    #[serde(default)]
+    pub user: Option<PathBuf>,
 }
 
 impl PodNamespaces {
@@ -101,10 +119,11 @@ impl PodNamespaces {
             NsKind::Net => self.net.as_deref(),
             NsKind::Ipc => self.ipc.as_deref(),
             NsKind::Uts => self.uts.as_deref(),
+            NsKind::User => self.user.as_deref(),
         }
     }
 
-    /// The held namespaces, in the form [`in_namespaces`] takes.
+    /// The held namespaces a thread can enter, in the form [`in_namespaces`] takes.
     pub fn held(&self) -> Vec<(NsKind, &Path)> {
         NsKind::ALL.into_iter().filter_map(|kind| Some((kind, self.path(kind)?))).collect()
     }
@@ -114,6 +133,7 @@ impl PodNamespaces {
             NsKind::Net => self.net = Some(path),
             NsKind::Ipc => self.ipc = Some(path),
             NsKind::Uts => self.uts = Some(path),
+            NsKind::User => self.user = Some(path),
         }
     }
 }
@@ -129,6 +149,8 @@ pub struct NamespaceRequest {
     pub hostname: Option<String>,
     /// Namespaced sysctls by name, in the dotted form the kubelet sends or in the slash form.
     pub sysctls: BTreeMap<String, String>,
+    /// A user namespace of the pod's own, with these mappings, owning the others.
+    pub user: Option<UserNamespace>,
 }
 
 impl NamespaceRequest {
@@ -137,6 +159,7 @@ impl NamespaceRequest {
             NsKind::Net => self.net,
             NsKind::Ipc => self.ipc,
             NsKind::Uts => self.uts,
+            NsKind::User => self.user.is_some(),
         }
     }
 }
@@ -184,15 +207,19 @@ pub fn prepare_state_dir(dir: &Path) -> Result<()> {
 /// `dir/<kind>`: sets the hostname in the new UTS namespace, brings `lo` up in the new network
 /// namespace and writes the sysctls there. The request is validated before anything is created;
 /// on a later failure everything done so far is undone before the error is returned. A request
-/// for no namespace creates nothing, not even `dir`.
+/// for no namespace creates nothing, not even `dir`. With `request.user`, the user namespace
+/// is made first and owns the others (see the module doc).
 pub fn create(dir: &Path, request: &NamespaceRequest) -> Result<PodNamespaces> {
     let sysctls = check_request(request)?;
-    let mut held = PodNamespaces { dir: dir.to_path_buf(), net: None, ipc: None, uts: None };
+    let mut held =
+        PodNamespaces { dir: dir.to_path_buf(), net: None, ipc: None, uts: None, user: None };
     let kinds: Vec<NsKind> = NsKind::ALL.into_iter().filter(|k| request.wants(*k)).collect();
-    if kinds.is_empty() {
-        return Ok(held);
-    }
-    let fds = new_namespaces(dir, &kinds, request.hostname.as_deref(), &sysctls)?;
+    let hostname = request.hostname.as_deref();
+    let fds = match &request.user {
+        None if kinds.is_empty() => return Ok(held),
+        None => new_namespaces(dir, &kinds, hostname, &sysctls)?,
+        Some(user) => owned_namespaces(dir, user, &kinds, hostname, &sysctls)?,
+    };
     let mut undo = Undo::default();
     match hold(dir, fds, &mut held, &mut undo) {
         Ok(()) => Ok(held),
@@ -208,8 +235,9 @@ pub fn create(dir: &Path, request: &NamespaceRequest) -> Result<PodNamespaces> {
 /// through [`create`]: every kind's file in `ns.dir` is released, whatever the `Option`s say.
 /// A namespace lives on while a process is still in it; release only drops berth's hold.
 pub fn release(ns: &PodNamespaces) -> Result<()> {
-    let mut paths: Vec<PathBuf> = NsKind::ALL.iter().map(|k| ns.dir.join(k.as_str())).collect();
-    for path in [&ns.net, &ns.ipc, &ns.uts].into_iter().flatten() {
+    let kinds = NsKind::ALL.iter().chain([&NsKind::User]);
+    let mut paths: Vec<PathBuf> = kinds.map(|k| ns.dir.join(k.as_str())).collect();
+    for path in [&ns.net, &ns.ipc, &ns.uts, &ns.user].into_iter().flatten() {
         if !paths.contains(path) {
             paths.push(path.clone());
         }
@@ -514,6 +542,74 @@ fn new_namespaces(
     })
 }
 
+/// Creates a user namespace with `user`'s mappings and, inside it, namespaces of `kinds`, which
+/// it owns; sets them up from a thread that enters them as [`new_namespaces`] does inside its
+/// own. Returns a file for each, the user namespace's last.
+fn owned_namespaces(
+    dir: &Path,
+    user: &UserNamespace,
+    kinds: &[NsKind],
+    hostname: Option<&str>,
+    sysctls: &[Sysctl<'_>],
+) -> Result<Vec<(NsKind, File)>> {
+    let flags = kinds.iter().fold(CloneFlags::empty(), |flags, k| flags | k.clone_flag());
+    let made = userns::create(&[user.uids], &[user.gids], flags)?;
+    let mut files: Vec<(NsKind, File)> = made
+        .owned
+        .into_iter()
+        .filter_map(|(flag, file)| {
+            let kind = NsKind::ALL.into_iter().find(|k| k.clone_flag() == flag)?;
+            Some((kind, file))
+        })
+        .collect();
+    let failed = |what: &str, err: &dyn fmt::Display| {
+        Error::Internal(format!("{what} for pod namespaces {}: {err}", dir.display()))
+    };
+    let set_up = || -> Result<()> {
+        for (kind, file) in &files {
+            setns(file, kind.clone_flag()).map_err(|err| {
+                failed(&format!("entering the new {} namespace", kind.describe()), &err)
+            })?;
+        }
+        if let Some(hostname) = hostname {
+            nix::unistd::sethostname(hostname)
+                .map_err(|err| failed(&format!("setting hostname {hostname:?}"), &err))?;
+        }
+        if kinds.contains(&NsKind::Net) {
+            loopback_up().map_err(|err| failed("bringing up lo", &err))?;
+        }
+        // Network sysctls take CAP_NET_ADMIN over the namespace; IPC ones only the namespace's
+        // root, whatever capabilities the writer has: this thread, which ends with this work,
+        // takes its ids for them, and so loses its capabilities. The raw system calls change
+        // the calling thread alone (glibc's would change them all).
+        let (net, ipc): (Vec<&Sysctl>, Vec<&Sysctl>) =
+            sysctls.iter().partition(|s| s.path.starts_with("net"));
+        net.into_iter().try_for_each(write_sysctl)?;
+        if let (Some((uid, gid)), false) = (user.root_on_host(), ipc.is_empty()) {
+            // SAFETY: setresgid and setresuid with plain integers; -1 leaves an id as it is.
+            let changed = unsafe {
+                libc::syscall(libc::SYS_setresgid, -1, gid, -1) == 0
+                    && libc::syscall(libc::SYS_setresuid, -1, uid, -1) == 0
+            };
+            if !changed {
+                return Err(failed("becoming the pod's root", &Errno::last()));
+            }
+        }
+        ipc.into_iter().try_for_each(write_sysctl)
+    };
+    thread::scope(|scope| {
+        let thread = thread::Builder::new()
+            .name("berth-ns".to_string())
+            .spawn_scoped(scope, set_up)
+            .map_err(|err| failed("starting a thread to set up namespaces", &err))?;
+        thread
+            .join()
+            .map_err(|_| failed("setting up namespaces", &"the thread setting them up panicked"))?
+    })?;
+    files.push((NsKind::User, made.user));
+    Ok(files)
+}
+
 /// What [`create`] did so far, for undoing it on a failure.
 #[derive(Default)]
 struct Undo {
@@ -748,7 +844,13 @@ mod tests {
                 for pod in pods.flatten() {
                     let pod = pod.path();
                     let _ = unmount(&pod.join("shm"));
-                    let ns = PodNamespaces { dir: pod.join("ns"), net: None, ipc: None, uts: None };
+                    let ns = PodNamespaces {
+                        dir: pod.join("ns"),
+                        net: None,
+                        ipc: None,
+                        uts: None,
+                        user: None,
+                    };
                     let _ = release(&ns);
                 }
             }
@@ -776,6 +878,7 @@ mod tests {
             uts: true,
             hostname: hostname.map(str::to_string),
             sysctls: sysctls.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            user: None,
         }
     }
 
@@ -854,6 +957,53 @@ mod tests {
         release(&ns).unwrap();
         let err = in_namespaces(&ns.held(), || Ok(())).unwrap_err();
         assert!(err.to_string().contains(&dir.join("net").display().to_string()), "{err}");
+    }
+
+    /// The user namespace a namespace file's namespace belongs to (`NS_GET_USERNS`).
+    fn owner_ino(path: &Path) -> u64 {
+        const NS_GET_USERNS: libc::c_ulong = 0xb701;
+        let file = File::open(path).unwrap();
+        // SAFETY: an ioctl without arguments on an open nsfs file; a new descriptor back.
+        let owner = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_USERNS) };
+        assert!(owner >= 0, "{}: {}", path.display(), Errno::last());
+        // SAFETY: the kernel returned a descriptor nothing else owns.
+        let owner = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(owner) };
+        owner.metadata().unwrap().ino()
+    }
+
+    #[test]
+    fn a_pods_user_namespace_owns_its_other_namespaces() {
+        if !is_root() {
+            return;
+        }
+        let state = StateDir::new();
+        let dir = state.ns_dir("pod1");
+        let range = crate::userns::IdMapping { container_id: 0, host_id: 500_000, length: 65536 };
+        let req = NamespaceRequest {
+            user: Some(UserNamespace::new(&[range], &[range]).unwrap()),
+            ..request(Some("web-0"), &[("net.ipv4.ip_forward", "1"), ("kernel.msgmax", "9999")])
+        };
+        let ns = create(&dir, &req).unwrap();
+        let user = ns.user.clone().unwrap();
+        assert_eq!(user, dir.join("user"));
+        assert!(is_held(&user));
+        assert_ne!(ino(&user), ino("/proc/self/ns/user"));
+        assert_eq!(ns.held().len(), 3, "the user namespace is no thread's to enter");
+        for (kind, path) in ns.held() {
+            assert_eq!(owner_ino(path), ino(&user), "{kind} is not the pod's user namespace's");
+        }
+        let seen = in_namespaces(&ns.held(), || {
+            let hostname = nix::unistd::gethostname().unwrap().into_string().unwrap();
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            Ok((hostname, read_sysctl("net.ipv4.ip_forward"), read_sysctl("kernel.msgmax")))
+        })
+        .unwrap();
+        assert_eq!(seen, ("web-0".to_string(), "1".to_string(), "9999".to_string()));
+        release(&ns).unwrap();
+        assert!(!user.exists());
+        assert!(!dir.exists());
+        assert!(state.mounts_below().is_empty(), "{:?}", state.mounts_below());
     }
 
     #[test]
@@ -996,7 +1146,10 @@ mod tests {
 
         let none = NamespaceRequest::default();
         let ns = create(&dir, &none).unwrap();
-        assert_eq!(ns, PodNamespaces { dir: dir.clone(), net: None, ipc: None, uts: None });
+        assert_eq!(
+            ns,
+            PodNamespaces { dir: dir.clone(), net: None, ipc: None, uts: None, user: None }
+        );
         assert!(!dir.exists());
         release(&ns).unwrap();
     }
@@ -1010,7 +1163,8 @@ mod tests {
         let dir = state.ns_dir("pod1");
         create(&dir, &request(None, &[])).unwrap();
         // A berthd that crashed knows only the directory.
-        let only_dir = PodNamespaces { dir: dir.clone(), net: None, ipc: None, uts: None };
+        let only_dir =
+            PodNamespaces { dir: dir.clone(), net: None, ipc: None, uts: None, user: None };
         release(&only_dir).unwrap();
         assert!(state.mounts_below().is_empty(), "{:?}", state.mounts_below());
         assert!(!dir.exists());

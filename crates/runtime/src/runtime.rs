@@ -65,7 +65,8 @@ impl Runtime {
             options.cni.bin_dirs.clone(),
             options.root.join("cni-cache"),
         );
-        let handlers = Arc::new(Handlers::probe(&options.runtimes, &options.state));
+        // Idmapping depends on the file system, so it is probed on the root's, the layers'.
+        let handlers = Arc::new(Handlers::probe(&options.runtimes, &options.state, &options.root));
         let pods = Pods::open(
             &options.root,
             &options.state,

@@ -1577,18 +1577,18 @@ async fn status_lists_the_handlers_with_their_features() {
             (h.name.clone(), (f.recursive_read_only_mounts, f.user_namespaces))
         })
         .collect();
-    // This kernel has mount_setattr; no handler claims user namespaces, which berth refuses.
-    assert_eq!(handlers.get(""), Some(&(true, false)), "{handlers:?}");
-    assert_eq!(handlers.get("default"), Some(&(true, false)), "{handlers:?}");
+    // This kernel has mount_setattr and idmaps overlay layers (user namespaces: userns.rs).
+    assert_eq!(handlers.get(""), Some(&(true, true)), "{handlers:?}");
+    assert_eq!(handlers.get("default"), Some(&(true, true)), "{handlers:?}");
     let installed = |name: &str| {
         std::process::Command::new("sh")
             .args(["-c", &format!("command -v {name}")])
             .output()
             .is_ok_and(|out| out.status.success())
     };
-    // runc ≥ 1.1 (Debian's, CI's) says rro in its `features`.
+    // runc ≥ 1.1 (Debian's, CI's) says rro and the user namespace in its `features`.
     if installed("runc") {
-        assert_eq!(handlers.get("runc"), Some(&(true, false)), "{handlers:?}");
+        assert_eq!(handlers.get("runc"), Some(&(true, true)), "{handlers:?}");
     }
     if installed("crun") {
         assert!(handlers.contains_key("crun"), "{handlers:?}");

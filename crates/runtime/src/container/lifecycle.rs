@@ -16,7 +16,7 @@ use berth_images::ImageService;
 
 use crate::cgroups::{CgroupLayout, CgroupMode};
 use crate::container::cgroup::ContainerCgroup;
-use crate::container::spec::{self, PidNamespace, PodContext, SpecInputs};
+use crate::container::spec::{self, PidNamespace, PodContext, PodUserNamespace, SpecInputs};
 use crate::container::stream::{self, StdioSession, StreamOptions};
 use crate::container::types::*;
 use crate::container::user;
@@ -348,6 +348,7 @@ impl Inner {
                 pod.record.id
             ))
         })?;
+        let user_namespace = pod_user_namespace(&config, pod)?;
         if let Some(m) = config.mounts.iter().find(|m| m.recursive_read_only) {
             if !handler.features().recursive_read_only_mounts {
                 return Err(Error::InvalidArgument(format!(
@@ -405,6 +406,7 @@ impl Inner {
                     hostname_file: pod.hostname_file.clone(),
                     shm: pod.shm.clone(),
                     sandbox_id: pod.record.id.clone(),
+                    user: user_namespace.clone(),
                 };
                 let mut spec = spec::build(&SpecInputs {
                     id: &id,
@@ -421,6 +423,15 @@ impl Inner {
                 spec::check_mounts(&config.mounts)?;
                 for dir in [&upper, &work, &rootfs] {
                     std::fs::create_dir_all(dir).map_err(Error::io("creating", dir))?;
+                }
+                // The image's layers are idmapped, never chowned; the writable layer is the
+                // container's alone, and its root must be the container's root's, who could
+                // not write to a directory of the node's root.
+                if let Some((uid, gid)) =
+                    user_namespace.as_ref().and_then(|u| u.mappings.root_on_host())
+                {
+                    std::os::unix::fs::chown(&upper, Some(uid), Some(gid))
+                        .map_err(Error::io("handing to the pod's root", &upper))?;
                 }
                 let spec_json = serde_json::to_vec_pretty(&spec)
                     .map_err(|err| Error::Internal(format!("encoding the OCI spec: {err}")))?;
@@ -1115,6 +1126,42 @@ fn pid_namespace(config: &ContainerConfig, pod: &PodForContainer, oci: bool) -> 
     }
 }
 
+/// The pod's user namespace, which the container joins; its config's `userns_options` may only
+/// repeat the pod's.
+fn pod_user_namespace(
+    config: &ContainerConfig,
+    pod: &PodForContainer,
+) -> Result<Option<PodUserNamespace>> {
+    let pod_ns = pod.user.clone().zip(pod.record.config.namespaces.user.clone());
+    let pod_ns = pod_ns.map(|(path, mappings)| PodUserNamespace { path, mappings });
+    match (&config.security.user_namespace, &pod_ns) {
+        (UsernsRequest::Unspecified, _) | (UsernsRequest::Node, None) => Ok(pod_ns),
+        (UsernsRequest::Node, Some(_)) => Err(Error::InvalidArgument(format!(
+            "pod sandbox {} has a user namespace of its own: its containers cannot use the \
+             node's",
+            pod.record.id
+        ))),
+        (UsernsRequest::Pod { .. }, None) => Err(Error::InvalidArgument(format!(
+            "the container asks for its pod's user namespace, but pod sandbox {} has none \
+             (its config had no userns_options of mode POD)",
+            pod.record.id
+        ))),
+        (UsernsRequest::Pod { uids, gids }, Some(ns)) => {
+            let same =
+                |list: &[crate::userns::IdMapping], mapping| list.is_empty() || list == [mapping];
+            if same(uids, ns.mappings.uids) && same(gids, ns.mappings.gids) {
+                Ok(pod_ns)
+            } else {
+                Err(Error::InvalidArgument(format!(
+                    "the container's user namespace mappings (uids {uids:?}, gids {gids:?}) are \
+                     not its pod's ({:?}, {:?})",
+                    ns.mappings.uids, ns.mappings.gids
+                )))
+            }
+        }
+    }
+}
+
 /// Overlay takes lower dirs relative to the directory of the mount call, which keeps the option
 /// string within a page for images of many layers: so every layer must share one parent.
 fn split_layers(layers: &[PathBuf]) -> Result<(PathBuf, Vec<PathBuf>)> {
@@ -1248,10 +1295,12 @@ fn runtime_cgroup_path(path: &str, nest: bool) -> Result<String> {
     Ok(if nest { clean.to_string() } else { format!("/{clean}") })
 }
 
-/// The bundle, after its rootfs, which the monitor mounts for an OCI runtime: removing files
-/// through that mount would delete the container's own.
+/// The bundle, after its rootfs and idmapped volumes, which the monitor mounts for an OCI
+/// runtime: removing files through those mounts would delete the container's own, or a
+/// volume's.
 fn remove_bundle(bundle: &Path) -> Result<()> {
     crate::executor::unmount_rootfs(&bundle.join("rootfs"))?;
+    crate::executor::unmount_idmapped(bundle)?;
     remove_dir(bundle)
 }
 

@@ -28,6 +28,7 @@ use crate::container::types::{
 use crate::error::{Error, Result};
 use crate::lsm::{self, LsmHost};
 use crate::seccomp;
+use crate::userns::{self, UserNamespace};
 
 /// The `PATH` a container gets when neither its image nor its config sets one.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -164,6 +165,16 @@ pub struct PodContext {
     /// The pod's `/dev/shm`; `None` (host IPC): the node's.
     pub shm: Option<PathBuf>,
     pub sandbox_id: String,
+    /// The pod's own user namespace, which the container joins; `None`: the node's.
+    pub user: Option<PodUserNamespace>,
+}
+
+/// A pod's user namespace as its containers' specs name it.
+#[derive(Debug, Clone)]
+pub struct PodUserNamespace {
+    /// The file holding it.
+    pub path: PathBuf,
+    pub mappings: UserNamespace,
 }
 
 pub struct SpecInputs<'a> {
@@ -188,6 +199,18 @@ pub fn build(inputs: &SpecInputs) -> Result<Spec> {
     let security = &config.security;
     let privileged = security.privileged;
 
+    if inputs.pod.user.is_some() {
+        if let Some(m) = config.mounts.iter().find(|m| m.propagation == Propagation::Bidirectional)
+        {
+            // The container's mount namespace belongs to the pod's user namespace, where the
+            // kernel turns every shared mount it is copied from into a slave.
+            return Err(Error::InvalidArgument(format!(
+                "mount {}: bidirectional propagation is not possible in a pod with a user \
+                 namespace of its own",
+                m.container_path
+            )));
+        }
+    }
     let (mounts, rootfs_propagation) = mounts(inputs)?;
     let devices = devices(&config.devices, privileged)?;
 
@@ -209,8 +232,8 @@ pub fn build(inputs: &SpecInputs) -> Result<Spec> {
         .set_rootfs_propagation(rootfs_propagation.map(str::to_string))
         .set_seccomp(seccomp)
         .set_sysctl(None)
-        .set_uid_mappings(None)
-        .set_gid_mappings(None);
+        .set_uid_mappings(inputs.pod.user.as_ref().map(|u| u.mappings.oci_uids()))
+        .set_gid_mappings(inputs.pod.user.as_ref().map(|u| u.mappings.oci_gids()));
     if privileged {
         linux.set_masked_paths(None).set_readonly_paths(None);
     } else {
@@ -606,6 +629,10 @@ fn namespaces(pod: &PodContext) -> Vec<LinuxNamespace> {
         ns
     }
     let mut list = Vec::new();
+    // First: runtimes join in this order, and the user namespace gives the rights to the rest.
+    if let Some(user) = &pod.user {
+        list.push(namespace(LinuxNamespaceType::User, Some(&user.path)));
+    }
     match &pod.pid {
         PidNamespace::New => list.push(namespace(LinuxNamespaceType::Pid, None)),
         PidNamespace::Join(path) => list.push(namespace(LinuxNamespaceType::Pid, Some(path))),
@@ -710,6 +737,18 @@ fn cri_mount(m: &Mount) -> Result<OciMount> {
     if m.readonly {
         options.push("ro");
     }
+    let idmapped = !m.uid_mappings.is_empty() || !m.gid_mappings.is_empty();
+    if idmapped {
+        if m.uid_mappings.is_empty() || m.gid_mappings.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "mount {}: an idmapped mount needs both uid and gid mappings",
+                m.container_path
+            )));
+        }
+        userns::check_mappings(&m.uid_mappings, &format!("mount {} uid", m.container_path))?;
+        userns::check_mappings(&m.gid_mappings, &format!("mount {} gid", m.container_path))?;
+        options.push("idmap");
+    }
     if m.recursive_read_only {
         if !m.readonly {
             return Err(Error::InvalidArgument(format!(
@@ -734,7 +773,9 @@ fn cri_mount(m: &Mount) -> Result<OciMount> {
         .set_destination(destination)
         .set_typ(Some("bind".into()))
         .set_source(Some(source))
-        .set_options(Some(options.into_iter().map(str::to_string).collect()));
+        .set_options(Some(options.into_iter().map(str::to_string).collect()))
+        .set_uid_mappings(idmapped.then(|| m.uid_mappings.iter().map(Into::into).collect()))
+        .set_gid_mappings(idmapped.then(|| m.gid_mappings.iter().map(Into::into).collect()));
     Ok(mount)
 }
 
@@ -1037,6 +1078,7 @@ mod tests {
             hostname_file: "/var/lib/berth/pods/p1/hostname".into(),
             shm: Some("/run/berth/pods/p1/shm".into()),
             sandbox_id: "p1".into(),
+            user: None,
         }
     }
 
@@ -1523,6 +1565,7 @@ mod tests {
             readonly,
             recursive_read_only: rro,
             propagation: p,
+            ..Default::default()
         }
     }
 
@@ -1720,6 +1763,101 @@ mod tests {
         let join = PodContext { pid: PidNamespace::Join("/proc/42/ns/pid".into()), ..pod() };
         let spec = build_for(&config(), &join).unwrap();
         assert_eq!(kinds(&spec)[0], (Pid, p("/proc/42/ns/pid")));
+        let linux = spec.linux().as_ref().unwrap();
+        assert_eq!((linux.uid_mappings(), linux.gid_mappings()), (&None, &None));
+    }
+
+    fn userns_pod() -> PodContext {
+        let range = |host_id| userns::IdMapping { container_id: 0, host_id, length: 65536 };
+        PodContext {
+            user: Some(PodUserNamespace {
+                path: "/run/berth/pods/p1/ns/user".into(),
+                mappings: UserNamespace { uids: range(65536), gids: range(131_072) },
+            }),
+            ..pod()
+        }
+    }
+
+    #[test]
+    fn a_pods_user_namespace_is_joined_first_with_its_mappings() {
+        let spec = build_for(&config(), &userns_pod()).unwrap();
+        let linux = spec.linux().as_ref().unwrap();
+        let first = &linux.namespaces().as_ref().unwrap()[0];
+        assert_eq!(first.typ(), LinuxNamespaceType::User);
+        assert_eq!(first.path().as_deref(), Some(Path::new("/run/berth/pods/p1/ns/user")));
+        let mapping = |list: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>| {
+            list.as_ref()
+                .unwrap()
+                .iter()
+                .map(|m| (m.container_id(), m.host_id(), m.size()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(mapping(linux.uid_mappings()), [(0, 65536, 65536)]);
+        assert_eq!(mapping(linux.gid_mappings()), [(0, 131_072, 65536)]);
+        // The process's ids stay the container's own.
+        let user = spec.process().as_ref().unwrap().user();
+        assert_eq!((user.uid(), user.gid()), (1000, 100));
+
+        let host = tempfile::tempdir().unwrap();
+        let h = host.path().display().to_string();
+        let bidirectional = ContainerConfig {
+            mounts: vec![cri("/data", &h, false, false, Propagation::Bidirectional)],
+            ..config()
+        };
+        assert_invalid(build_for(&bidirectional, &userns_pod()), "bidirectional");
+        assert!(build_for(&bidirectional, &pod()).is_ok());
+    }
+
+    #[test]
+    fn idmapped_cri_mounts() {
+        let host = tempfile::tempdir().unwrap();
+        let h = host.path().display().to_string();
+        let range = |c, h, l| userns::IdMapping { container_id: c, host_id: h, length: l };
+        let idmapped = Mount {
+            uid_mappings: vec![range(0, 65536, 65536)],
+            gid_mappings: vec![range(0, 65536, 100), range(100, 70000, 10)],
+            ..cri("/data", &h, true, false, Propagation::Private)
+        };
+        let spec = build_for(
+            &ContainerConfig { mounts: vec![idmapped.clone()], ..config() },
+            &userns_pod(),
+        )
+        .unwrap();
+        let m = spec
+            .mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.destination() == Path::new("/data"))
+            .unwrap();
+        assert_eq!(m.options().as_ref().unwrap(), &strings(&["rbind", "rprivate", "ro", "idmap"]));
+        assert_eq!(m.uid_mappings().as_ref().unwrap().len(), 1);
+        assert_eq!(m.gid_mappings().as_ref().unwrap()[1].host_id(), 70000);
+        let plain = spec
+            .mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.destination() == Path::new("/etc/hosts"))
+            .unwrap();
+        assert_eq!(plain.uid_mappings(), &None);
+
+        for (bad, why) in [
+            (Mount { gid_mappings: vec![], ..idmapped.clone() }, "both uid and gid mappings"),
+            (Mount { uid_mappings: vec![range(0, 1, 0)], ..idmapped.clone() }, "the length is 0"),
+            (
+                Mount {
+                    gid_mappings: vec![range(0, 10, 10), range(5, 100, 1)],
+                    ..idmapped.clone()
+                },
+                "overlaps",
+            ),
+        ] {
+            assert_invalid(
+                build_for(&ContainerConfig { mounts: vec![bad], ..config() }, &userns_pod()),
+                why,
+            );
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::pod::NamespaceMode;
+pub use crate::userns::{IdMapping, UserNamespace};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerMetadata {
@@ -30,6 +31,12 @@ pub struct Mount {
     pub readonly: bool,
     pub recursive_read_only: bool,
     pub propagation: Propagation,
+    /// An idmapped mount (CRI `uidMappings`/`gidMappings`, both or neither): a file the node
+    /// has as `host_id` appears in the container as `container_id`, and the other way round.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub uid_mappings: Vec<IdMapping>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gid_mappings: Vec<IdMapping>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,6 +114,22 @@ pub struct SecurityContext {
     pub selinux: Option<SelinuxOptions>,
     #[serde(default)]
     pub supplemental_groups_policy: SupplementalGroupsPolicy,
+    /// What the config says of the container's user namespace, which is always its pod's.
+    #[serde(default)]
+    pub user_namespace: UsernsRequest,
+}
+
+/// The CRI's `userns_options` of a container. The kubelet repeats the pod's; a container's
+/// user namespace is its pod's in any case, so this is only checked against the pod.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UsernsRequest {
+    /// Nothing said (crictl's configs): the pod's.
+    #[default]
+    Unspecified,
+    /// The node's.
+    Node,
+    /// The pod's, with the mappings the pod has (empty: not repeated).
+    Pod { uids: Vec<IdMapping>, gids: Vec<IdMapping> },
 }
 
 /// A seccomp or AppArmor profile, as the CRI names one (cri-server has already resolved the

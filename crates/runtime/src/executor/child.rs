@@ -72,6 +72,10 @@ pub(super) struct CreateContext<'a> {
     pub stdio: [RawFd; 3],
     /// Namespaces to join, opened by the parent.
     pub join_ns: Vec<(CloneFlags, RawFd)>,
+    /// The user namespace entered once the root is built.
+    pub userns: Option<RawFd>,
+    /// Idmapped trees the parent made, which the plan names by these numbers.
+    pub trees: Vec<RawFd>,
 }
 
 /// An exec's view of what the parent set up for it.
@@ -82,6 +86,8 @@ pub(super) struct ExecContext<'a> {
     pub stdio: [RawFd; 3],
     /// The container's namespaces in the order they are joined, mount last.
     pub join_ns: Vec<(CloneFlags, RawFd)>,
+    /// The container's user namespace, when it is not the caller's: joined after the others.
+    pub userns: Option<RawFd>,
 }
 
 /// The container's init: sets everything up, reports ready, waits for the start byte, execs.
@@ -121,6 +127,8 @@ fn prepare_container(ctx: &CreateContext) -> Step<(CString, u32)> {
     let mut keep = vec![ctx.sock];
     keep.extend_from_slice(&ctx.stdio);
     keep.extend(ctx.join_ns.iter().map(|(_, fd)| *fd));
+    keep.extend(ctx.userns);
+    keep.extend(&ctx.trees);
     close_other_fds(&keep);
     // Modes of what is created below are exact; the process's own umask is set before exec.
     nix::sys::stat::umask(nix::sys::stat::Mode::empty());
@@ -154,6 +162,14 @@ fn prepare_container(ctx: &CreateContext) -> Step<(CString, u32)> {
     mounts::setup_rootfs(plan, ctx.cgroup_mount)?;
     if let Some(adj) = plan.process.oom_score_adj {
         write_oom_score_adj(adj)?;
+    }
+    if let Some(userns) = ctx.userns {
+        enter_user_namespace(userns)?;
+        // A mount namespace of the user namespace's own: copied into it, every mount made so
+        // far is locked (see the executor's module doc).
+        nix::sched::unshare(CloneFlags::CLONE_NEWNS).map_err(|e| {
+            Failure::internal_errno("creating a mount namespace in the user namespace", e)
+        })?;
     }
     let exe = become_process(&plan.process)?;
     mark_fds_cloexec();
@@ -192,6 +208,7 @@ fn prepare_exec(ctx: &ExecContext) -> Step<CString> {
     let mut keep = vec![ctx.sock];
     keep.extend_from_slice(&ctx.stdio);
     keep.extend(ctx.join_ns.iter().map(|(_, fd)| *fd));
+    keep.extend(ctx.userns);
     close_other_fds(&keep);
     join_cgroups(ctx.cgroup_procs)?;
     setup_stdio(ctx.stdio, ctx.process.terminal)?;
@@ -199,6 +216,9 @@ fn prepare_exec(ctx: &ExecContext) -> Step<CString> {
     join_namespaces(&ctx.join_ns)?;
     if let Some(adj) = ctx.process.oom_score_adj {
         write_oom_score_adj(adj)?;
+    }
+    if let Some(userns) = ctx.userns {
+        enter_user_namespace(userns)?;
     }
     become_process(ctx.process)
 }
@@ -437,6 +457,7 @@ fn ns_name(flag: CloneFlags) -> &'static str {
         f if f == CloneFlags::CLONE_NEWCGROUP => "cgroup",
         f if f == CloneFlags::CLONE_NEWNS => "mount",
         f if f == CloneFlags::CLONE_NEWPID => "PID",
+        f if f == CloneFlags::CLONE_NEWUSER => "user",
         _ => "other",
     }
 }
@@ -450,6 +471,16 @@ fn join_namespaces(join: &[(CloneFlags, RawFd)]) -> Step<()> {
         })?;
     }
     Ok(())
+}
+
+/// Enters the pod's user namespace, with every capability there and none outside: after the
+/// work that needs the node's root (mounts, a lower oom_score_adj), before the switch to the
+/// process's user, whose ids are the namespace's.
+fn enter_user_namespace(fd: RawFd) -> Step<()> {
+    // SAFETY: the parent opened the descriptor and it was kept open for this child.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    nix::sched::setns(fd, CloneFlags::CLONE_NEWUSER)
+        .map_err(|e| Failure::internal_errno("joining the pod's user namespace", e))
 }
 
 fn write_oom_score_adj(adj: i32) -> Step<()> {

@@ -14,9 +14,19 @@
 //!   start  ── start byte ──▶ child: seccomp, execve ── sync socket closes (CLOEXEC) ──▶
 //!             parent: Ok
 //!   spawn_exec ── setns(pid ns of the container) ; fork ; setns(own pid ns) ──▶ child:
-//!             cgroups, stdio, setns ipc/uts/net/cgroup/mnt, cwd, limits, LSM exec attrs,
-//!             user, caps, seccomp, execve
+//!             cgroups, stdio, setns ipc/uts/net/cgroup/mnt, cwd, limits, [setns user],
+//!             LSM exec attrs, user, caps, seccomp, execve
 //! ```
+//!
+//! A container of a pod with a user namespace (`hostUsers: false`) is built as root of the
+//! node, with its layers and `idmap` binds idmapped (`idmap`, made here in the caller before the
+//! clone) and its file systems' owners planned as the node's ids of its own ids (`plan`); the
+//! child enters the pod's user namespace only once its root is complete, and then unshares a
+//! mount namespace that namespace owns: the mounts copied into it are locked (the container's
+//! root cannot unmount a masked path or make a read-only one writable), and it may mount what
+//! a user namespace may (a tmpfs; never a file system of the node's). Its /proc and /sys are
+//! mounted as the node's root could, so nothing depends on what the kernel lets a user
+//! namespace mount. An exec enters the user namespace after the others.
 //!
 //! Parent and child talk over a `SOCK_SEQPACKET` socket pair rather than two pipes: one
 //! message per read, and the parent's sends use `MSG_NOSIGNAL`, so a child that died never
@@ -25,6 +35,7 @@
 mod capabilities;
 mod child;
 mod devices;
+mod idmap;
 mod mounts;
 mod plan;
 #[cfg(test)]
@@ -114,13 +125,25 @@ pub struct ExecRequest<'a> {
 /// A spec, mount source, working directory or executable at fault is
 /// [`Error::InvalidArgument`]; anything else [`Error::Internal`], with the child's message.
 pub fn create(req: &CreateRequest) -> Result<Created> {
-    let plan = plan::container(req.spec, req.rootfs, req.cgroup_mount)?;
+    let mut plan = plan::container(req.spec, req.rootfs, req.cgroup_mount)?;
     let join_ns = plan
         .join_ns
         .iter()
         .map(|(flag, path)| Ok((*flag, open_ns(path)?)))
         .collect::<Result<Vec<_>>>()?;
     let pid_ns = plan.pid_ns_path.as_deref().map(open_ns).transpose()?;
+    let userns = plan.userns.as_ref().map(|u| open_ns(&u.path)).transpose()?;
+    // Open until the child has mounted them; it keeps their numbers.
+    let mut trees = Vec::new();
+    if let Some(fd) = &userns {
+        let (layers, overlay) = idmap::layers(req.rootfs, fd.as_fd())?;
+        trees.extend(layers);
+        plan.overlay = overlay;
+    }
+    let mappings = plan.userns.as_ref().map(|u| (u.uids.clone(), u.gids.clone()));
+    let container = userns.as_ref().zip(mappings.as_ref());
+    let container = container.map(|(fd, (uids, gids))| (fd.as_fd(), &uids[..], &gids[..]));
+    trees.extend(idmap::binds(&mut plan, &mut idmap::Namespaces::new(container))?);
     let (parent_end, child_end) = sync_pair()?;
     let ctx = child::CreateContext {
         plan: &plan,
@@ -129,6 +152,8 @@ pub fn create(req: &CreateRequest) -> Result<Created> {
         sock: child_end.as_raw_fd(),
         stdio: [req.stdin.as_raw_fd(), req.stdout.as_raw_fd(), req.stderr.as_raw_fd()],
         join_ns: join_ns.iter().map(|(flag, fd)| (*flag, fd.as_raw_fd())).collect(),
+        userns: userns.as_ref().map(|fd| fd.as_raw_fd()),
+        trees: trees.iter().map(|fd| fd.as_raw_fd()).collect(),
     };
     let mut stack = vec![0u8; STACK_SIZE];
     let pid = in_pid_namespace(pid_ns.as_ref(), || {
@@ -204,6 +229,8 @@ pub fn spawn_exec(req: &ExecRequest) -> Result<Pid> {
     .into_iter()
     .map(|(name, flag)| Ok((flag, open(name)?)))
     .collect::<Result<Vec<_>>>()?;
+    // The pod's user namespace, when the container is in one: entered last (see the module doc).
+    let userns = Some(open("user")?).filter(|fd| !same_ns(fd, Path::new("/proc/self/ns/user")));
     let (parent_end, child_end) = sync_pair()?;
     let ctx = child::ExecContext {
         process: &process,
@@ -211,6 +238,7 @@ pub fn spawn_exec(req: &ExecRequest) -> Result<Pid> {
         sock: child_end.as_raw_fd(),
         stdio: [req.stdin.as_raw_fd(), req.stdout.as_raw_fd(), req.stderr.as_raw_fd()],
         join_ns: join_ns.iter().map(|(flag, fd)| (*flag, fd.as_raw_fd())).collect(),
+        userns: userns.as_ref().map(|fd| fd.as_raw_fd()),
     };
     let pid = in_pid_namespace(Some(&pid_ns), || {
         // SAFETY: the caller is single-threaded (see `create`); the child runs `exec_main`,
@@ -231,11 +259,42 @@ pub fn spawn_exec(req: &ExecRequest) -> Result<Pid> {
     }
 }
 
+/// Prepares an OCI runtime's bundle in the caller's own mount namespace (the runtime expects
+/// a mounted root, and cannot idmap itself): the overlay on `target`, its layers idmapped when
+/// the spec joins a user namespace, and the spec's idmapped binds (`idmap`), after which the
+/// spec file binds plain directories. Undone by [`unmount_rootfs`].
+pub fn mount_bundle(rootfs: &Rootfs, target: &Path, spec: &Spec, spec_path: &Path) -> Result<()> {
+    let userns = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .and_then(|list| {
+            list.iter().find(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::User)
+        })
+        .and_then(|n| n.path().clone());
+    match userns {
+        None => mount_rootfs(rootfs, target)?,
+        Some(path) => {
+            let fd = open_ns(&path)?;
+            let (_trees, overlay) = idmap::layers(rootfs, fd.as_fd())?;
+            mount_overlay(&overlay, target)?;
+        }
+    }
+    if let Err(err) = idmap::bundle_binds(spec, spec_path) {
+        let _ = unmount_rootfs(target);
+        return Err(err);
+    }
+    Ok(())
+}
+
 /// Mounts the overlay on `target` in the caller's own mount namespace, for an OCI runtime,
 /// which expects a mounted root. The lower layers are given relative to `lower_base`, entered
 /// for the call, so the caller must be single-threaded (the monitor).
 pub fn mount_rootfs(rootfs: &Rootfs, target: &Path) -> Result<()> {
-    let overlay = plan::overlay(rootfs)?;
+    mount_overlay(&plan::overlay(rootfs)?, target)
+}
+
+fn mount_overlay(overlay: &plan::OverlayPlan, target: &Path) -> Result<()> {
     std::env::set_current_dir(&overlay.lower_base)
         .map_err(Error::io("entering", &overlay.lower_base))?;
     let mounted = nix::mount::mount(
@@ -251,9 +310,13 @@ pub fn mount_rootfs(rootfs: &Rootfs, target: &Path) -> Result<()> {
     })
 }
 
-/// Undoes [`mount_rootfs`]. Nothing mounted there, or no such directory, is fine. Lazily, so
-/// that a process still inside (an exec racing the removal) cannot keep it.
+/// Undoes [`mount_bundle`] (the idmapped binds beside `target` too) and [`mount_rootfs`].
+/// Nothing mounted there, or no such directory, is fine. Lazily, so that a process still
+/// inside (an exec racing the removal) cannot keep it.
 pub fn unmount_rootfs(target: &Path) -> Result<()> {
+    if let Some(bundle) = target.parent() {
+        idmap::unmount_bundle_binds(bundle)?;
+    }
     // A mount made twice over (a retried create) is taken off to the bottom.
     for _ in 0..8 {
         match nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH) {
@@ -287,6 +350,18 @@ fn in_pid_namespace(target: Option<&OwnedFd>, spawn: impl FnOnce() -> Result<Pid
         return Err(Error::Internal(format!("returning to the monitor's PID namespace: {e}")));
     }
     spawned
+}
+
+/// Detaches what [`mount_bundle`] attached for the idmapped binds of the bundle at `bundle`.
+pub fn unmount_idmapped(bundle: &Path) -> Result<()> {
+    idmap::unmount_bundle_binds(bundle)
+}
+
+/// Whether a namespace file names the same namespace as `other`.
+fn same_ns(fd: &OwnedFd, other: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(st) = nix::sys::stat::fstat(fd) else { return false };
+    std::fs::metadata(other).is_ok_and(|m| m.ino() == st.st_ino && m.dev() == st.st_dev)
 }
 
 fn open_ns(path: &Path) -> Result<OwnedFd> {

@@ -29,21 +29,12 @@ use super::child::{describe, Failure, Step};
 use super::devices;
 use super::plan::{ContainerPlan, MountKind, MountPlan};
 use super::CgroupMount;
+use crate::userns::{MountAttr, MOUNT_ATTR_RDONLY};
 
 /// As many symlinks as the kernel follows in one lookup.
 const MAX_SYMLINKS: usize = 40;
 /// Bounds the create-and-retry loop of [`open_in_root`] against a racing rename.
 const MAX_CREATES: usize = 4096;
-const MOUNT_ATTR_RDONLY: u64 = 1;
-
-/// `struct mount_attr` of mount_setattr(2).
-#[repr(C)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
-}
 
 /// What [`open_in_root`] creates when the path's last component is missing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -332,7 +323,17 @@ fn mount_one(root: BorrowedFd, m: &MountPlan, cgroup: &CgroupMount) -> Step<()> 
     let reopen = |rel: &Path| open_in_root(root, rel, None).map(|(fd, _)| fd).map_err(fail);
     let resolved = match &m.kind {
         MountKind::Bind { source } => {
-            let st = nix::sys::stat::stat(source.as_path()).map_err(|e| {
+            // SAFETY: the parent made the tree and keeps it open until this child is done.
+            let tree = m
+                .idmap
+                .as_ref()
+                .and_then(|i| i.tree)
+                .map(|fd| unsafe { BorrowedFd::borrow_raw(fd) });
+            let st = match tree {
+                Some(tree) => nix::sys::stat::fstat(tree),
+                None => nix::sys::stat::stat(source.as_path()),
+            };
+            let st = st.map_err(|e| {
                 Failure::user(format!(
                     "mounting {dest}: source {}: {}",
                     source.display(),
@@ -344,15 +345,21 @@ fn mount_one(root: BorrowedFd, m: &MountPlan, cgroup: &CgroupMount) -> Step<()> 
                 _ => Create::File,
             };
             let (target, resolved) = open_in_root(root, &m.target, Some(kind)).map_err(fail)?;
-            let bind = m.flags & (MsFlags::MS_BIND | MsFlags::MS_REC);
-            mount(
-                Some(source.as_path()),
-                fd_path(&target).as_str(),
-                None::<&str>,
-                bind,
-                None::<&str>,
-            )
-            .map_err(fail)?;
+            match tree {
+                // In place of the bind: the source's idmapped copy.
+                Some(tree) => crate::userns::attach(tree, target.as_fd()).map_err(fail)?,
+                None => {
+                    let bind = m.flags & (MsFlags::MS_BIND | MsFlags::MS_REC);
+                    mount(
+                        Some(source.as_path()),
+                        fd_path(&target).as_str(),
+                        None::<&str>,
+                        bind,
+                        None::<&str>,
+                    )
+                    .map_err(fail)?
+                }
+            }
             // The descriptor still names the directory under the new mount; the remount must
             // reach the mount itself.
             let target = reopen(&resolved)?;

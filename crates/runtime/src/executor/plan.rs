@@ -1,8 +1,13 @@
 //! Turns an OCI spec into a plan: everything the child will do, checked and converted in the
 //! parent, where a bad spec can still be answered with a plain error instead of a dead child.
 //! After clone the child only reads the plan: no parsing, no decisions left to make there.
+//!
+//! A container that joins its pod's user namespace is set up as root of the node and enters
+//! that namespace last (see `child`): so what it is given (device nodes, the `uid=`/`gid=` of
+//! its file systems, a tmpfs's root) is planned here with the node's ids its own ids map to.
 
 use std::ffi::CString;
+use std::os::fd::RawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
@@ -17,6 +22,7 @@ use super::capabilities::{self, CapsPlan};
 use super::{CgroupMount, Rootfs};
 use crate::error::{Error, Result};
 use crate::seccomp::Filters;
+use crate::userns::IdMapping;
 
 /// The search path used when the spec's environment has no `PATH` (the one containerd and
 /// Docker put in an image's environment by default).
@@ -53,6 +59,37 @@ pub(super) struct ContainerPlan {
     pub masked: Vec<PathBuf>,
     pub readonly: Vec<PathBuf>,
     pub process: ProcessPlan,
+    /// The user namespace the process enters once the root is built (its pod's).
+    pub userns: Option<UsernsPlan>,
+}
+
+#[derive(Debug)]
+pub(super) struct UsernsPlan {
+    pub path: PathBuf,
+    pub uids: Vec<IdMapping>,
+    pub gids: Vec<IdMapping>,
+}
+
+impl UsernsPlan {
+    fn host_uid(&self, id: u32) -> Option<u32> {
+        self.uids.iter().find_map(|m| m.to_host(id))
+    }
+
+    fn host_gid(&self, id: u32) -> Option<u32> {
+        self.gids.iter().find_map(|m| m.to_host(id))
+    }
+}
+
+/// An idmapped bind mount (`idmap`, `ridmap`).
+#[derive(Debug)]
+pub(super) struct IdmapPlan {
+    pub uids: Vec<IdMapping>,
+    pub gids: Vec<IdMapping>,
+    /// `ridmap`: the submounts too.
+    pub recursive: bool,
+    /// The idmapped tree, made by the parent before the clone (see `super::idmap`), which the
+    /// child attaches in place of a bind.
+    pub tree: Option<RawFd>,
 }
 
 #[derive(Debug)]
@@ -75,6 +112,8 @@ pub(super) struct MountPlan {
     pub propagation: Vec<MsFlags>,
     /// `rro`: read-only recursively, with mount_setattr.
     pub recursive_readonly: bool,
+    /// Binds only.
+    pub idmap: Option<IdmapPlan>,
 }
 
 #[derive(Debug)]
@@ -166,7 +205,18 @@ pub(super) fn container(
     let mut pid_ns_path = None;
     let mut join_ns = Vec::new();
     let mut new_uts = false;
+    let mut userns_path = None;
     for ns in linux.namespaces().iter().flatten() {
+        if ns.typ() == LinuxNamespaceType::User {
+            let Some(path) = ns.path() else {
+                return Err(invalid(
+                    "a user namespace of the container's own is not supported: it joins its \
+                     pod's, by path",
+                ));
+            };
+            userns_path = Some(path.clone());
+            continue;
+        }
         let flag = match ns.typ() {
             LinuxNamespaceType::Mount => CloneFlags::CLONE_NEWNS,
             LinuxNamespaceType::Pid => CloneFlags::CLONE_NEWPID,
@@ -194,6 +244,21 @@ pub(super) fn container(
     if !clone_flags.contains(CloneFlags::CLONE_NEWNS) {
         return Err(invalid("the spec must ask for a new mount namespace"));
     }
+    let userns = match userns_path {
+        None => None,
+        Some(path) => {
+            let list = |l: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>| -> Vec<IdMapping> {
+                l.iter().flatten().map(IdMapping::from).collect()
+            };
+            let (uids, gids) = (list(linux.uid_mappings()), list(linux.gid_mappings()));
+            if uids.is_empty() || gids.is_empty() {
+                return Err(invalid(
+                    "joining a user namespace needs its uid and gid mappings in the spec",
+                ));
+            }
+            Some(UsernsPlan { path, uids, gids })
+        }
+    };
 
     let root_propagation = match linux.rootfs_propagation().as_deref() {
         None | Some("") => MsFlags::MS_SLAVE | MsFlags::MS_REC,
@@ -212,7 +277,7 @@ pub(super) fn container(
 
     let mut mounts = Vec::new();
     for m in spec.mounts().iter().flatten() {
-        mounts.push(mount(m, cgroup)?);
+        mounts.push(mount(m, cgroup, userns.as_ref())?);
     }
 
     Ok(ContainerPlan {
@@ -227,10 +292,11 @@ pub(super) fn container(
         root_propagation,
         overlay: overlay(rootfs)?,
         mounts,
-        devices: devices(linux.devices().as_deref().unwrap_or_default())?,
+        devices: devices(linux.devices().as_deref().unwrap_or_default(), userns.as_ref())?,
         masked: container_paths("masked path", linux.masked_paths())?,
         readonly: container_paths("readonly path", linux.readonly_paths())?,
         process: self::process(process, linux.seccomp().as_ref())?,
+        userns,
     })
 }
 
@@ -349,7 +415,11 @@ const FLAG_OPTIONS: &[(&str, bool, MsFlags)] = &[
 /// Options that only matter to other runtimes or to mount helpers.
 const IGNORED_OPTIONS: &[&str] = &["defaults", "tmpcopyup", "rrw", "_netdev", "nofail", "auto"];
 
-fn mount(m: &oci_spec::runtime::Mount, cgroup: &CgroupMount) -> Result<MountPlan> {
+pub(super) fn mount(
+    m: &oci_spec::runtime::Mount,
+    cgroup: &CgroupMount,
+    userns: Option<&UsernsPlan>,
+) -> Result<MountPlan> {
     let destination = m.destination().clone();
     let target = container_relative("mount destination", &destination)?;
     if target.as_os_str().is_empty() {
@@ -358,6 +428,7 @@ fn mount(m: &oci_spec::runtime::Mount, cgroup: &CgroupMount) -> Result<MountPlan
     let mut flags = MsFlags::empty();
     let mut propagation = Vec::new();
     let mut recursive_readonly = false;
+    let mut idmap = None;
     let mut data = Vec::new();
     for option in m.options().iter().flatten() {
         let option = option.as_str();
@@ -372,10 +443,7 @@ fn mount(m: &oci_spec::runtime::Mount, cgroup: &CgroupMount) -> Result<MountPlan
         } else if option == "rro" {
             recursive_readonly = true;
         } else if matches!(option, "idmap" | "ridmap") {
-            return Err(invalid(format!(
-                "mount {}: id-mapped mounts are not supported",
-                destination.display()
-            )));
+            idmap = Some(option == "ridmap");
         } else if IGNORED_OPTIONS.contains(&option) || option.starts_with("x-") {
         } else {
             data.push(option);
@@ -395,6 +463,11 @@ fn mount(m: &oci_spec::runtime::Mount, cgroup: &CgroupMount) -> Result<MountPlan
             )));
         }
         MountKind::Bind { source }
+    } else if idmap.is_some() {
+        return Err(invalid(format!(
+            "mount {}: only bind mounts can be idmapped",
+            destination.display()
+        )));
     } else if matches!(typ, "cgroup" | "cgroup2") {
         if let CgroupMount::V1(controllers) = cgroup {
             for (name, _) in controllers {
@@ -413,11 +486,91 @@ fn mount(m: &oci_spec::runtime::Mount, cgroup: &CgroupMount) -> Result<MountPlan
             source: cstring("mount source", source)?,
         }
     };
+    let data: Vec<String> = match (&kind, userns) {
+        (MountKind::Fs { fstype, .. }, Some(userns)) => {
+            owner_options(&destination, fstype.to_bytes() == b"tmpfs", &data, userns)?
+        }
+        _ => data.iter().map(|d| d.to_string()).collect(),
+    };
     let data = match data.is_empty() {
         true => None,
         false => Some(cstring("mount options", data.join(",").as_bytes())?),
     };
-    Ok(MountPlan { destination, target, kind, flags, data, propagation, recursive_readonly })
+    let idmap = match idmap {
+        None => None,
+        Some(recursive) => Some(idmap_plan(m, userns, recursive)?),
+    };
+    Ok(MountPlan { destination, target, kind, flags, data, propagation, recursive_readonly, idmap })
+}
+
+/// The mappings of an idmapped bind: its own, else those of the user namespace the container
+/// joins (as the runtime spec allows).
+fn idmap_plan(
+    m: &oci_spec::runtime::Mount,
+    userns: Option<&UsernsPlan>,
+    recursive: bool,
+) -> Result<IdmapPlan> {
+    let list = |l: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>| -> Vec<IdMapping> {
+        l.iter().flatten().map(IdMapping::from).collect()
+    };
+    let (uids, gids) = match (list(m.uid_mappings()), list(m.gid_mappings()), userns) {
+        (uids, gids, _) if !uids.is_empty() && !gids.is_empty() => (uids, gids),
+        (uids, gids, Some(userns)) if uids.is_empty() && gids.is_empty() => {
+            (userns.uids.clone(), userns.gids.clone())
+        }
+        _ => {
+            return Err(invalid(format!(
+                "mount {}: an idmapped mount needs uid and gid mappings (its own, or those of \
+                 the container's user namespace)",
+                m.destination().display()
+            )))
+        }
+    };
+    crate::userns::check_mappings(&uids, &format!("mount {} uid", m.destination().display()))?;
+    crate::userns::check_mappings(&gids, &format!("mount {} gid", m.destination().display()))?;
+    Ok(IdmapPlan { uids, gids, recursive, tree: None })
+}
+
+/// A file system's `uid=` and `gid=` options, which the kernel reads in the user namespace of
+/// whoever mounts (the node's, here), as the node's ids the container's map to; a tmpfs
+/// without them gets the container root's, as it would have if its root had mounted it.
+fn owner_options(
+    destination: &Path,
+    tmpfs: bool,
+    data: &[&str],
+    userns: &UsernsPlan,
+) -> Result<Vec<String>> {
+    let unmapped = |what: &str, id: u32| {
+        invalid(format!(
+            "mount {}: {what} {id} is not mapped in the container's user namespace",
+            destination.display()
+        ))
+    };
+    let (mut uid_set, mut gid_set) = (false, false);
+    let mut out = Vec::with_capacity(data.len() + 2);
+    for option in data {
+        let translated = if let Some(value) = option.strip_prefix("uid=") {
+            uid_set = true;
+            let id = value.parse::<u32>().map_err(|_| invalid(format!("bad option {option}")))?;
+            format!("uid={}", userns.host_uid(id).ok_or_else(|| unmapped("uid", id))?)
+        } else if let Some(value) = option.strip_prefix("gid=") {
+            gid_set = true;
+            let id = value.parse::<u32>().map_err(|_| invalid(format!("bad option {option}")))?;
+            format!("gid={}", userns.host_gid(id).ok_or_else(|| unmapped("gid", id))?)
+        } else {
+            option.to_string()
+        };
+        out.push(translated);
+    }
+    if tmpfs {
+        if let (false, Some(uid)) = (uid_set, userns.host_uid(0)) {
+            out.push(format!("uid={uid}"));
+        }
+        if let (false, Some(gid)) = (gid_set, userns.host_gid(0)) {
+            out.push(format!("gid={gid}"));
+        }
+    }
+    Ok(out)
 }
 
 /// The devices every container has (as runc and the OCI spec list them): null, zero, full,
@@ -431,7 +584,10 @@ const DEFAULT_DEVICES: &[(&str, u64, u64)] = &[
     ("dev/tty", 5, 0),
 ];
 
-fn devices(spec_devices: &[oci_spec::runtime::LinuxDevice]) -> Result<Vec<DevicePlan>> {
+fn devices(
+    spec_devices: &[oci_spec::runtime::LinuxDevice],
+    userns: Option<&UsernsPlan>,
+) -> Result<Vec<DevicePlan>> {
     let mut plans: Vec<DevicePlan> = DEFAULT_DEVICES
         .iter()
         .map(|(path, major, minor)| DevicePlan {
@@ -469,6 +625,18 @@ fn devices(spec_devices: &[oci_spec::runtime::LinuxDevice]) -> Result<Vec<Device
             uid: d.uid().unwrap_or(0),
             gid: d.gid().unwrap_or(0),
         });
+    }
+    if let Some(userns) = userns {
+        for device in &mut plans {
+            let unmapped = |what: &str, id: u32| {
+                invalid(format!(
+                    "device /{}: its {what} {id} is not mapped in the container's user namespace",
+                    device.target.display()
+                ))
+            };
+            device.uid = userns.host_uid(device.uid).ok_or_else(|| unmapped("uid", device.uid))?;
+            device.gid = userns.host_gid(device.gid).ok_or_else(|| unmapped("gid", device.gid))?;
+        }
     }
     Ok(plans)
 }
@@ -576,7 +744,7 @@ mod tests {
             .options(options.iter().map(|o| o.to_string()).collect::<Vec<_>>())
             .build()
             .unwrap();
-        mount(&m, &CgroupMount::V2)
+        mount(&m, &CgroupMount::V2, None)
     }
 
     #[test]
@@ -591,7 +759,70 @@ mod tests {
         assert!(matches!(p.kind, MountKind::Bind { .. }));
         assert_eq!(p.flags, MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_RDONLY);
         assert!(p.recursive_readonly);
+        // No mappings of its own and no user namespace to take them from.
         assert!(plan_of("none", &["bind", "idmap"]).is_err());
+        assert!(plan_of("tmpfs", &["idmap"]).is_err());
+    }
+
+    fn userns() -> UsernsPlan {
+        let m = |container_id, host_id, length| IdMapping { container_id, host_id, length };
+        UsernsPlan {
+            path: "/ns/user".into(),
+            uids: vec![m(0, 65536, 65536)],
+            gids: vec![m(0, 131_072, 10)],
+        }
+    }
+
+    #[test]
+    fn in_a_user_namespace_owners_are_the_nodes_ids_of_the_containers() {
+        let tmpfs = MountBuilder::default()
+            .destination("/dev")
+            .typ("tmpfs")
+            .source("tmpfs")
+            .options(vec!["nosuid".to_string(), "mode=755".to_string()])
+            .build()
+            .unwrap();
+        let p = mount(&tmpfs, &CgroupMount::V2, Some(&userns())).unwrap();
+        assert_eq!(p.data.unwrap().to_str().unwrap(), "mode=755,uid=65536,gid=131072");
+        let devpts = MountBuilder::default()
+            .destination("/dev/pts")
+            .typ("devpts")
+            .source("devpts")
+            .options(vec!["newinstance".to_string(), "gid=5".to_string()])
+            .build()
+            .unwrap();
+        let p = mount(&devpts, &CgroupMount::V2, Some(&userns())).unwrap();
+        assert_eq!(p.data.unwrap().to_str().unwrap(), "newinstance,gid=131077");
+        let unmapped = MountBuilder::default()
+            .destination("/x")
+            .typ("tmpfs")
+            .source("tmpfs")
+            .options(vec!["gid=10".to_string()])
+            .build()
+            .unwrap();
+        let err = mount(&unmapped, &CgroupMount::V2, Some(&userns())).unwrap_err();
+        assert!(err.to_string().contains("gid 10 is not mapped"), "{err}");
+        // Outside a user namespace, options stay as they are.
+        let p = mount(&devpts, &CgroupMount::V2, None).unwrap();
+        assert_eq!(p.data.unwrap().to_str().unwrap(), "newinstance,gid=5");
+
+        let nodes = devices(&[], Some(&userns())).unwrap();
+        assert!(nodes.iter().all(|d| (d.uid, d.gid) == (65536, 131_072)), "{nodes:?}");
+        assert!(devices(&[], None).unwrap().iter().all(|d| (d.uid, d.gid) == (0, 0)));
+
+        // An idmapped bind takes the container's mappings when it has none of its own.
+        let bind = MountBuilder::default()
+            .destination("/data")
+            .typ("bind")
+            .source("/src")
+            .options(vec!["rbind".to_string(), "ridmap".to_string()])
+            .build()
+            .unwrap();
+        let p = mount(&bind, &CgroupMount::V2, Some(&userns())).unwrap();
+        let idmap = p.idmap.unwrap();
+        assert!(idmap.recursive);
+        assert_eq!(idmap.uids, userns().uids);
+        assert!(mount(&bind, &CgroupMount::V2, None).is_err());
     }
 
     #[test]

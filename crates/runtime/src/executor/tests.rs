@@ -1088,3 +1088,146 @@ fn the_executors_children_are_not_dumpable_until_they_exec() {
         no_host_mounts(&f)
     });
 }
+
+/// The pod's user namespace, as `create` would get it: held by a file, mapping the container's
+/// 0-65535 to the node's 200000-265535.
+const USERNS_BASE: u32 = 200_000;
+
+fn join_userns(spec: &mut Spec, userns: &File) {
+    use oci_spec::runtime::LinuxIdMappingBuilder;
+    let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(userns));
+    let mapping = LinuxIdMappingBuilder::default()
+        .container_id(0u32)
+        .host_id(USERNS_BASE)
+        .size(65536u32)
+        .build()
+        .unwrap();
+    let linux = spec.linux_mut().as_mut().unwrap();
+    let mut namespaces = linux.namespaces().clone().unwrap();
+    namespaces.push(
+        LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::User).path(path).build().unwrap(),
+    );
+    linux.set_namespaces(Some(namespaces));
+    linux.set_uid_mappings(Some(vec![mapping])).set_gid_mappings(Some(vec![mapping]));
+}
+
+#[test]
+fn a_container_in_a_user_namespace() {
+    use std::os::unix::fs::MetadataExt;
+    in_child(|| {
+        let f = Fixture::new();
+        let range =
+            crate::userns::IdMapping { container_id: 0, host_id: USERNS_BASE, length: 65536 };
+        let userns = crate::userns::create(&[range], &[range], nix::sched::CloneFlags::empty())
+            .map_err(|e| e.to_string())?;
+        // As berthd hands it over: the writable layer's root is the pod's root's.
+        std::os::unix::fs::chown(&f.rootfs.upper, Some(USERNS_BASE), Some(USERNS_BASE)).unwrap();
+        let (plain, mapped) = (f.dir.path().join("plain"), f.dir.path().join("mapped"));
+        for dir in [&plain, &mapped] {
+            fs::create_dir(dir).unwrap();
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o777)).unwrap();
+        }
+        let script = "id -u; id -g; stat -c %u:%g /etc/marker / /dev/null /dev; \
+            echo x > /etc/marker && stat -c %u /etc/marker; touch /new /plain/p /mapped/m; \
+            grep -E '^(Uid|CapEff)' /proc/self/status; \
+            mount -t tmpfs t /tmp && echo tmpfs-mounted; \
+            umount /proc/kcore 2>/dev/null || echo mask-locked; \
+            mount -o remount,rw /sys 2>/dev/null || echo sys-locked; \
+            mknod /tmp/disk b 7 0 2>/dev/null || echo no-mknod";
+        let mut spec = f.spec(&["sh", "-c", script]);
+        join_userns(&mut spec, &userns.user);
+        let caps: HashSet<Capability> = DEFAULT_CAPS
+            .iter()
+            .copied()
+            .chain([Capability::SysAdmin, Capability::NetAdmin])
+            .collect();
+        process_mut(&mut spec).set_capabilities(Some(
+            LinuxCapabilitiesBuilder::default()
+                .bounding(caps.clone())
+                .effective(caps.clone())
+                .permitted(caps)
+                .build()
+                .unwrap(),
+        ));
+        add_mount(&mut spec, mount_entry("/plain", "bind", plain.to_str().unwrap(), &["rbind"]));
+        add_mount(
+            &mut spec,
+            mount_entry("/mapped", "bind", mapped.to_str().unwrap(), &["rbind", "idmap"]),
+        );
+        let out = run(&spec, &f)?;
+        check!(
+            out.status == 0,
+            "status {} stdout {:?} stderr {:?}",
+            out.status,
+            out.stdout,
+            out.stderr
+        );
+        let lines: Vec<&str> = out.stdout.lines().collect();
+        let expected = ["0", "0", "0:0", "0:0", "0:0", "0:0", "0", "Uid:\t0\t0\t0\t0"];
+        check!(
+            lines.len() > expected.len() && lines[..expected.len()] == expected,
+            "stdout {:?} stderr {:?}",
+            out.stdout,
+            out.stderr
+        );
+        for word in ["tmpfs-mounted", "mask-locked", "sys-locked", "no-mknod"] {
+            check!(
+                lines.contains(&word),
+                "{word}: stdout {:?} stderr {:?}",
+                out.stdout,
+                out.stderr
+            );
+        }
+        // On the node: the pod's ids on what a plain bind and the writable layer got, the
+        // node's own (unmapped) through the idmapped bind; the layer itself untouched.
+        let owner = |p: &Path| fs::metadata(p).map(|m| m.uid()).unwrap_or(u32::MAX);
+        check!(owner(&plain.join("p")) == USERNS_BASE, "plain bind: {}", owner(&plain.join("p")));
+        check!(owner(&mapped.join("m")) == 0, "idmapped bind: {}", owner(&mapped.join("m")));
+        check!(
+            owner(&f.rootfs.upper.join("new")) == USERNS_BASE,
+            "upper: {}",
+            owner(&f.rootfs.upper.join("new"))
+        );
+        check!(owner(&f.rootfs.upper.join("etc/marker")) == USERNS_BASE, "copied up");
+        check!(owner(&f.lower().join("etc/marker")) == 0, "a layer was changed");
+
+        // A running one: seen from the node, and an exec into it.
+        let stdio = dev_null();
+        let mut spec = f.spec(&["sleep", "1000"]);
+        join_userns(&mut spec, &userns.user);
+        let created = create(&CreateRequest {
+            spec: &spec,
+            rootfs: &f.rootfs,
+            cgroup_procs: &[],
+            cgroup_mount: &CgroupMount::V1(Vec::new()),
+            stdin: stdio.as_fd(),
+            stdout: stdio.as_fd(),
+            stderr: stdio.as_fd(),
+        })
+        .map_err(|e| e.to_string())?;
+        let (container, host_pid) = (created.pid, created.host_pid);
+        start(created).map_err(|e| e.to_string())?;
+        let status = fs::read_to_string(format!("/proc/{host_pid}/status")).unwrap();
+        check!(status.contains(&format!("Uid:\t{USERNS_BASE}\t")), "from the node: {status}");
+        let (out_r, out_w) = pipe().unwrap();
+        let pid = spawn_exec(&ExecRequest {
+            container_pid: host_pid,
+            cgroup_procs: &[],
+            process: &process(&["sh", "-c", "id -u; cat /proc/self/uid_map"]),
+            seccomp: None,
+            stdin: stdio.as_fd(),
+            stdout: out_w.as_fd(),
+            stderr: stdio.as_fd(),
+        })
+        .map_err(|e| e.to_string())?;
+        drop(out_w);
+        let text = read_all(out_r);
+        check!(exit_status(pid)? == 0, "exec: {text}");
+        let words: Vec<&str> = text.split_whitespace().collect();
+        check!(words == ["0", "0", "200000", "65536"], "exec: {text:?}");
+        nix::sys::signal::kill(container, nix::sys::signal::Signal::SIGKILL).unwrap();
+        exit_status(container)?;
+        no_children_left()?;
+        no_host_mounts(&f)
+    });
+}

@@ -655,7 +655,8 @@ impl Monitor {
         let target = spec.root().as_ref().map(|root| root.path().clone()).ok_or_else(|| {
             error(ErrorKind::Invalid, format!("{} has no root.path", request.spec.display()))
         })?;
-        executor::mount_rootfs(&rootfs_of(request), &target).map_err(executor_error)?;
+        executor::mount_bundle(&rootfs_of(request), &target, spec, &request.spec)
+            .map_err(executor_error)?;
         let cli = oci::Cli::new(executor, bundle, &request.id, self.pid_ns);
         let launched = if request.tty {
             cli.create(oci::CreateStdio::Console).and_then(|mut created| {

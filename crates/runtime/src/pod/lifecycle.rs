@@ -13,7 +13,7 @@ use std::time::Duration;
 use crate::cgroups::CgroupLayout;
 use crate::cni::{Cni, PodNetworkRequest};
 use crate::error::{Error, Result};
-use crate::handlers::Handlers;
+use crate::handlers::{Handler, Handlers};
 use crate::monitor::{self, proto::Request, MonitorClient};
 use crate::namespaces::{self, NamespaceRequest, NsKind, PodNamespaces};
 use crate::pod::types::*;
@@ -194,6 +194,7 @@ impl Inner {
             net: (ns.network != NamespaceMode::Node).then(|| dir.join("net")),
             ipc: (ns.ipc != NamespaceMode::Node).then(|| dir.join("ipc")),
             uts: (ns.network != NamespaceMode::Node).then(|| dir.join("uts")),
+            user: ns.user.is_some().then(|| dir.join("user")),
             dir,
         }
     }
@@ -204,7 +205,10 @@ impl Inner {
     fn namespaces_held(&self, record: &PodRecord) -> bool {
         let ns = self.namespaces_of(record);
         self.state_dir.join(&record.id).is_dir()
-            && [ns.net, ns.ipc, ns.uts].iter().flatten().all(|path| namespaces::is_held(path))
+            && [ns.net, ns.ipc, ns.uts, ns.user]
+                .iter()
+                .flatten()
+                .all(|path| namespaces::is_held(path))
     }
 
     fn set_pod_cidr(&self, cidr: &str) {
@@ -214,7 +218,10 @@ impl Inner {
 
     async fn run(&self, config: PodConfig) -> Result<String> {
         // The record keeps the name; its containers find the runtime by it.
-        self.handlers.get(&config.runtime_handler)?;
+        let handler = self.handlers.get(&config.runtime_handler)?;
+        if config.namespaces.user.is_some() {
+            check_user_namespace(&config, &self.handlers, handler)?;
+        }
         // Everything that can be checked before anything is taken.
         bandwidth(&config)?;
         let host_network = config.namespaces.network == NamespaceMode::Node;
@@ -313,6 +320,7 @@ impl Inner {
             uts: wanted.uts.is_some(),
             hostname: wanted.uts.is_some().then(|| hostname.to_string()),
             sysctls: before_network.clone(),
+            user: record.config.namespaces.user.clone(),
         };
         let dir = wanted.dir.clone();
         let held = blocking(move || namespaces::create(&dir, &request)).await?;
@@ -554,6 +562,7 @@ impl Inner {
             net: ns.net,
             ipc: ns.ipc,
             uts: ns.uts,
+            user: ns.user,
             shm: (record.config.namespaces.ipc != NamespaceMode::Node)
                 .then(|| self.shm_dir(&record.id)),
             hosts: files.join("hosts"),
@@ -593,6 +602,8 @@ pub struct PodForContainer {
     pub net: Option<PathBuf>,
     pub ipc: Option<PathBuf>,
     pub uts: Option<PathBuf>,
+    /// The pod's own user namespace (`record.config.namespaces.user` has its mappings).
+    pub user: Option<PathBuf>,
     /// The pod's /dev/shm; None with the node's IPC namespace.
     pub shm: Option<PathBuf>,
     pub hosts: PathBuf,
@@ -612,6 +623,32 @@ struct Taken {
     shm: bool,
     network: bool,
     monitor: bool,
+}
+
+/// What a pod with a user namespace of its own needs: a handler that can run its containers
+/// there, and namespaces of its own for the user namespace to own (the kubelet refuses
+/// `hostNetwork`, `hostIPC` and `hostPID` with `hostUsers: false` too).
+fn check_user_namespace(config: &PodConfig, handlers: &Handlers, handler: Handler) -> Result<()> {
+    handlers.user_namespaces(&config.runtime_handler)?;
+    let ns = &config.namespaces;
+    for (mode, what) in [(ns.network, "network"), (ns.ipc, "IPC"), (ns.pid, "PID")] {
+        if mode == NamespaceMode::Node {
+            return Err(Error::InvalidArgument(format!(
+                "a pod with a user namespace of its own cannot share the node's {what} namespace"
+            )));
+        }
+    }
+    // An OCI runtime enters the user namespace first and could then not join a PID namespace
+    // the node's user namespace owns, which the monitor's is (see ARCHITECTURE.md).
+    if let (Handler::Oci(runtime), NamespaceMode::Pod) = (handler, ns.pid) {
+        return Err(Error::InvalidArgument(format!(
+            "runtime handler {:?} cannot share one PID namespace among the containers of a pod \
+             with a user namespace of its own (shareProcessNamespace with hostUsers: false); \
+             the embedded executor can",
+            runtime.name
+        )));
+    }
+    Ok(())
 }
 
 /// The pod's bandwidth limits, from kubelet's annotations.

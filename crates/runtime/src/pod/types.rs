@@ -48,6 +48,10 @@ pub struct NamespaceOptions {
     pub pid: NamespaceMode,
     pub ipc: NamespaceMode,
     pub target_id: String,
+    /// A user namespace of the pod's own (`hostUsers: false`), with the kubelet's mappings;
+    /// None: the node's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<crate::userns::UserNamespace>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
