@@ -6,6 +6,7 @@ pub mod berthd;
 pub mod cni;
 pub mod crafted;
 pub mod cri;
+pub mod handlers;
 pub mod images;
 pub mod node;
 pub mod registry;

@@ -16,7 +16,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use berth_cri_server::proto::NamespaceMode;
@@ -1434,74 +1433,8 @@ async fn supplemental_groups_strict_and_merge_and_inherited_rlimits(handler: &'s
     env.stop_and_remove_pod(&pod_id).await;
     env.assert_no_containers().await;
 }
-/// Why `handler` cannot run containers on this host, found once per test binary by running
-/// one trivial container with it; None when it can. The embedded executor always must.
-fn unsupported(handler: &'static str) -> Option<String> {
-    static RUNC: OnceLock<Option<String>> = OnceLock::new();
-    static CRUN: OnceLock<Option<String>> = OnceLock::new();
-    let cell = match handler {
-        "runc" => &RUNC,
-        "crun" => &CRUN,
-        _ => return None,
-    };
-    // On a thread and a runtime of its own: every test has its own runtime, and the first to
-    // ask holds the others until the answer is there.
-    cell.get_or_init(|| {
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
-            runtime.expect("a runtime for the probe").block_on(probe(handler))
-        })
-        .join()
-        .unwrap_or_else(|_| Some(format!("probing {handler} panicked")))
-    })
-    .clone()
-}
 
-async fn probe(handler: &'static str) -> Option<String> {
-    let mut env = Env::start(handler).await;
-    let image = env.image(images::OCI_REF).await;
-    let pod = env.pod("probe");
-    let pod_id = match env.cri.run_pod(&pod).await {
-        Ok(id) => id,
-        Err(err) => return Some(err.message().to_string()),
-    };
-    let spec = container("probe", &image).command(&["true"]);
-    let reason = match env.cri.run_container(&pod_id, &pod, &spec).await {
-        Err(err) => Some(err.message().to_string()),
-        Ok(id) => {
-            let status = env.cri.wait_exited(&id, EXIT_TIMEOUT).await;
-            (status.exit_code != 0).then(|| format!("`true` exited with {status:?}"))
-        }
-    };
-    env.stop_and_remove_pod(&pod_id).await;
-    reason
-}
-
-/// One `#[tokio::test]` per case in a module per handler: `embedded::exit_codes_and_reasons`,
-/// `runc::exit_codes_and_reasons`, …
-macro_rules! cases {
-    ($($case:ident),* $(,)?) => {
-        cases!(@handler embedded, "", $($case),*);
-        cases!(@handler runc, "runc", $($case),*);
-        cases!(@handler crun, "crun", $($case),*);
-    };
-    (@handler $module:ident, $handler:literal, $($case:ident),*) => {
-        mod $module {
-            $(
-                #[tokio::test]
-                async fn $case() {
-                    if let Some(reason) = super::unsupported($handler) {
-                        eprintln!("skipping {} cases: {reason}", $handler);
-                        return;
-                    }
-                    super::$case($handler).await
-                }
-            )*
-        }
-    };
-}
-
-cases!(
+berth_e2e::handler_cases!(
     the_process_follows_the_image_and_config_rules,
     read_only_and_read_write_mounts,
     mount_propagation_private_host_to_container_and_bidirectional,

@@ -50,8 +50,9 @@ async fn status_reports_network_readiness_from_the_cni_config_dir() {
     let default =
         answer.runtime_handlers.iter().find(|h| h.name.is_empty()).expect("the default handler");
     let features = default.features.as_ref().expect("handler features");
-    // Recursive read-only mounts work on any kernel with mount_setattr (5.12), as here.
-    assert!(features.recursive_read_only_mounts && !features.user_namespaces);
+    // Recursive read-only mounts work on any kernel with mount_setattr (5.12), and pod user
+    // namespaces wherever overlay layers can be idmapped (5.19), as here.
+    assert!(features.recursive_read_only_mounts && features.user_namespaces);
     let features = answer.features.expect("runtime features");
     assert!(features.supplemental_groups_policy && !features.user_namespaces_host_network);
 

@@ -30,10 +30,16 @@ struct Env {
     _net: BridgeNetwork,
     node: Node,
     image: String,
+    /// The runtime handler of every pod the test makes.
+    handler: &'static str,
 }
 
 impl Env {
     async fn start() -> Env {
+        Self::with_handler("").await
+    }
+
+    async fn with_handler(handler: &'static str) -> Env {
         let node = Node::start();
         let registry = Registry::start(&node);
         let addr = registry.addr.clone();
@@ -44,13 +50,13 @@ impl Env {
         let mut cri = daemon.client().await;
         let image = format!("{addr}/{LATEST_REF}");
         cri.pull(&image).await.expect("pulling the test image");
-        Env { cri, daemon, _registry: registry, _net: net, node, image }
+        Env { cri, daemon, _registry: registry, _net: net, node, image, handler }
     }
 
     fn pod(&self, name: &str) -> Pod {
         let logs = self.node.dir().join("logs").join(name);
         std::fs::create_dir_all(&logs).unwrap();
-        pod(name).log_directory(logs)
+        pod(name).log_directory(logs).runtime_handler(self.handler)
     }
 
     fn container(&self, name: &str, script: &str) -> ContainerSpec {
@@ -114,9 +120,8 @@ fn out_err() -> Input {
 
 const SLEEPER: &str = "exec sleep 1000";
 
-#[tokio::test]
-async fn exec_over_spdy_separates_streams_and_reports_exit_codes() {
-    let mut env = Env::start().await;
+async fn exec_over_spdy_separates_streams_and_reports_exit_codes(handler: &'static str) {
+    let mut env = Env::with_handler(handler).await;
     let (_, id) = env.run("spdy-exec", |c| c, SLEEPER).await;
 
     let script = ["sh", "-c", "echo out; echo err >&2; exit 3"];
@@ -147,9 +152,8 @@ async fn exec_over_spdy_separates_streams_and_reports_exit_codes() {
     assert_ne!(output.exit_code(), Some(0));
 }
 
-#[tokio::test]
-async fn exec_pipes_stdin_through_cat_intact() {
-    let mut env = Env::start().await;
+async fn exec_pipes_stdin_through_cat_intact(handler: &'static str) {
+    let mut env = Env::with_handler(handler).await;
     let (_, id) = env.run("stdin", |c| c, SLEEPER).await;
     let data: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i * 7 + i / 251) as u8).collect();
     let input = Input { stdin: Some(data.clone()), ..out_err() };
@@ -171,9 +175,8 @@ async fn exec_pipes_stdin_through_cat_intact() {
     }
 }
 
-#[tokio::test]
-async fn exec_with_a_tty_sees_a_terminal_and_its_size() {
-    let mut env = Env::start().await;
+async fn exec_with_a_tty_sees_a_terminal_and_its_size(handler: &'static str) {
+    let mut env = Env::with_handler(handler).await;
     let (_, id) = env.run("tty", |c| c, SLEEPER).await;
     let input = Input { stdout: true, tty: true, size: Some((123, 45)), ..Input::default() };
     let url = env.exec_url(&id, &["busybox", "tty"], &input).await;
@@ -217,9 +220,8 @@ async fn exec_over_websocket_v4_binary_and_base64() {
     assert!(String::from_utf8_lossy(&output.error).contains("exit code 5"), "{output:?}");
 }
 
-#[tokio::test]
-async fn attach_reaches_the_output_of_several_attachers_and_the_stdin() {
-    let mut env = Env::start().await;
+async fn attach_reaches_the_output_of_several_attachers_and_the_stdin(handler: &'static str) {
+    let mut env = Env::with_handler(handler).await;
     let (_, id) = env
         .run("attach-out", |c| c, "i=0; while :; do i=$((i+1)); echo tick $i; sleep 0.1; done")
         .await;
@@ -536,6 +538,15 @@ async fn abusive_clients_end_their_own_session_only() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     env.still_fine(&id).await;
 }
+
+// The process side differs between handlers (the embedded executor's exec and pty, runc's
+// `exec --tty --console-socket`); the transports do not, and run on the default handler.
+berth_e2e::handler_cases!(
+    exec_over_spdy_separates_streams_and_reports_exit_codes,
+    exec_pipes_stdin_through_cat_intact,
+    exec_with_a_tty_sees_a_terminal_and_its_size,
+    attach_reaches_the_output_of_several_attachers_and_the_stdin,
+);
 
 async fn env_pod(env: &mut Env, name: &str) -> String {
     let p = env.pod(name);

@@ -12,7 +12,6 @@
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use berth_cri_server::proto::{
@@ -550,72 +549,7 @@ async fn status_says_which_handlers_run_user_namespaces_and_others_refuse() {
     }
 }
 
-/// Why `handler` cannot run containers on this host, found once per test binary by running
-/// one trivial container with it (in a host-network pod); None when it can.
-fn unsupported(handler: &'static str) -> Option<String> {
-    static RUNC: OnceLock<Option<String>> = OnceLock::new();
-    static CRUN: OnceLock<Option<String>> = OnceLock::new();
-    let cell = match handler {
-        "runc" => &RUNC,
-        "crun" => &CRUN,
-        _ => return None,
-    };
-    cell.get_or_init(|| {
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
-            runtime.expect("a runtime for the probe").block_on(probe(handler))
-        })
-        .join()
-        .unwrap_or_else(|_| Some(format!("probing {handler} panicked")))
-    })
-    .clone()
-}
-
-async fn probe(handler: &'static str) -> Option<String> {
-    let mut env = Env::start(handler).await;
-    let logs = env.node.dir().join("logs/probe");
-    std::fs::create_dir_all(&logs).unwrap();
-    let probe = pod("probe").host_network().log_directory(logs).runtime_handler(handler);
-    let pod_id = match env.cri.run_pod(&probe).await {
-        Ok(id) => id,
-        Err(err) => return Some(err.message().to_string()),
-    };
-    let spec = container("probe", &env.image).command(&["true"]);
-    let reason = match env.cri.run_container(&pod_id, &probe, &spec).await {
-        Err(err) => Some(err.message().to_string()),
-        Ok(id) => {
-            let status = env.cri.wait_exited(&id, EXIT_TIMEOUT).await;
-            (status.exit_code != 0).then(|| format!("`true` exited with {status:?}"))
-        }
-    };
-    env.stop_and_remove_pod(&pod_id).await;
-    reason
-}
-
-/// One `#[tokio::test]` per case in a module per handler, as in the container suite.
-macro_rules! cases {
-    ($($case:ident),* $(,)?) => {
-        cases!(@handler embedded, "", $($case),*);
-        cases!(@handler runc, "runc", $($case),*);
-        cases!(@handler crun, "crun", $($case),*);
-    };
-    (@handler $module:ident, $handler:literal, $($case:ident),*) => {
-        mod $module {
-            $(
-                #[tokio::test]
-                async fn $case() {
-                    if let Some(reason) = super::unsupported($handler) {
-                        eprintln!("skipping {} cases: {reason}", $handler);
-                        return;
-                    }
-                    super::$case($handler).await
-                }
-            )*
-        }
-    };
-}
-
-cases!(
+berth_e2e::handler_cases!(
     root_inside_is_the_mapped_user_outside,
     files_on_plain_and_idmapped_binds,
     capabilities_stop_at_the_pod,

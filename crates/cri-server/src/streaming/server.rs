@@ -33,6 +33,13 @@ const MAX_CONNECTIONS: usize = 1024;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Request heads larger than this are refused (hyper's minimum is 8 KiB).
 const MAX_HEAD: usize = 64 * 1024;
+/// A SPDY session in which no frame has passed for this long is closed: containerd's
+/// `stream_idle_timeout` default. client-go pings every 5 s, so a live client never idles.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(4 * 60 * 60);
+
+fn spdy_limits() -> spdy::Limits {
+    spdy::Limits { idle_timeout: Some(IDLE_TIMEOUT), ..spdy::Limits::default() }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StreamingError {
@@ -258,24 +265,12 @@ impl StreamingServer {
                 "unable to upgrade: missing upgrade headers in request",
             );
         }
-        let upgrade = hyper::upgrade::on(&mut request);
         let server = self.clone();
-        tokio::spawn(async move {
-            let io = match upgrade.await {
-                Ok(upgraded) => TokioIo::new(upgraded),
-                Err(err) => {
-                    tracing::debug!(error = %err, "SPDY upgrade failed");
-                    return;
-                }
-            };
-            let (session, incoming) = Session::new(io, Role::Server, spdy::Limits::default());
+        let mut reply = switch_protocols(&mut request, "SPDY/3.1", move |io| async move {
+            let (session, incoming) = Session::new(io, Role::Server, spdy_limits());
             server.run_spdy(session, incoming, what, chosen).await;
         });
-        let mut reply = Response::new(Full::new(Bytes::new()));
-        *reply.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         let headers = reply.headers_mut();
-        headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-        headers.insert(header::UPGRADE, HeaderValue::from_static("SPDY/3.1"));
         headers.insert(PROTOCOL_HEADER, HeaderValue::from_static(chosen));
         reply
     }
@@ -347,24 +342,12 @@ impl StreamingServer {
         let Ok(protocol) = websocket::choose(offered, port_forward) else {
             return text(StatusCode::FORBIDDEN, "");
         };
-        let upgrade = hyper::upgrade::on(&mut request);
         let server = self.clone();
-        tokio::spawn(async move {
-            let io = match upgrade.await {
-                Ok(upgraded) => TokioIo::new(upgraded),
-                Err(err) => {
-                    tracing::debug!(error = %err, "WebSocket upgrade failed");
-                    return;
-                }
-            };
+        let mut reply = switch_protocols(&mut request, "websocket", move |io| async move {
             let ws = websocket::accept(io).await;
             server.run_websocket(ws, protocol, what).await;
         });
-        let mut reply = Response::new(Full::new(Bytes::new()));
-        *reply.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         let headers = reply.headers_mut();
-        headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         if let Ok(value) = HeaderValue::from_str(&accept_key) {
             headers.insert(header::SEC_WEBSOCKET_ACCEPT, value);
         }
@@ -388,8 +371,7 @@ impl StreamingServer {
                 if protocol == WsProtocol::SpdyPortForward =>
             {
                 let tunnel = websocket::tunnel(ws);
-                let (session, incoming) =
-                    Session::new(tunnel, Role::Server, spdy::Limits::default());
+                let (session, incoming) = Session::new(tunnel, Role::Server, spdy_limits());
                 portforward::serve_spdy(self.runtime.clone(), pod_id, session, incoming).await;
             }
             StreamRequest::PortForward { pod_id, ports } => {
@@ -406,6 +388,34 @@ impl StreamingServer {
             }
         }
     }
+}
+
+type Upgraded = TokioIo<hyper::upgrade::Upgraded>;
+
+/// The 101 answer to `request`, for `protocol`; once hyper has sent it, `serve` runs on the
+/// connection.
+fn switch_protocols<F, Fut>(
+    request: &mut Request<Incoming>,
+    protocol: &'static str,
+    serve: F,
+) -> Reply
+where
+    F: FnOnce(Upgraded) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let upgrade = hyper::upgrade::on(request);
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(upgraded) => serve(TokioIo::new(upgraded)).await,
+            Err(err) => tracing::debug!(error = %err, protocol, "upgrade failed"),
+        }
+    });
+    let mut reply = Response::new(Full::new(Bytes::new()));
+    *reply.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = reply.headers_mut();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static(protocol));
+    reply
 }
 
 /// How long a finished exec or attach session waits for the client to take the last bytes

@@ -1031,15 +1031,7 @@ impl Inner {
     }
 
     async fn reopen_log(&self, id: &str) -> Result<()> {
-        let entry = self.store.get(id)?;
-        let record = self.refreshed(&entry.record());
-        if !matches!(record.state, ContainerState::Running { .. }) {
-            return Err(Error::FailedPrecondition(format!(
-                "container {} is {}, not running",
-                record.id,
-                record.state.name()
-            )));
-        }
+        let record = self.running(id)?;
         let monitor = self.monitor_of(&record);
         match monitor.call(Request::ReopenLog { id: record.id.clone() }, Duration::ZERO).await? {
             Reply::Done => Ok(()),

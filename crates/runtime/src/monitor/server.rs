@@ -768,14 +768,17 @@ impl Monitor {
         }
     }
 
-    fn exec(&mut self, request: ExecRequest, stream: &UnixStream) -> Result<(), Reply> {
-        let container = self.containers.get(&request.id).ok_or_else(|| not_found(&request.id))?;
+    /// The container `id`, which must be running (for an exec or an attach).
+    fn running(&self, id: &str) -> Result<&Container, Reply> {
+        let container = self.containers.get(id).ok_or_else(|| not_found(id))?;
         if !matches!(container.phase, Phase::Running { .. }) {
-            return Err(error(
-                ErrorKind::State,
-                format!("container {} is not running", request.id),
-            ));
+            return Err(error(ErrorKind::State, format!("container {id} is not running")));
         }
+        Ok(container)
+    }
+
+    fn exec(&mut self, request: ExecRequest, stream: &UnixStream) -> Result<(), Reply> {
+        let container = self.running(&request.id)?;
         let internal = |what: &str, err: &dyn std::fmt::Display| {
             error(ErrorKind::Internal, format!("{what}: {err}"))
         };
@@ -841,20 +844,14 @@ impl Monitor {
         request: ExecStreamRequest,
         stream: &UnixStream,
     ) -> Result<(), Reply> {
-        let container = self.containers.get(&request.id).ok_or_else(|| not_found(&request.id))?;
-        if !matches!(container.phase, Phase::Running { .. }) {
-            return Err(error(
-                ErrorKind::State,
-                format!("container {} is not running", request.id),
-            ));
-        }
+        let n = self.next_exec;
+        self.next_exec += 1;
+        let container = self.running(&request.id)?;
         let internal = |what: &str, err: &dyn std::fmt::Display| {
             error(ErrorKind::Internal, format!("{what}: {err}"))
         };
         let mut process = request.process;
         process.set_terminal(Some(request.tty));
-        let n = self.next_exec;
-        self.next_exec += 1;
         let (pid, oci, ours) = if request.tty {
             match &container.oci {
                 Some(cli) => {
