@@ -33,6 +33,8 @@ pub fn split_url(url: &str) -> (String, String) {
 pub async fn connect(node: &Node, url: &str) -> TcpStream {
     let (host, _) = split_url(url);
     let stream = node.in_netns(|| std::net::TcpStream::connect(&host)).expect("connecting");
+    // As Go's net package does by default: small frames go out at once.
+    stream.set_nodelay(true).unwrap();
     stream.set_nonblocking(true).unwrap();
     TcpStream::from_std(stream).unwrap()
 }
