@@ -11,8 +11,8 @@ use berth_cri_server::proto::{
     AuthConfig, Capability, Container, ContainerConfig, ContainerFilter, ContainerMetadata,
     ContainerState, ContainerStateValue, ContainerStatus, ContainerStatusRequest,
     ContainerStatusResponse, CreateContainerRequest, DnsConfig, ExecSyncRequest, ExecSyncResponse,
-    Image, ImageFilter, ImageSpec, ImageStatusRequest, ImageStatusResponse, Int64Value, KeyValue,
-    LinuxContainerConfig, LinuxContainerResources, LinuxContainerSecurityContext,
+    IdMapping, Image, ImageFilter, ImageSpec, ImageStatusRequest, ImageStatusResponse, Int64Value,
+    KeyValue, LinuxContainerConfig, LinuxContainerResources, LinuxContainerSecurityContext,
     LinuxPodSandboxConfig, LinuxSandboxSecurityContext, ListContainersRequest, ListImagesRequest,
     ListPodSandboxRequest, Mount, NamespaceMode, NamespaceOption, NetworkConfig, PodSandbox,
     PodSandboxConfig, PodSandboxFilter, PodSandboxMetadata, PodSandboxState, PodSandboxStateValue,
@@ -20,7 +20,7 @@ use berth_cri_server::proto::{
     RemoveContainerRequest, RemoveImageRequest, RemovePodSandboxRequest, ReopenContainerLogRequest,
     RunPodSandboxRequest, RuntimeConfig, SecurityProfile, Signal, StartContainerRequest,
     StopContainerRequest, StopPodSandboxRequest, StreamContainersRequest,
-    StreamPodSandboxesRequest, SupplementalGroupsPolicy, UpdateRuntimeConfigRequest,
+    StreamPodSandboxesRequest, SupplementalGroupsPolicy, UpdateRuntimeConfigRequest, UserNamespace,
     VersionRequest, VersionResponse,
 };
 use hyper_util::rt::TokioIo;
@@ -288,6 +288,16 @@ impl Pod {
     /// `shareProcessNamespace`), `Container` one each, `Node` the node's.
     pub fn pid(mut self, mode: NamespaceMode) -> Pod {
         self.namespaces().pid = mode.into();
+        self
+    }
+
+    /// A user namespace of the pod's own (`hostUsers: false`) with these mappings.
+    pub fn userns(mut self, uids: &[IdMapping], gids: &[IdMapping]) -> Pod {
+        self.namespaces().userns_options = Some(UserNamespace {
+            mode: NamespaceMode::Pod.into(),
+            uids: uids.to_vec(),
+            gids: gids.to_vec(),
+        });
         self
     }
 

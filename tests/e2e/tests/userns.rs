@@ -63,7 +63,7 @@ impl Env {
         std::fs::create_dir_all(&logs).unwrap();
         let range = [IdMapping { host_id: base, container_id: 0, length: RANGE }];
         let pod = pod(name).log_directory(logs).runtime_handler(self.handler);
-        with_userns(pod.pid(NamespaceMode::Container), &range, &range)
+        pod.pid(NamespaceMode::Container).userns(&range, &range)
     }
 
     async fn run_pod(&mut self, pod: &Pod) -> String {
@@ -159,23 +159,6 @@ impl Env {
         assert_eq!(entries(&self.daemon.root.join("pods")), 0, "pods left");
         assert_eq!(self.net.leases(), Vec::<String>::new(), "leases left");
     }
-}
-
-fn with_userns(mut pod: Pod, uids: &[IdMapping], gids: &[IdMapping]) -> Pod {
-    let options = pod
-        .config
-        .linux
-        .get_or_insert_with(Default::default)
-        .security_context
-        .get_or_insert_with(Default::default)
-        .namespace_options
-        .get_or_insert_with(Default::default);
-    options.userns_options = Some(UserNamespace {
-        mode: NamespaceMode::Pod.into(),
-        uids: uids.to_vec(),
-        gids: gids.to_vec(),
-    });
-    pod
 }
 
 fn pod_userns(pod: &Pod) -> Option<&UserNamespace> {
@@ -402,14 +385,11 @@ async fn bad_mappings_fail_clearly(handler: &'static str) {
     let second = IdMapping { host_id: 17 * RANGE, container_id: RANGE, length: RANGE };
     let base = env.pod("bad", 15 * RANGE);
     let cases = [
-        (with_userns(base.clone(), &[range, second], &[range]), "exactly one uid mapping, not 2"),
-        (with_userns(base.clone(), &[range], &[]), "exactly one gid mapping, not 0"),
+        (base.clone().userns(&[range, second], &[range]), "exactly one uid mapping, not 2"),
+        (base.clone().userns(&[range], &[]), "exactly one gid mapping, not 0"),
+        (base.clone().userns(&[IdMapping { length: 0, ..range }], &[range]), "the length is 0"),
         (
-            with_userns(base.clone(), &[IdMapping { length: 0, ..range }], &[range]),
-            "the length is 0",
-        ),
-        (
-            with_userns(base.clone(), &[IdMapping { host_id: 0, ..range }], &[range]),
+            base.clone().userns(&[IdMapping { host_id: 0, ..range }], &[range]),
             "maps the node's root",
         ),
         (base.clone().host_network(), "cannot share the node's network namespace"),
@@ -539,7 +519,7 @@ async fn status_says_which_handlers_run_user_namespaces_and_others_refuse() {
 
     if userns("crun") == Some(false) {
         let range = [IdMapping { host_id: 25 * RANGE, container_id: 0, length: RANGE }];
-        let refused = with_userns(pod("crun").runtime_handler("crun"), &range, &range);
+        let refused = pod("crun").runtime_handler("crun").userns(&range, &range);
         let err = cri.run_pod(&refused).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
         for word in ["\"crun\"", "user namespace", "features"] {

@@ -291,28 +291,37 @@ impl StreamingServer {
                 portforward::serve_spdy(self.runtime.clone(), pod_id, session, incoming).await;
                 return;
             }
-            StreamRequest::Exec { container_id, cmd, io } => {
+            StreamRequest::Exec { io, .. } | StreamRequest::Attach { io, .. } => {
                 let Some(channels) =
                     remotecommand::spdy_channels(&session, &mut incoming, io, version).await
                 else {
                     session.abort();
                     return;
                 };
-                let format = version.status_format();
-                remotecommand::exec(&self.runtime, &container_id, cmd, io, channels, format).await;
-            }
-            StreamRequest::Attach { container_id, io } => {
-                let Some(channels) =
-                    remotecommand::spdy_channels(&session, &mut incoming, io, version).await
-                else {
-                    session.abort();
-                    return;
-                };
-                let format = version.status_format();
-                remotecommand::attach(&self.runtime, &container_id, io, channels, format).await;
+                self.remotecommand(what, channels, version.status_format()).await;
             }
         }
         finish(session).await;
+    }
+
+    /// Exec or attach, once the transport has made the channels.
+    async fn remotecommand(
+        &self,
+        what: StreamRequest,
+        channels: remotecommand::Channels,
+        format: remotecommand::StatusFormat,
+    ) {
+        let runtime = &self.runtime;
+        match what {
+            StreamRequest::Exec { container_id, cmd, io } => {
+                remotecommand::exec(runtime, &container_id, cmd, io, channels, format).await
+            }
+            StreamRequest::Attach { container_id, io } => {
+                remotecommand::attach(runtime, &container_id, io, channels, format).await
+            }
+            // Not a remote command: the callers serve port forwards themselves.
+            StreamRequest::PortForward { .. } => {}
+        }
     }
 
     fn upgrade_websocket(
@@ -378,13 +387,9 @@ impl StreamingServer {
                 portforward::serve_websocket(self.runtime.clone(), pod_id, ws, protocol, ports)
                     .await;
             }
-            StreamRequest::Exec { container_id, cmd, io } => {
+            StreamRequest::Exec { io, .. } | StreamRequest::Attach { io, .. } => {
                 let channels = websocket::remotecommand_channels(ws, protocol, io);
-                remotecommand::exec(&self.runtime, &container_id, cmd, io, channels, format).await;
-            }
-            StreamRequest::Attach { container_id, io } => {
-                let channels = websocket::remotecommand_channels(ws, protocol, io);
-                remotecommand::attach(&self.runtime, &container_id, io, channels, format).await;
+                self.remotecommand(what, channels, format).await;
             }
         }
     }

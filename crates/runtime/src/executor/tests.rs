@@ -251,6 +251,22 @@ fn dev_null() -> OwnedFd {
     File::open("/dev/null").unwrap().into()
 }
 
+impl Fixture {
+    /// Creates `spec` on the fixture's rootfs, outside any cgroup, with `stdio` on all three.
+    fn create_quiet(&self, spec: &Spec, stdio: &OwnedFd) -> Result<Created, String> {
+        create(&CreateRequest {
+            spec,
+            rootfs: &self.rootfs,
+            cgroup_procs: &[],
+            cgroup_mount: &CgroupMount::V1(Vec::new()),
+            stdin: stdio.as_fd(),
+            stdout: stdio.as_fd(),
+            stderr: stdio.as_fd(),
+        })
+        .map_err(|e| e.to_string())
+    }
+}
+
 macro_rules! check {
     ($cond:expr, $($fmt:tt)+) => {
         if !$cond {
@@ -420,16 +436,7 @@ fn exec_failure_is_reported_by_start_and_unstarted_init_exits() {
         check!(matches!(pid, WaitStatus::Exited(_, 127)), "exit {pid:?}");
 
         let stdio = dev_null();
-        let created = create(&CreateRequest {
-            spec: &f.spec(&["sh", "-c", "echo never"]),
-            rootfs: &f.rootfs,
-            cgroup_procs: &[],
-            cgroup_mount: &CgroupMount::V1(Vec::new()),
-            stdin: stdio.as_fd(),
-            stdout: stdio.as_fd(),
-            stderr: stdio.as_fd(),
-        })
-        .map_err(|e| e.to_string())?;
+        let created = f.create_quiet(&f.spec(&["sh", "-c", "echo never"]), &stdio)?;
         let pid = created.pid;
         check!(created.host_pid == pid.as_raw() as u32, "host pid {} pid {pid}", created.host_pid);
         drop(created);
@@ -670,16 +677,7 @@ fn exec_into_a_running_container() {
         let f = Fixture::new();
         let stdio = dev_null();
         let spec = f.spec(&["sleep", "1000"]);
-        let created = create(&CreateRequest {
-            spec: &spec,
-            rootfs: &f.rootfs,
-            cgroup_procs: &[],
-            cgroup_mount: &CgroupMount::V1(Vec::new()),
-            stdin: stdio.as_fd(),
-            stdout: stdio.as_fd(),
-            stderr: stdio.as_fd(),
-        })
-        .map_err(|e| e.to_string())?;
+        let created = f.create_quiet(&spec, &stdio)?;
         let (container, host_pid) = (created.pid, created.host_pid);
         start(created).map_err(|e| e.to_string())?;
 
@@ -782,16 +780,7 @@ fn joins_the_namespaces_of_another_container() {
         let f = Fixture::new();
         let stdio = dev_null();
         let first_spec = f.spec(&["sleep", "1000"]);
-        let first = create(&CreateRequest {
-            spec: &first_spec,
-            rootfs: &f.rootfs,
-            cgroup_procs: &[],
-            cgroup_mount: &CgroupMount::V1(Vec::new()),
-            stdin: stdio.as_fd(),
-            stdout: stdio.as_fd(),
-            stderr: stdio.as_fd(),
-        })
-        .map_err(|e| e.to_string())?;
+        let first = f.create_quiet(&first_spec, &stdio)?;
         let (first_pid, host_pid) = (first.pid, first.host_pid);
         start(first).map_err(|e| e.to_string())?;
 
@@ -956,16 +945,7 @@ fn an_exec_runs_under_the_containers_filter() {
         let stdio = dev_null();
         let mut spec = f.spec(&["sleep", "1000"]);
         spec.linux_mut().as_mut().unwrap().set_seccomp(Some(deny_mkdir()));
-        let created = create(&CreateRequest {
-            spec: &spec,
-            rootfs: &f.rootfs,
-            cgroup_procs: &[],
-            cgroup_mount: &CgroupMount::V1(Vec::new()),
-            stdin: stdio.as_fd(),
-            stdout: stdio.as_fd(),
-            stderr: stdio.as_fd(),
-        })
-        .map_err(|e| e.to_string())?;
+        let created = f.create_quiet(&spec, &stdio)?;
         let (container, host_pid) = (created.pid, created.host_pid);
         start(created).map_err(|e| e.to_string())?;
         let seccomp = deny_mkdir();
@@ -1049,16 +1029,7 @@ fn the_executors_children_are_not_dumpable_until_they_exec() {
         let f = Fixture::new();
         let stdio = dev_null();
         let spec = f.spec(&["sleep", "1000"]);
-        let created = create(&CreateRequest {
-            spec: &spec,
-            rootfs: &f.rootfs,
-            cgroup_procs: &[],
-            cgroup_mount: &CgroupMount::V1(Vec::new()),
-            stdin: stdio.as_fd(),
-            stdout: stdio.as_fd(),
-            stderr: stdio.as_fd(),
-        })
-        .map_err(|e| e.to_string())?;
+        let created = f.create_quiet(&spec, &stdio)?;
         let (container, host_pid) = (created.pid, created.host_pid);
         // Created and waiting for its start: a copy of the caller, with the container's
         // capabilities and root as its user.
@@ -1195,16 +1166,7 @@ fn a_container_in_a_user_namespace() {
         let stdio = dev_null();
         let mut spec = f.spec(&["sleep", "1000"]);
         join_userns(&mut spec, &userns.user);
-        let created = create(&CreateRequest {
-            spec: &spec,
-            rootfs: &f.rootfs,
-            cgroup_procs: &[],
-            cgroup_mount: &CgroupMount::V1(Vec::new()),
-            stdin: stdio.as_fd(),
-            stdout: stdio.as_fd(),
-            stderr: stdio.as_fd(),
-        })
-        .map_err(|e| e.to_string())?;
+        let created = f.create_quiet(&spec, &stdio)?;
         let (container, host_pid) = (created.pid, created.host_pid);
         start(created).map_err(|e| e.to_string())?;
         let status = fs::read_to_string(format!("/proc/{host_pid}/status")).unwrap();

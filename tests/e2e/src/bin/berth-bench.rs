@@ -1274,19 +1274,11 @@ impl Lifecycle {
         let logs = self.logs.join(name);
         std::fs::create_dir_all(&logs)
             .map_err(|err| format!("creating {}: {err}", logs.display()))?;
-        let mut pod = pod(&format!("{}-{name}", self.tag))
+        let pod = pod(&format!("{}-{name}", self.tag))
             .namespace(POD_NAMESPACE)
             .label(RUN_LABEL, &self.tag)
-            .log_directory(logs);
-        let namespaces = pod
-            .config
-            .linux
-            .get_or_insert_with(Default::default)
-            .security_context
-            .get_or_insert_with(Default::default)
-            .namespace_options
-            .get_or_insert_with(Default::default);
-        namespaces.pid = NamespaceMode::Container.into();
+            .log_directory(logs)
+            .pid(NamespaceMode::Container);
         Ok(pod.runtime_handler(&self.handler))
     }
 
