@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use nix::fcntl::{Flock, FlockArg};
 use tokio::net::UnixListener;
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::config::{Config, ConfigError};
@@ -145,6 +145,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         "berthd serving the CRI"
     );
 
+    // Before the first call can be answered: a client that signals berthd as soon as it has
+    // an answer must get a clean stop, not the default action of the signal.
+    let mut stop = StopSignals::install();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
         .layer(RpcLayer::with_metrics(cri.metrics()))
@@ -166,7 +169,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
 
     let outcome = tokio::select! {
         served = &mut server => Some(served),
-        signal = stop_signal() => {
+        signal = stop.recv() => {
             tracing::info!(signal, "stopping: no new calls are accepted");
             let _ = stop_tx.send(());
             match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
@@ -194,17 +197,27 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     }
 }
 
-async fn stop_signal() -> &'static str {
-    let (Ok(mut term), Ok(mut int)) =
-        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
-        // Without signal handlers berthd still serves; systemd's SIGKILL then ends it.
-        tracing::warn!("cannot install SIGTERM/SIGINT handlers");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+/// SIGTERM and SIGINT, caught from the moment they are installed.
+struct StopSignals(Option<(Signal, Signal)>);
+
+impl StopSignals {
+    fn install() -> StopSignals {
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(term), Ok(int)) => StopSignals(Some((term, int))),
+            _ => {
+                // Without signal handlers berthd still serves; systemd's SIGKILL then ends it.
+                tracing::warn!("cannot install SIGTERM/SIGINT handlers");
+                StopSignals(None)
+            }
+        }
+    }
+
+    async fn recv(&mut self) -> &'static str {
+        let Some((term, int)) = &mut self.0 else { return std::future::pending().await };
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        }
     }
 }
 

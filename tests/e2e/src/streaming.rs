@@ -8,7 +8,7 @@ use std::time::Duration;
 use base64::Engine;
 use berth_cri_server::streaming::spdy::{self, Headers, Role, Session, StreamReader, StreamWriter};
 use futures::{SinkExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
@@ -41,13 +41,13 @@ pub async fn connect(node: &Node, url: &str) -> TcpStream {
 
 /// The answer to an HTTP request: status, headers (names lower-cased), and the connection,
 /// positioned right after the head (the upgraded protocol starts there).
-pub struct Answer {
+pub struct Answer<IO = TcpStream> {
     pub status: u16,
     pub headers: Vec<(String, String)>,
-    pub io: TcpStream,
+    pub io: IO,
 }
 
-impl Answer {
+impl<IO: AsyncRead + AsyncWrite + Unpin> Answer<IO> {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
@@ -59,11 +59,20 @@ impl Answer {
     }
 }
 
-/// Sends `method path` with `headers` and reads the response head byte by byte, so that
-/// nothing after it is consumed.
+/// Sends `method path` with `headers` on a new connection inside the node.
 pub async fn request(node: &Node, url: &str, method: &str, headers: &[(&str, &str)]) -> Answer {
+    request_on(connect(node, url).await, url, method, headers).await
+}
+
+/// Sends `method path` with `headers` on `io` and reads the response head byte by byte, so
+/// that nothing after it is consumed.
+pub async fn request_on<IO: AsyncRead + AsyncWrite + Unpin>(
+    mut io: IO,
+    url: &str,
+    method: &str,
+    headers: &[(&str, &str)],
+) -> Answer<IO> {
     let (host, path) = split_url(url);
-    let mut io = connect(node, url).await;
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\n");
     if method == "POST" {
         head.push_str("Content-Length: 0\r\n");
@@ -91,9 +100,17 @@ pub async fn request(node: &Node, url: &str, method: &str, headers: &[(&str, &st
 
 /// A SPDY upgrade offering `protocols`; panics unless it succeeds.
 pub async fn spdy_session(node: &Node, url: &str, protocols: &[&str]) -> (Session, String) {
+    spdy_session_on(connect(node, url).await, url, protocols).await
+}
+
+/// A SPDY upgrade on `io` (a TLS stream, say).
+pub async fn spdy_session_on<IO>(io: IO, url: &str, protocols: &[&str]) -> (Session, String)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let mut headers = vec![("Connection", "Upgrade"), ("Upgrade", "SPDY/3.1")];
     headers.extend(protocols.iter().map(|p| ("X-Stream-Protocol-Version", *p)));
-    let answer = request(node, url, "POST", &headers).await;
+    let answer = request_on(io, url, "POST", &headers).await;
     assert_eq!(answer.status, 101, "SPDY upgrade of {url}");
     let chosen = answer.header("x-stream-protocol-version").unwrap_or_default().to_string();
     let (session, _incoming) = Session::new(answer.io, Role::Client, spdy::Limits::default());
@@ -159,6 +176,12 @@ pub async fn spdy_command(
     input: &Input,
 ) -> (SpdyCommand, String) {
     let (session, chosen) = spdy_session(node, url, protocols).await;
+    let command = spdy_command_with(session, &chosen, input).await;
+    (command, chosen)
+}
+
+/// The streams of a remote command, on a session upgraded to protocol `chosen`.
+pub async fn spdy_command_with(session: Session, chosen: &str, input: &Input) -> SpdyCommand {
     let open = |kind: &str| {
         let session = session.clone();
         let headers = Headers::new().with("streamtype", kind);
@@ -182,12 +205,17 @@ pub async fn spdy_command(
         true => Some(open("resize").await.1),
         false => None,
     };
-    (SpdyCommand { session, error, stdin, stdout, stderr, resize }, chosen)
+    SpdyCommand { session, error, stdin, stdout, stderr, resize }
 }
 
 /// Runs a remote command to its end over SPDY.
 pub async fn spdy_run(node: &Node, url: &str, protocols: &[&str], input: Input) -> Output {
-    let (mut command, _) = spdy_command(node, url, protocols, &input).await;
+    let (command, _) = spdy_command(node, url, protocols, &input).await;
+    spdy_finish(command, input).await
+}
+
+/// Feeds the input to a remote command's streams and reads them to their ends.
+pub async fn spdy_finish(mut command: SpdyCommand, input: Input) -> Output {
     if let (Some(resize), Some((width, height))) = (command.resize.as_mut(), input.size) {
         let line = format!("{{\"Width\":{width},\"Height\":{height}}}\n");
         resize.write_all(line.as_bytes()).await.unwrap();

@@ -9,12 +9,15 @@
 use std::time::Duration;
 
 use berth_cri_server::proto::{AttachRequest, ExecRequest, PortForwardRequest, VersionRequest};
+use berth_e2e::berthd::Options;
 use berth_e2e::cni::BridgeNetwork;
 use berth_e2e::cri::{container, pod, wait_log, ContainerSpec, Pod};
 use berth_e2e::images::{self, LATEST_REF};
+use berth_e2e::registry::TestCa;
 use berth_e2e::streaming::{self as client, Input, PORT_FORWARD, SPDY_OFFER, V4};
 use berth_e2e::{Berthd, Cri, Node, Registry};
 use futures::{SinkExt, StreamExt};
+use rustls::pki_types::pem::PemObject;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
@@ -40,11 +43,14 @@ impl Env {
     }
 
     async fn with_handler(handler: &'static str) -> Env {
-        let node = Node::start();
+        Self::with_options(Node::start(), handler, Options::default()).await
+    }
+
+    async fn with_options(node: Node, handler: &'static str, options: Options) -> Env {
         let registry = Registry::start(&node);
         let addr = registry.addr.clone();
         node.block_on(|| images::push_all(&addr)).expect("pushing the test images");
-        let daemon = Berthd::start(&node).await;
+        let daemon = Berthd::start_with(&node, options).await;
         let net = BridgeNetwork::for_daemon(&daemon);
         net.install(&daemon);
         let mut cri = daemon.client().await;
@@ -375,6 +381,51 @@ fn ws_tunnel(
         let _ = sink.close().await;
     });
     ours
+}
+
+#[tokio::test]
+async fn tls_when_configured() {
+    let node = Node::start();
+    let ca = TestCa::generate(&node.dir().join("streaming-tls"));
+    let extra_config = format!(
+        "[streaming]\naddress = \"127.0.0.1:0\"\ntls_cert_file = {:?}\ntls_key_file = {:?}\n",
+        ca.cert_file.display().to_string(),
+        ca.key_file.display().to_string()
+    );
+    let options = Options { extra_config, ..Options::default() };
+    let mut env = Env::with_options(node, "", options).await;
+    let (_, id) = env.run("tls", |c| c, SLEEPER).await;
+    let url = env.exec_url(&id, &["echo", "over tls"], &out_err()).await;
+    let plain = url.strip_prefix("https://").expect("an https URL").to_string();
+
+    let mut roots = rustls::RootCertStore::empty();
+    let ca_der = rustls::pki_types::CertificateDer::from_pem_slice(ca.ca_pem.as_bytes()).unwrap();
+    roots.add(ca_der).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let http_url = format!("http://{plain}");
+    let tcp = client::connect(&env.node, &http_url).await;
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let tls = connector.connect(name, tcp).await.expect("a TLS handshake with the CA's trust");
+    let (session, chosen) = client::spdy_session_on(tls, &http_url, &SPDY_OFFER).await;
+    let command = client::spdy_command_with(session, &chosen, &out_err()).await;
+    let output = client::spdy_finish(command, out_err()).await;
+    assert_eq!(output.stdout, b"over tls\n");
+    assert_eq!(output.exit_code(), Some(0));
+
+    // Plain HTTP on the TLS port gets no upgrade.
+    let url = env.exec_url(&id, &["true"], &out_err()).await;
+    let http_url = url.replacen("https://", "http://", 1);
+    let mut io = client::connect(&env.node, &http_url).await;
+    io.write_all(b"POST / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(TIMEOUT, io.read_to_end(&mut reply)).await;
+    assert!(!String::from_utf8_lossy(&reply).contains("101"), "{reply:?}");
 }
 
 #[tokio::test]
