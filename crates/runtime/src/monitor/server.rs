@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, ErrorKind as IoKind, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
@@ -258,6 +258,36 @@ impl Container {
 
     fn exited(&self) -> bool {
         matches!(self.phase, Phase::Exited(_))
+    }
+
+    /// Starts `process` in the container with `stdio` (stdin, stdout, stderr), through its OCI
+    /// runtime or the embedded executor; exec `n` of the monitor names the runtime's files.
+    fn spawn_exec(
+        &self,
+        process: &oci_spec::runtime::Process,
+        n: u64,
+        [stdin, stdout, stderr]: [BorrowedFd<'_>; 3],
+    ) -> Result<(Pid, Option<oci::Exec>), Reply> {
+        match &self.oci {
+            Some(cli) => {
+                let exec =
+                    cli.spawn_exec(process, n, stdin, stdout, stderr).map_err(executor_error)?;
+                Ok((exec.pid, Some(exec)))
+            }
+            None => {
+                let pid = executor::spawn_exec(&executor::ExecRequest {
+                    container_pid: self.host_pid,
+                    cgroup_procs: &self.cgroup_procs,
+                    process,
+                    seccomp: self.seccomp.as_ref(),
+                    stdin,
+                    stdout,
+                    stderr,
+                })
+                .map_err(executor_error)?;
+                Ok((pid, None))
+            }
+        }
     }
 }
 
@@ -787,27 +817,8 @@ impl Monitor {
         let (out_r, out_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| internal("pipe", &e))?;
         let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| internal("pipe", &e))?;
         let id = self.next_exec;
-        let (pid, oci) = match &container.oci {
-            Some(cli) => {
-                let exec = cli
-                    .spawn_exec(&request.process, id, null.as_fd(), out_w.as_fd(), err_w.as_fd())
-                    .map_err(executor_error)?;
-                (exec.pid, Some(exec))
-            }
-            None => {
-                let pid = executor::spawn_exec(&executor::ExecRequest {
-                    container_pid: container.host_pid,
-                    cgroup_procs: &container.cgroup_procs,
-                    process: &request.process,
-                    seccomp: container.seccomp.as_ref(),
-                    stdin: null.as_fd(),
-                    stdout: out_w.as_fd(),
-                    stderr: err_w.as_fd(),
-                })
-                .map_err(executor_error)?;
-                (pid, None)
-            }
-        };
+        let stdio = [null.as_fd(), out_w.as_fd(), err_w.as_fd()];
+        let (pid, oci) = container.spawn_exec(&request.process, id, stdio)?;
         drop((out_w, err_w));
         let reply_to = stream.try_clone().map_err(|e| internal("cloning the connection", &e))?;
         let outputs = vec![
@@ -865,45 +876,17 @@ impl Monitor {
                     // The terminal is its user's, as a login makes it.
                     let uid = process.user().uid();
                     let _ = nix::unistd::fchown(&slave, Some(uid.into()), None);
-                    let pid = executor::spawn_exec(&executor::ExecRequest {
-                        container_pid: container.host_pid,
-                        cgroup_procs: &container.cgroup_procs,
-                        process: &process,
-                        seccomp: container.seccomp.as_ref(),
-                        stdin: slave.as_fd(),
-                        stdout: slave.as_fd(),
-                        stderr: slave.as_fd(),
-                    })
-                    .map_err(executor_error)?;
+                    let (pid, _) = container.spawn_exec(&process, n, [slave.as_fd(); 3])?;
                     (pid, None, vec![master])
                 }
             }
         } else {
-            let stdio = ExecPipes::new(request.stdin, request.stdout, request.stderr)
+            let pipes = ExecPipes::new(request.stdin, request.stdout, request.stderr)
                 .map_err(|e| internal("making the exec's pipes", &e))?;
-            let [stdin, stdout, stderr] = &stdio.child;
-            let (pid, oci) = match &container.oci {
-                Some(cli) => {
-                    let exec = cli
-                        .spawn_exec(&process, n, stdin.as_fd(), stdout.as_fd(), stderr.as_fd())
-                        .map_err(executor_error)?;
-                    (exec.pid, Some(exec))
-                }
-                None => {
-                    let pid = executor::spawn_exec(&executor::ExecRequest {
-                        container_pid: container.host_pid,
-                        cgroup_procs: &container.cgroup_procs,
-                        process: &process,
-                        seccomp: container.seccomp.as_ref(),
-                        stdin: stdin.as_fd(),
-                        stdout: stdout.as_fd(),
-                        stderr: stderr.as_fd(),
-                    })
-                    .map_err(executor_error)?;
-                    (pid, None)
-                }
-            };
-            (pid, oci, stdio.ours)
+            let [stdin, stdout, stderr] = &pipes.child;
+            let stdio = [stdin.as_fd(), stdout.as_fd(), stderr.as_fd()];
+            let (pid, oci) = container.spawn_exec(&process, n, stdio)?;
+            (pid, oci, pipes.ours)
         };
         let host_pid = oci::host_pid_of(pid).unwrap_or(pid.as_raw() as u32);
         // The monitor keeps none of berthd's ends (they go with `ours`), so that each EOF is
