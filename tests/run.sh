@@ -5,4 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tests/install-deps.sh
+tests/install-critools.sh >/dev/null
 exec cargo test --workspace --locked "$@"

@@ -11,6 +11,7 @@ pub mod images;
 pub mod node;
 pub mod registry;
 pub mod stall;
+pub mod upstream;
 pub mod streaming;
 
 pub use berthd::Berthd;
