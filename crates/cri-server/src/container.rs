@@ -199,6 +199,12 @@ fn mount(m: proto::Mount) -> CriResult<rt::Mount> {
             m.container_path
         )));
     }
+    if !m.mount_options.is_empty() {
+        return Err(CriError::InvalidRequest(format!(
+            "mount {:?}: mount options {:?} are not supported",
+            m.container_path, m.mount_options
+        )));
+    }
     let propagation = match proto::MountPropagation::try_from(m.propagation) {
         Ok(proto::MountPropagation::PropagationPrivate) => rt::Propagation::Private,
         Ok(proto::MountPropagation::PropagationHostToContainer) => rt::Propagation::HostToContainer,

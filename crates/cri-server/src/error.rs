@@ -66,10 +66,13 @@ impl From<CriError> for Status {
     }
 }
 
-/// The answer of every RPC that berth does not implement yet: a client learns that, instead
-/// of a fake success.
-pub fn unimplemented(service: &str, rpc: &str) -> Status {
-    Status::unimplemented(format!("berth does not implement runtime.v1.{service}/{rpc} yet"))
+/// Checkpoint and restore (of a container or a whole pod) need CRIU to freeze and dump the
+/// processes; berth does not drive CRIU, so these calls say so rather than pretend.
+pub fn checkpoint_unimplemented(rpc: &str) -> Status {
+    Status::unimplemented(format!(
+        "berth does not implement runtime.v1.RuntimeService/{rpc}: checkpoint and restore need \
+         CRIU, which berth does not drive"
+    ))
 }
 
 #[cfg(test)]

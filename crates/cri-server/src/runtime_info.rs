@@ -64,6 +64,7 @@ pub async fn status(cri: &Cri, request: StatusRequest) -> CriResult<StatusRespon
         features: Some(RuntimeFeatures {
             supplemental_groups_policy: true,
             user_namespaces_host_network: false,
+            mount_options: false,
         }),
     })
 }

@@ -9,7 +9,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::config::Config;
-use crate::error::unimplemented;
+use crate::error::checkpoint_unimplemented;
 use crate::metrics::Metrics;
 use crate::proto::image_service_server::ImageService;
 use crate::proto::runtime_service_server::RuntimeService;
@@ -256,7 +256,21 @@ impl RuntimeService for Cri {
         &self,
         _request: Request<CheckpointContainerRequest>,
     ) -> Result<Response<CheckpointContainerResponse>, Status> {
-        Err(unimplemented("RuntimeService", "CheckpointContainer"))
+        Err(checkpoint_unimplemented("CheckpointContainer"))
+    }
+
+    async fn checkpoint_pod(
+        &self,
+        _request: Request<CheckpointPodRequest>,
+    ) -> Result<Response<CheckpointPodResponse>, Status> {
+        Err(checkpoint_unimplemented("CheckpointPod"))
+    }
+
+    async fn restore_pod(
+        &self,
+        _request: Request<RestorePodRequest>,
+    ) -> Result<Response<RestorePodResponse>, Status> {
+        Err(checkpoint_unimplemented("RestorePod"))
     }
 
     type GetContainerEventsStream = ResponseStream<ContainerEventResponse>;

@@ -11,8 +11,8 @@ pub mod images;
 pub mod node;
 pub mod registry;
 pub mod stall;
-pub mod upstream;
 pub mod streaming;
+pub mod upstream;
 
 pub use berthd::Berthd;
 pub use cri::Cri;

@@ -5,7 +5,8 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::time::Duration;
 
 use berth_cri_server::proto::{
-    CgroupDriver, CheckpointContainerRequest, RuntimeConfigRequest, StatusRequest, VersionRequest,
+    CgroupDriver, CheckpointContainerRequest, CheckpointPodRequest, RestorePodRequest,
+    RuntimeConfigRequest, StatusRequest, VersionRequest,
 };
 use berth_e2e::berthd::{self, Options};
 use berth_e2e::images::{self, TestImages};
@@ -102,14 +103,23 @@ async fn runtime_config_reports_the_cgroupfs_driver() {
 }
 
 #[tokio::test]
-async fn an_rpc_not_built_yet_is_unimplemented_and_says_which() {
+async fn checkpoint_and_restore_are_unimplemented_and_say_why() {
     let node = Node::start();
     let daemon = Berthd::start(&node).await;
     let mut cri = daemon.client().await;
     let request = CheckpointContainerRequest { container_id: "abc".into(), ..Default::default() };
-    let err = cri.runtime.checkpoint_container(request).await.unwrap_err();
-    assert_eq!(err.code(), Code::Unimplemented);
-    assert!(err.message().contains("CheckpointContainer"), "{}", err.message());
+    let container = cri.runtime.checkpoint_container(request).await.unwrap_err();
+    let request = CheckpointPodRequest { pod_sandbox_id: "abc".into(), ..Default::default() };
+    let pod = cri.runtime.checkpoint_pod(request).await.unwrap_err();
+    let request = RestorePodRequest { checkpoint_path: "/x.tar".into(), ..Default::default() };
+    let restore = cri.runtime.restore_pod(request).await.unwrap_err();
+    for (err, rpc) in
+        [(container, "CheckpointContainer"), (pod, "CheckpointPod"), (restore, "RestorePod")]
+    {
+        assert_eq!(err.code(), Code::Unimplemented);
+        assert!(err.message().contains(rpc), "{}", err.message());
+        assert!(err.message().contains("CRIU"), "{}", err.message());
+    }
     // The daemon is unharmed.
     cri.version().await.unwrap();
 }

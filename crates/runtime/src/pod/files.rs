@@ -9,39 +9,37 @@ use crate::pod::types::DnsConfig;
 const HOST_RESOLV_CONF: &str = "/etc/resolv.conf";
 const HOST_HOSTS: &str = "/etc/hosts";
 
-/// The hostname a pod's UTS namespace gets: the config's, or for a host-network pod the node's,
-/// or the pod's name (kubelet always sends one; crictl may not).
-pub fn hostname(configured: &str, host_network: bool, pod_name: &str) -> Result<String> {
-    let name = if !configured.is_empty() {
-        configured.to_string()
-    } else if host_network {
+/// The hostname a pod's UTS namespace gets: the config's, or the node's when the config has
+/// none (as containerd does; crictl and critest send none). Only what sethostname(2) refuses is
+/// refused: the kernel takes any bytes up to 64, DNS rules or not.
+pub fn hostname(configured: &str) -> Result<String> {
+    let name = if configured.is_empty() {
         nix::unistd::gethostname()
             .map_err(|err| Error::Internal(format!("reading the node's hostname: {err}")))?
             .to_string_lossy()
             .into_owned()
     } else {
-        pod_name.to_string()
+        configured.to_string()
     };
     validate_hostname(&name)?;
     Ok(name)
 }
 
+/// The kernel's limit on a UTS name (`__NEW_UTS_LEN`).
+const MAX_HOSTNAME_BYTES: usize = 64;
+
 fn validate_hostname(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        });
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::InvalidArgument(format!(
-            "hostname {name:?} is not a valid DNS name of at most 64 bytes"
-        )))
+    if name.len() > MAX_HOSTNAME_BYTES {
+        return Err(Error::InvalidArgument(format!(
+            "hostname {name:?} is {} bytes long; the kernel takes at most {MAX_HOSTNAME_BYTES}",
+            name.len()
+        )));
     }
+    // A NUL would cut the name short in every file and syscall that carries it.
+    if name.contains('\0') {
+        return Err(Error::InvalidArgument(format!("hostname {name:?} contains a NUL byte")));
+    }
+    Ok(())
 }
 
 /// resolv.conf from the pod's DNS config; the node's own when the config says nothing, as
@@ -146,11 +144,16 @@ mod tests {
 
     #[test]
     fn hostnames() {
-        assert_eq!(hostname("web-0", false, "p").unwrap(), "web-0");
-        assert_eq!(hostname("", false, "pod-a").unwrap(), "pod-a");
-        assert!(hostname("bad_name", false, "p").is_err());
-        assert!(hostname(&"a".repeat(65), false, "p").is_err());
-        assert!(!hostname("", true, "p").unwrap().is_empty());
+        assert_eq!(hostname("web-0").unwrap(), "web-0");
+        // What the kernel takes is taken, DNS name or not (critest's pod names are such).
+        let long = format!("create-PodSandbox-for-container-{}", "A".repeat(32));
+        assert_eq!(long.len(), 64);
+        assert_eq!(hostname(&long).unwrap(), long);
+        assert_eq!(hostname("bad_name").unwrap(), "bad_name");
+        assert!(hostname(&"a".repeat(65)).is_err());
+        assert!(hostname("a\0b").is_err());
+        let node = nix::unistd::gethostname().unwrap().to_string_lossy().into_owned();
+        assert_eq!(hostname("").unwrap(), node);
     }
 
     #[test]

@@ -224,8 +224,7 @@ impl Inner {
         }
         // Everything that can be checked before anything is taken.
         bandwidth(&config)?;
-        let host_network = config.namespaces.network == NamespaceMode::Node;
-        let hostname = files::hostname(&config.hostname, host_network, &config.metadata.name)?;
+        let hostname = files::hostname(&config.hostname)?;
         let resolv = files::resolv_conf(config.dns.as_ref())?;
         let id = new_id()?;
         let key = config.metadata.key();
