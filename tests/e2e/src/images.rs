@@ -320,7 +320,7 @@ impl TestImages {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum BuildError {
+pub enum BuildError {
     #[error("reading {BUSYBOX}: {0}")]
     ReadBusybox(#[source] io::Error),
     #[error("{BUSYBOX} is not a static 64-bit little-endian ELF executable: {0}")]
@@ -699,26 +699,28 @@ fn available_applets() -> Result<Vec<&'static str>, BuildError> {
     Ok(applets)
 }
 
-enum Kind {
+pub(crate) enum Kind {
     Dir,
     File(Vec<u8>),
     Symlink(&'static str),
+    /// A hard link to an earlier entry of the same tar (relative path).
+    Hardlink(String),
 }
 
-struct Entry {
+pub(crate) struct Entry {
     /// Relative, without a trailing slash.
-    path: String,
-    mode: u32,
-    uid: u64,
-    gid: u64,
-    kind: Kind,
+    pub path: String,
+    pub mode: u32,
+    pub uid: u64,
+    pub gid: u64,
+    pub kind: Kind,
 }
 
-fn dir(path: &str, mode: u32) -> Entry {
+pub(crate) fn dir(path: &str, mode: u32) -> Entry {
     Entry { path: path.to_owned(), mode, uid: 0, gid: 0, kind: Kind::Dir }
 }
 
-fn file(path: &str, mode: u32, contents: impl Into<Vec<u8>>) -> Entry {
+pub(crate) fn file(path: &str, mode: u32, contents: impl Into<Vec<u8>>) -> Entry {
     Entry { path: path.to_owned(), mode, uid: 0, gid: 0, kind: Kind::File(contents.into()) }
 }
 
@@ -783,10 +785,14 @@ fn run_layer() -> Vec<Entry> {
     ]
 }
 
-fn write_tar(mut entries: Vec<Entry>) -> io::Result<Vec<u8>> {
+pub(crate) fn write_tar(mut entries: Vec<Entry>) -> io::Result<Vec<u8>> {
     // Path ordering compares component-wise, which puts every directory before
-    // its contents and makes the archive independent of how it was listed.
-    entries.sort_by(|a, b| Path::new(&a.path).cmp(Path::new(&b.path)));
+    // its contents and makes the archive independent of how it was listed. Hard
+    // links come last: a link may only name an entry the tar already had.
+    entries.sort_by(|a, b| {
+        let hardlink = |e: &Entry| matches!(e.kind, Kind::Hardlink(_));
+        (hardlink(a), Path::new(&a.path)).cmp(&(hardlink(b), Path::new(&b.path)))
+    });
     let mut tar = tar::Builder::new(Vec::new());
     for entry in entries {
         let mut header = tar::Header::new_ustar();
@@ -807,6 +813,11 @@ fn write_tar(mut entries: Vec<Entry>) -> io::Result<Vec<u8>> {
             }
             Kind::Symlink(target) => {
                 header.set_entry_type(tar::EntryType::Symlink);
+                header.set_size(0);
+                tar.append_link(&mut header, &entry.path, target)?;
+            }
+            Kind::Hardlink(target) => {
+                header.set_entry_type(tar::EntryType::Link);
                 header.set_size(0);
                 tar.append_link(&mut header, &entry.path, target)?;
             }
@@ -982,6 +993,8 @@ struct ContainerConfigJson<'a> {
     cmd: Vec<&'a str>,
     working_dir: &'a str,
     labels: BTreeMap<&'a str, &'a str>,
+    // Absent when unset, as in most images: the runtime's default (SIGTERM) applies.
+    #[serde(skip_serializing_if = "str::is_empty")]
     stop_signal: &'a str,
 }
 
@@ -1030,6 +1043,7 @@ pub(crate) struct RunConfig {
     pub env: Vec<String>,
     pub working_dir: &'static str,
     pub user: &'static str,
+    pub stop_signal: &'static str,
 }
 
 impl RunConfig {
@@ -1041,6 +1055,7 @@ impl RunConfig {
             env: vec![PATH_ENV.to_owned(), format!("BERTH_IMAGE={image_env}")],
             working_dir: "/",
             user: "",
+            stop_signal: "SIGTERM",
         }
     }
 }
@@ -1082,7 +1097,7 @@ pub(crate) fn assemble_with(
             cmd: run.cmd,
             working_dir: run.working_dir,
             labels: BTreeMap::from([("org.berth.test", label)]),
-            stop_signal: "SIGTERM",
+            stop_signal: run.stop_signal,
         },
         rootfs: RootfsJson {
             kind: "layers",
@@ -1114,7 +1129,10 @@ pub(crate) fn assemble_with(
     })
 }
 
-fn index(reference: &'static str, children: Vec<TestImage>) -> Result<TestImage, BuildError> {
+pub(crate) fn index(
+    reference: &'static str,
+    children: Vec<TestImage>,
+) -> Result<TestImage, BuildError> {
     let json = IndexJson {
         schema_version: 2,
         media_type: MEDIA_OCI_INDEX,

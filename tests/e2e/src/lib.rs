@@ -6,6 +6,7 @@ pub mod berthd;
 pub mod cni;
 pub mod crafted;
 pub mod cri;
+pub mod critest_images;
 pub mod handlers;
 pub mod images;
 pub mod node;

@@ -1,0 +1,278 @@
+//! The upstream CRI validation suite, critest (cri-tools v1.37.0), against berthd on each
+//! runtime handler, as containerd and CRI-O run it in their CI.
+//!
+//! critest pulls public images; here they are stand-ins ([`berth_e2e::critest_images`]) on the
+//! node's loopback registry, which berthd mirrors every upstream host to. Only specs this
+//! host cannot run are skipped, each by name with its reason ([`skips`]); any failed spec
+//! fails the test, with every failure listed by name and message from critest's JSON report.
+//!
+//! Run one handler alone: `cargo test -p berth-e2e --test critest -- embedded --nocapture`.
+//! `BERTH_CRITEST_FOCUS=<regex>` runs only the matching specs (for chasing one failure).
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use berth_e2e::berthd::Options;
+use berth_e2e::cni::BridgeNetwork;
+use berth_e2e::critest_images::{self, CritestImages, UPSTREAM_HOSTS};
+use berth_e2e::{upstream, Berthd, Node, Registry};
+
+/// critest's parallel nodes (ginkgo `--nodes`); 1 runs in-process, without the ginkgo CLI.
+const PARALLEL: usize = 1;
+
+/// What one handler's run may take at most, beyond which it is killed and failed.
+const TIMEOUT: Duration = Duration::from_secs(25 * 60);
+
+/// A spec critest would run that this host cannot, and why.
+struct Skip {
+    /// A ginkgo `--skip` regular expression matching the spec's full text.
+    pattern: &'static str,
+    reason: String,
+}
+
+/// The specs skipped on this host, each with its reason; nothing else is skipped.
+fn skips() -> Vec<Skip> {
+    let mut skips = vec![
+        Skip {
+            pattern: "benchmark",
+            reason: "the benchmark specs measure, they do not validate (critest skips them \
+                     itself unless -benchmark)"
+                .into(),
+        },
+        Skip {
+            pattern: "public image with digest should be pulled and removed",
+            reason: "it pulls one exact upstream manifest \
+                     (test-image-digest@sha256:9700f9a2…), which no offline stand-in can be"
+                .into(),
+        },
+    ];
+    // As critest's own check (apparmor_linux.go).
+    let apparmor = std::fs::read("/sys/module/apparmor/parameters/enabled")
+        .is_ok_and(|b| b.first() == Some(&b'Y'));
+    if !apparmor {
+        skips.push(Skip {
+            pattern: r"\[k8s\.io\] AppArmor",
+            reason: "this host has no AppArmor (/sys/module/apparmor/parameters/enabled)".into(),
+        });
+    }
+    skips
+}
+
+/// berthd's config: every upstream host critest names is mirrored to the loopback registry,
+/// under its own name as prefix, and never tried itself (there is no way out of the node).
+fn mirrors(registry: &str) -> String {
+    UPSTREAM_HOSTS
+        .iter()
+        .map(|host| {
+            format!(
+                "[registry.hosts.{host:?}]\nfallback_to_origin = false\n\
+                 mirrors = [{{ host = {registry:?}, prefix = {host:?} }}]\n\n"
+            )
+        })
+        .collect()
+}
+
+/// One spec's outcome, from the JSON report.
+struct Spec {
+    name: String,
+    state: String,
+    message: String,
+    location: String,
+    seconds: f64,
+}
+
+fn specs(report: &Path) -> Vec<Spec> {
+    let text = std::fs::read_to_string(report)
+        .unwrap_or_else(|err| panic!("reading critest's report {}: {err}", report.display()));
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .unwrap_or_else(|err| panic!("parsing critest's report {}: {err}", report.display()));
+    let mut specs = Vec::new();
+    for suite in json.as_array().into_iter().flatten() {
+        for spec in suite["SpecReports"].as_array().into_iter().flatten() {
+            let mut parts: Vec<&str> = spec["ContainerHierarchyTexts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|t| t.as_str())
+                .collect();
+            let leaf = spec["LeafNodeText"].as_str().unwrap_or_default();
+            let kind = spec["LeafNodeType"].as_str().unwrap_or_default();
+            if leaf.is_empty() {
+                parts.push(kind);
+            } else {
+                parts.push(leaf);
+            }
+            let failure = &spec["Failure"];
+            let location = format!(
+                "{}:{}",
+                failure["Location"]["FileName"].as_str().unwrap_or_default(),
+                failure["Location"]["LineNumber"].as_u64().unwrap_or_default()
+            );
+            specs.push(Spec {
+                name: parts.join(" "),
+                state: spec["State"].as_str().unwrap_or_default().to_owned(),
+                message: failure["Message"].as_str().unwrap_or_default().trim().to_owned(),
+                location,
+                seconds: spec["RunTime"].as_f64().unwrap_or_default() / 1e9,
+            });
+        }
+    }
+    specs
+}
+
+/// One handler at a time: each run takes both cores of a CI machine.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn critest(handler: &'static str) {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let started = Instant::now();
+    let node = Node::start();
+    let registry = Registry::start(&node);
+    let addr = registry.addr.clone();
+    let images = CritestImages::get();
+    node.block_on(|| critest_images::push(&addr)).expect("pushing critest's stand-in images");
+    eprintln!(
+        "critest[{handler}]: {} stand-in images pushed after {:.1?}",
+        images.images.len(),
+        started.elapsed()
+    );
+
+    let options = Options { extra_config: mirrors(&addr), ..Options::default() };
+    let daemon = Berthd::start_with(&node, options).await;
+    BridgeNetwork::for_daemon(&daemon).install(&daemon);
+
+    let skips = skips();
+    for skip in &skips {
+        eprintln!("critest[{handler}]: skipping /{}/: {}", skip.pattern, skip.reason);
+    }
+    let skip_regex: Vec<&str> = skips.iter().map(|s| s.pattern).collect();
+    let report = node.dir().join(format!("critest-{}.json", handler_name(handler)));
+    let endpoint = format!("unix://{}", daemon.socket.display());
+    let mut command = node.command(upstream::critest());
+    command
+        .arg(format!("--runtime-endpoint={endpoint}"))
+        .arg(format!("--image-endpoint={endpoint}"))
+        .arg(format!("--runtime-handler={handler}"))
+        .arg(format!("-ginkgo.skip={}", skip_regex.join("|")))
+        .arg(format!("-ginkgo.json-report={}", report.display()))
+        .arg("-ginkgo.no-color")
+        .arg("-ginkgo.timeout=30m");
+    // Given as 1, ginkgo takes it for go test's own -parallel and refuses to run.
+    if PARALLEL > 1 {
+        command.arg(format!("-parallel={PARALLEL}"));
+    }
+    if let Ok(focus) = std::env::var("BERTH_CRITEST_FOCUS") {
+        command.arg(format!("-ginkgo.focus={focus}"));
+    }
+    // critest writes temporary files (log dirs of its pods) under TMPDIR: the node's.
+    let tmp = node.dir().join("critest-tmp");
+    std::fs::create_dir_all(&tmp).expect("critest's temporary directory");
+    command.env("TMPDIR", &tmp).current_dir(&tmp);
+    let log_path = node.dir().join(format!("critest-{}.log", handler_name(handler)));
+    let log = std::fs::File::create(&log_path).expect("critest's log");
+    command.stdin(Stdio::null()).stdout(log.try_clone().expect("critest's log")).stderr(log);
+
+    let run_started = Instant::now();
+    let mut child = command.spawn().expect("starting critest");
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for critest") {
+            break status;
+        }
+        if run_started.elapsed() > TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "critest[{handler}] did not finish within {TIMEOUT:?}; its log: {}",
+                log_path.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let run_time = run_started.elapsed();
+
+    let output = std::fs::read_to_string(&log_path).unwrap_or_default();
+    if !report.exists() {
+        panic!("critest[{handler}] exited with {status} and wrote no report:\n{output}");
+    }
+    let specs = specs(&report);
+    // Keep a copy where a developer finds it after the node is gone.
+    let kept = std::env::temp_dir().join(format!("berth-critest-{}.json", handler_name(handler)));
+    let _ = std::fs::copy(&report, &kept);
+    let _ = std::fs::copy(&log_path, kept.with_extension("log"));
+    let daemon_log =
+        std::env::temp_dir().join(format!("berth-critest-{}-berthd.log", handler_name(handler)));
+    let _ = std::fs::copy(&daemon.log, &daemon_log);
+
+    let count = |state: &str| specs.iter().filter(|s| s.state == state).count();
+    // A spec that skipped itself at run time (critest's own Skip(), with a message) is a skip
+    // nobody decided on here: it fails the run like a failed spec. Those the skip regex left
+    // out have no message.
+    let failed: Vec<&Spec> = specs
+        .iter()
+        .filter(|s| match s.state.as_str() {
+            "passed" | "pending" => false,
+            "skipped" => !s.message.is_empty(),
+            _ => true,
+        })
+        .collect();
+    let mut slowest: Vec<&Spec> = specs.iter().filter(|s| s.state == "passed").collect();
+    slowest.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
+    eprintln!(
+        "critest[{handler}]: {} specs: {} passed, {} failed, {} skipped ({} of them at run \
+         time) in {:.1?} (whole test {:.1?}; report {}, log {})",
+        specs.len(),
+        count("passed"),
+        failed.iter().filter(|s| s.state != "skipped").count(),
+        count("skipped"),
+        failed.iter().filter(|s| s.state == "skipped").count(),
+        run_time,
+        started.elapsed(),
+        kept.display(),
+        kept.with_extension("log").display(),
+    );
+    for spec in slowest.iter().take(5) {
+        eprintln!("critest[{handler}]: slow: {:.1}s {}", spec.seconds, spec.name);
+    }
+    let listing: Vec<String> = failed
+        .iter()
+        .map(|s| {
+            let state = if s.state == "skipped" { "skipped at run time" } else { s.state.as_str() };
+            format!("- [{state}] {}\n    {} ({})", s.name, short(&s.message), s.location)
+        })
+        .collect();
+    assert!(
+        failed.is_empty() && status.success(),
+        "critest[{handler}] exited with {status}; {} spec(s) failed or skipped themselves:\n{}\n\
+         daemon log: {}",
+        failed.len(),
+        listing.join("\n"),
+        daemon_log.display()
+    );
+}
+
+/// The gist of a failure message: gomega follows its first lines with a dump of the error
+/// value, of which the `rpc error: …` line is all that says anything.
+fn short(message: &str) -> String {
+    let lines: Vec<&str> = message.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let mut gist: Vec<&str> =
+        lines.iter().copied().take_while(|l| !l.starts_with('<')).take(2).collect();
+    if let Some(rpc) = lines.iter().find(|l| l.starts_with("rpc error:")) {
+        gist.push(rpc);
+    }
+    let gist = gist.join(" ");
+    match gist.char_indices().nth(400) {
+        Some((at, _)) => format!("{}…", &gist[..at]),
+        None => gist,
+    }
+}
+
+fn handler_name(handler: &str) -> &str {
+    if handler.is_empty() {
+        "embedded"
+    } else {
+        handler
+    }
+}
+
+berth_e2e::handler_cases!(critest);
