@@ -6,4 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 tests/install-deps.sh
 tests/install-critools.sh >/dev/null
+# critest's stand-in images are made of a busybox built from Debian's source (cached).
+tests/build-busybox.sh >/dev/null
 exec cargo test --workspace --locked "$@"
