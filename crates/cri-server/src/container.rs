@@ -284,6 +284,13 @@ fn proto_resources(r: &rt::Resources) -> proto::LinuxContainerResources {
 }
 
 fn security_context(ctx: proto::LinuxContainerSecurityContext) -> CriResult<rt::SecurityContext> {
+    // A group alone names no user to give it to; containerd and CRI-O refuse it too, and
+    // critest checks that they do.
+    if ctx.run_as_group.is_some() && ctx.run_as_user.is_none() && ctx.run_as_username.is_empty() {
+        return Err(CriError::InvalidRequest(
+            "run_as_group is set without run_as_user or run_as_username".into(),
+        ));
+    }
     let options = ctx.namespace_options.unwrap_or_default();
     let user_namespace = match &options.userns_options {
         None => rt::UsernsRequest::Unspecified,
@@ -423,9 +430,13 @@ fn stop_signal_name(value: i32) -> CriResult<String> {
         proto::Signal::Sigiot => "SIGABRT".into(),
         _ if value > rtmin && value <= rtmin + 15 => format!("SIGRTMIN+{}", value - rtmin),
         _ if value >= rtmax - 14 && value < rtmax => format!("SIGRTMAX-{}", rtmax - value),
-        _ => signal.as_str_name().to_string(),
+        // The proto's names carry the enum's prefix since CRI v1.37 (`SIGNAL_SIGTERM`); the
+        // record and the OCI runtimes speak the signal's own name.
+        _ => signal.as_str_name().trim_start_matches(SIGNAL_PREFIX).to_string(),
     })
 }
+
+const SIGNAL_PREFIX: &str = "SIGNAL_";
 
 /// The inverse of [`stop_signal_name`]; a name the CRI has no value for is the runtime default.
 fn stop_signal_value(name: &str) -> proto::Signal {
@@ -442,7 +453,8 @@ fn stop_signal_value(name: &str) -> proto::Signal {
     match value {
         Some(value) => proto::Signal::try_from(value).unwrap_or(proto::Signal::RuntimeDefault),
         None if name.is_empty() => proto::Signal::RuntimeDefault,
-        None => proto::Signal::from_str_name(name).unwrap_or(proto::Signal::RuntimeDefault),
+        None => proto::Signal::from_str_name(&format!("{SIGNAL_PREFIX}{name}"))
+            .unwrap_or(proto::Signal::RuntimeDefault),
     }
 }
 
@@ -1087,8 +1099,16 @@ mod tests {
                 rt::SecurityContext { run_as_user: Some(0), ..none.clone() },
             ),
             (
-                Ctx { run_as_group: Some(proto::Int64Value { value: 5 }), ..Default::default() },
-                rt::SecurityContext { run_as_group: Some(5), ..none.clone() },
+                Ctx {
+                    run_as_username: "berth".into(),
+                    run_as_group: Some(proto::Int64Value { value: 5 }),
+                    ..Default::default()
+                },
+                rt::SecurityContext {
+                    run_as_username: "berth".into(),
+                    run_as_group: Some(5),
+                    ..none.clone()
+                },
             ),
             (
                 Ctx { run_as_username: "berth".into(), ..Default::default() },
@@ -1218,6 +1238,10 @@ mod tests {
                     ..Default::default()
                 },
                 "17",
+            ),
+            (
+                Ctx { run_as_group: Some(proto::Int64Value { value: 5 }), ..Default::default() },
+                "run_as_group is set without run_as_user",
             ),
             (Ctx { supplemental_groups_policy: 7, ..Default::default() }, "policy 7"),
             (Ctx { seccomp: profile(P::RuntimeDefault, "x"), ..Default::default() }, "\"x\""),

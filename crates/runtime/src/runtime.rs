@@ -94,7 +94,9 @@ impl Runtime {
 
     /// StopPodSandbox: the pod's containers, then the pod.
     pub async fn stop_pod(&self, id: &str) -> Result<()> {
-        let id = self.pods.resolve_id(id)?;
+        // Idempotent as the CRI asks: a pod that is gone is as stopped as it gets (containerd
+        // and CRI-O answer OK too; the kubelet retries stops of pods it half forgot).
+        let Some(id) = self.pods.find_id(id)? else { return Ok(()) };
         self.containers.stop_pod(&id).await?;
         self.pods.stop(&id).await
     }

@@ -675,6 +675,10 @@ async fn pid_namespaces_of_the_pod_the_container_and_the_node(handler: &'static 
     let seen = processes_seen(&mut env, &b).await;
     assert_eq!(seen.iter().filter(|p| p.ends_with("sleep 3600")).count(), 2, "{seen:?}");
     assert!(seen.iter().any(|p| p.starts_with("1 ") && p.contains(" monitor ")), "{seen:?}");
+    // pid 1's command line tells a container nothing of the node's paths.
+    let cmdline = env.cri.exec_sync(&b, &["cat", "/proc/1/cmdline"], 10).await.unwrap();
+    let cmdline = String::from_utf8_lossy(&cmdline.stdout).replace('\0', " ");
+    assert_eq!(cmdline, format!("berth-monitor monitor --pod {pod_id} --pid-ns "));
     // The namespace outlives a container that leaves it.
     env.cri.stop_container(&a, 0).await.unwrap();
     let seen = processes_seen(&mut env, &b).await;
@@ -942,6 +946,9 @@ async fn stop_pod_sandbox_stops_its_containers_and_remove_removes_them(handler: 
     for id in [&one, &two, &created] {
         let err = env.cri.container_status(id, false).await.unwrap_err();
         assert_eq!(err.code(), Code::NotFound, "{err:?}");
+        // Stopping and removing what is gone is fine, as the CRI asks.
+        env.cri.stop_container(id, 0).await.expect("StopContainer of a removed container");
+        env.cri.remove_container(id).await.expect("RemoveContainer of a removed container");
     }
     let listed = env.cri.list_containers(None).await;
     assert_eq!(ids(&listed), set(&[&elsewhere]));

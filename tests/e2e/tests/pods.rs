@@ -451,8 +451,8 @@ async fn stop_releases_the_network_and_remove_everything_else_both_twice() {
     }
     let err = env.cri.pod_status(&id, false).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
-    let err = env.cri.stop_pod(&id).await.unwrap_err();
-    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    // Stopping a pod that is gone is fine, as the CRI asks (critest checks it too).
+    env.cri.stop_pod(&id).await.expect("StopPodSandbox of a removed pod");
     assert!(env.cri.list_pods(None).await.is_empty());
     env.assert_nothing_left();
 }

@@ -594,10 +594,12 @@ impl Inner {
     }
 
     async fn stop(&self, id: &str, timeout: Duration) -> Result<()> {
-        let entry = self.store.get(id)?;
+        // Idempotent as the CRI asks: a container that is gone (or goes while we wait for
+        // its step lock) is as stopped as it gets.
+        let Some(entry) = self.store.find(id)? else { return Ok(()) };
         let _step = entry.step.lock().await;
         if !self.store.contains(&entry.id) {
-            return Err(Error::NotFound(format!("container {id:?} not found")));
+            return Ok(());
         }
         let record = self.refreshed(&entry.record());
         let was_live = is_live(&record.state);

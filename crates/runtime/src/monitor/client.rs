@@ -2,8 +2,8 @@
 //! interactive streams, the connections they keep (`container/stream.rs` makes sessions of
 //! them).
 
-use std::ffi::OsStr;
 use std::os::fd::OwnedFd;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -279,6 +279,9 @@ pub async fn spawn(exe: &Path, pod_state_dir: &Path, pod_id: &str, pid_ns: bool)
     }
 }
 
+/// What a monitor's command line calls it, whichever binary runs it.
+const MONITOR_NAME: &str = "berth-monitor";
+
 fn spawn_blocking(exe: &Path, dir: &Path, pod: &str, pid_ns: bool) -> Result<u32> {
     use std::io::BufRead;
     let log_path = dir.join("monitor.log");
@@ -288,18 +291,26 @@ fn spawn_blocking(exe: &Path, dir: &Path, pod: &str, pid_ns: bool) -> Result<u32
         .open(&log_path)
         .map_err(Error::io("opening", &log_path))?;
     let mut command = std::process::Command::new(exe);
+    // The monitor is pid 1 of a pod PID namespace, whose command line every container can
+    // read: a bare name and the pod id, no host path (the state directory goes in on stdin).
     command
-        .arg("monitor")
-        .args([OsStr::new("--dir"), dir.as_os_str(), OsStr::new("--pod"), OsStr::new(pod)])
+        .arg0(MONITOR_NAME)
+        .args(["monitor", "--pod", pod])
         .env_clear()
         .current_dir("/")
-        .stdin(std::process::Stdio::null())
+        .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(log);
     if pid_ns {
         command.arg("--pid-ns");
     }
     let mut child = command.spawn().map_err(Error::io("starting", exe))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        use std::io::Write;
+        use std::os::unix::ffi::OsStrExt;
+        // A failed write shows as the monitor's refusal to start, with its reason in its log.
+        let _ = stdin.write_all(dir.as_os_str().as_bytes());
+    }
     let stdout = child.stdout.take();
     // The first process forks the monitor and exits; its exit status says whether it got that
     // far, the monitor's first line whether it is listening.

@@ -14,7 +14,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -172,7 +172,12 @@ impl LogWriter {
     }
 }
 
+/// Opens the log for appending, making its directory first as containerd does: the kubelet
+/// makes the pod's log directory itself, but crictl and critest leave it to the runtime.
 fn open_log(path: &Path) -> std::io::Result<File> {
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new().recursive(true).mode(0o755).create(dir)?;
+    }
     OpenOptions::new().append(true).create(true).mode(0o640).open(path)
 }
 
@@ -294,6 +299,15 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777 & !0o022, 0o640 & !0o022, "{mode:o}");
+    }
+
+    #[test]
+    fn missing_log_directories_are_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pod/container/0.log");
+        let mut w = LogWriter::open(&path).unwrap();
+        w.write(Stream::Stdout, b"hi\n", at(0, 0)).unwrap();
+        assert_eq!(records(&path), [rec("stdout", "F", "hi")]);
     }
 
     #[test]

@@ -52,10 +52,16 @@ const STDIN_PENDING_MAX: usize = 256 << 10;
 /// How long an attacher has to take the rest of its output once the container has exited.
 const ATTACH_CLOSE_GRACE: Duration = Duration::from_secs(5);
 
-/// Entry point of `berthd monitor --dir <pod state dir> --pod <id> [--pid-ns]`; returns the exit
-/// code.
+/// Entry point of `berth-monitor monitor --pod <id> [--pid-ns]` (or `berthd monitor …`), with
+/// the pod's state directory on standard input; returns the exit code.
+///
+/// The directory is not an argument because the monitor is pid 1 of the pod's PID namespace,
+/// and anyone can read pid 1's command line: the containers learn nothing of the node's paths
+/// from it (berthd starts it with the bare name `berth-monitor` as argv\[0\] too).
 pub fn main(args: &[OsString]) -> i32 {
-    let options = match Options::parse(args) {
+    let options = match Options::parse(args).and_then(|(pod, pid_ns)| {
+        Ok(Options { dir: read_dir(std::io::stdin().lock())?, pod, pid_ns })
+    }) {
         Ok(options) => options,
         Err(message) => {
             eprintln!("berth monitor: {message}");
@@ -78,23 +84,44 @@ struct Options {
 }
 
 impl Options {
-    fn parse(args: &[OsString]) -> Result<Options, String> {
-        let (mut dir, mut pod, mut pid_ns) = (None, None, false);
+    /// The pod id and whether the monitor makes the pod's PID namespace.
+    fn parse(args: &[OsString]) -> Result<(String, bool), String> {
+        let (mut pod, mut pid_ns) = (None, false);
         let mut args = args.iter();
         while let Some(arg) = args.next() {
             match arg.to_str() {
-                Some("--dir") => dir = args.next().map(PathBuf::from),
                 Some("--pod") => pod = args.next().and_then(|s| s.to_str()).map(str::to_string),
                 Some("--pid-ns") => pid_ns = true,
                 _ => return Err(format!("unexpected argument {arg:?}")),
             }
         }
-        Ok(Options {
-            dir: dir.ok_or("--dir is required")?,
-            pod: pod.ok_or("--pod is required")?,
-            pid_ns,
-        })
+        Ok((pod.ok_or("--pod is required")?, pid_ns))
     }
+}
+
+/// The longest state directory path the monitor takes from its standard input.
+const MAX_DIR_INPUT: u64 = 4096;
+
+/// The pod's state directory, as berthd writes it to the monitor's standard input: one
+/// absolute path, then end of input.
+fn read_dir(input: impl std::io::Read) -> Result<PathBuf, String> {
+    use std::io::Read;
+    use std::os::unix::ffi::OsStringExt;
+    let mut bytes = Vec::new();
+    input
+        .take(MAX_DIR_INPUT + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("reading the state directory from standard input: {e}"))?;
+    if bytes.last() == Some(&b'\n') {
+        bytes.pop();
+    }
+    let dir = PathBuf::from(OsString::from_vec(bytes));
+    if dir.as_os_str().len() as u64 > MAX_DIR_INPUT || !dir.is_absolute() {
+        return Err(format!(
+            "standard input must hold the pod's state directory, an absolute path, not {dir:?}"
+        ));
+    }
+    Ok(dir)
 }
 
 pub(super) fn note(message: &str) {
@@ -1623,4 +1650,26 @@ fn error(kind: ErrorKind, message: String) -> Reply {
 
 fn not_found(id: &str) -> Reply {
     error(ErrorKind::NotFound, format!("container {id} is not known to the pod's monitor"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn the_state_directory_comes_whole_on_stdin() {
+        assert_eq!(
+            read_dir(&b"/run/berth/pods/abc\n"[..]).unwrap(),
+            Path::new("/run/berth/pods/abc")
+        );
+        assert_eq!(read_dir(&b"/a b/c"[..]).unwrap(), Path::new("/a b/c"));
+        assert!(read_dir(&b""[..]).is_err());
+        assert!(read_dir(&b"relative/dir"[..]).is_err());
+        assert!(read_dir(&vec![b'/'; 5000][..]).is_err());
+        let args: Vec<OsString> = vec!["--pod".into(), "p".into(), "--pid-ns".into()];
+        assert_eq!(Options::parse(&args).unwrap(), ("p".to_string(), true));
+        let args: Vec<OsString> = vec!["--dir".into(), "/x".into(), "--pod".into(), "p".into()];
+        assert!(Options::parse(&args).is_err(), "the directory is no argument");
+    }
 }

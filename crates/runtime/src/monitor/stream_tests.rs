@@ -139,12 +139,16 @@ fn start_monitor(dir: &Path) -> u32 {
     use std::io::BufRead;
     let (reader, writer) = nix::unistd::pipe().unwrap();
     let log = std::fs::File::create(dir.join("monitor.log")).unwrap();
-    let args: Vec<std::ffi::OsString> =
-        vec!["--dir".into(), dir.as_os_str().to_owned(), "--pod".into(), "test".into()];
+    let args: Vec<std::ffi::OsString> = vec!["--pod".into(), "test".into()];
+    // The state directory comes on stdin, as berthd gives it.
+    let dir_input = tempfile::tempfile().unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&dir_input, dir.as_os_str().as_encoded_bytes(), 0)
+        .unwrap();
     // SAFETY: the child only rearranges descriptors and runs the monitor, which is single
     // threaded, and never returns into the harness.
     match unsafe { nix::unistd::fork() }.unwrap() {
         nix::unistd::ForkResult::Child => unsafe {
+            libc::dup2(dir_input.as_raw_fd(), 0);
             libc::dup2(writer.as_raw_fd(), 1);
             libc::dup2(log.as_raw_fd(), 2);
             libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
