@@ -520,3 +520,84 @@ fn build() -> Result<CritestImages, StandinError> {
     }
     Ok(CritestImages { images })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::images::tests::gunzip;
+
+    fn image(reference: &str) -> &'static TestImage {
+        let image = CritestImages::get().find(reference);
+        image.unwrap_or_else(|| panic!("no stand-in for {reference}"))
+    }
+
+    /// The single-platform manifest of a stand-in, whether or not it is an index.
+    fn manifest(reference: &str) -> &'static TestImage {
+        let image = image(reference);
+        image.child("amd64").unwrap_or(image)
+    }
+
+    /// (path, entry type, mode, link name) of every entry of a layer, in order.
+    fn entries(layer: &Blob) -> Vec<(String, tar::EntryType, u32, Option<String>)> {
+        let tar = gunzip(layer);
+        let mut archive = tar::Archive::new(tar.as_slice());
+        let entries = archive.entries().expect("a tar");
+        entries
+            .map(|e| {
+                let e = e.expect("an entry");
+                let h = e.header();
+                let link = h.link_name().ok().flatten().map(|l| l.display().to_string());
+                let path = String::from_utf8_lossy(&e.path_bytes()).into_owned();
+                (path, h.entry_type(), h.mode().expect("a mode"), link)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_reference_is_tagged_under_a_mirrored_host() {
+        for image in &CritestImages::get().images {
+            for reference in std::iter::once(&image.reference).chain(image.aliases) {
+                let host = reference.split('/').next().unwrap_or_default();
+                assert!(UPSTREAM_HOSTS.contains(&host), "{reference}");
+                assert!(image.tag().is_some(), "{reference} has no tag");
+            }
+        }
+    }
+
+    #[test]
+    fn applets_are_hard_links_after_busybox() {
+        let base = entries(&manifest(BUSYBOX_REF).layers[0]);
+        let at = |path: &str| base.iter().position(|e| e.0 == path);
+        let busybox = at("bin/busybox").expect("bin/busybox");
+        for applet in ["bin/[", "bin/ls", "bin/ipcs", "bin/pgrep", "bin/sh", "bin/top"] {
+            let i = at(applet).unwrap_or_else(|| panic!("no {applet}"));
+            assert!(i > busybox, "{applet} before its target");
+            assert_eq!(base[i].1, tar::EntryType::Link, "{applet}");
+            assert_eq!(base[i].3.as_deref(), Some("bin/busybox"), "{applet}");
+        }
+        assert_eq!(base[at("tmp/").expect("tmp")].2, 0o1777);
+    }
+
+    #[test]
+    fn nnp_is_setuid_root() {
+        let top = entries(manifest(NONEWPRIVS_REF).layers.last().expect("a layer"));
+        let nnp = top.iter().find(|e| e.0 == "usr/local/bin/nnp").expect("nnp");
+        assert_eq!(nnp.2, 0o4755);
+    }
+
+    #[test]
+    fn same_and_different_images_as_critest_expects() {
+        let digest = |r: &str| image(r).digest().to_owned();
+        assert_eq!(digest("registry.k8s.io/pause:3.9"), digest("k8s.gcr.io/pause:3.9"));
+        let tags = image("gcr.io/k8s-staging-cri-tools/test-image-tags:1");
+        assert_eq!(tags.aliases.len(), 2);
+        let mut different: Vec<String> = ["test-image-1:latest", "test-image-2:latest"]
+            .iter()
+            .chain(&["test-image-3:latest", "test-image-tag:test", "test-image-tag:all"])
+            .map(|r| digest(&format!("gcr.io/k8s-staging-cri-tools/{r}")))
+            .collect();
+        different.sort();
+        different.dedup();
+        assert_eq!(different.len(), 5);
+    }
+}

@@ -126,6 +126,7 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 
 async fn critest(handler: &'static str) {
     let _turn = ONE_AT_A_TIME.lock().await;
+    let name = handler_name(handler);
     let started = Instant::now();
     let node = Node::start();
     let registry = Registry::start(&node);
@@ -133,7 +134,7 @@ async fn critest(handler: &'static str) {
     let images = CritestImages::get();
     node.block_on(|| critest_images::push(&addr)).expect("pushing critest's stand-in images");
     eprintln!(
-        "critest[{handler}]: {} stand-in images pushed after {:.1?}",
+        "critest[{name}]: {} stand-in images pushed after {:.1?}",
         images.images.len(),
         started.elapsed()
     );
@@ -144,10 +145,10 @@ async fn critest(handler: &'static str) {
 
     let skips = skips();
     for skip in &skips {
-        eprintln!("critest[{handler}]: skipping /{}/: {}", skip.pattern, skip.reason);
+        eprintln!("critest[{name}]: skipping /{}/: {}", skip.pattern, skip.reason);
     }
     let skip_regex: Vec<&str> = skips.iter().map(|s| s.pattern).collect();
-    let report = node.dir().join(format!("critest-{}.json", handler_name(handler)));
+    let report = node.dir().join(format!("critest-{name}.json"));
     let endpoint = format!("unix://{}", daemon.socket.display());
     let mut command = node.command(upstream::critest());
     command
@@ -169,7 +170,7 @@ async fn critest(handler: &'static str) {
     let tmp = node.dir().join("critest-tmp");
     std::fs::create_dir_all(&tmp).expect("critest's temporary directory");
     command.env("TMPDIR", &tmp).current_dir(&tmp);
-    let log_path = node.dir().join(format!("critest-{}.log", handler_name(handler)));
+    let log_path = node.dir().join(format!("critest-{name}.log"));
     let log = std::fs::File::create(&log_path).expect("critest's log");
     command.stdin(Stdio::null()).stdout(log.try_clone().expect("critest's log")).stderr(log);
 
@@ -183,7 +184,7 @@ async fn critest(handler: &'static str) {
             let _ = child.kill();
             let _ = child.wait();
             panic!(
-                "critest[{handler}] did not finish within {TIMEOUT:?}; its log: {}",
+                "critest[{name}] did not finish within {TIMEOUT:?}; its log: {}",
                 log_path.display()
             );
         }
@@ -193,15 +194,14 @@ async fn critest(handler: &'static str) {
 
     let output = std::fs::read_to_string(&log_path).unwrap_or_default();
     if !report.exists() {
-        panic!("critest[{handler}] exited with {status} and wrote no report:\n{output}");
+        panic!("critest[{name}] exited with {status} and wrote no report:\n{output}");
     }
     let specs = specs(&report);
     // Keep a copy where a developer finds it after the node is gone.
-    let kept = std::env::temp_dir().join(format!("berth-critest-{}.json", handler_name(handler)));
+    let kept = std::env::temp_dir().join(format!("berth-critest-{name}.json"));
     let _ = std::fs::copy(&report, &kept);
     let _ = std::fs::copy(&log_path, kept.with_extension("log"));
-    let daemon_log =
-        std::env::temp_dir().join(format!("berth-critest-{}-berthd.log", handler_name(handler)));
+    let daemon_log = std::env::temp_dir().join(format!("berth-critest-{name}-berthd.log"));
     let _ = std::fs::copy(&daemon.log, &daemon_log);
 
     let count = |state: &str| specs.iter().filter(|s| s.state == state).count();
@@ -219,7 +219,7 @@ async fn critest(handler: &'static str) {
     let mut slowest: Vec<&Spec> = specs.iter().filter(|s| s.state == "passed").collect();
     slowest.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
     eprintln!(
-        "critest[{handler}]: {} specs: {} passed, {} failed, {} skipped ({} of them at run \
+        "critest[{name}]: {} specs: {} passed, {} failed, {} skipped ({} of them at run \
          time) in {:.1?} (whole test {:.1?}; report {}, log {})",
         specs.len(),
         count("passed"),
@@ -232,7 +232,7 @@ async fn critest(handler: &'static str) {
         kept.with_extension("log").display(),
     );
     for spec in slowest.iter().take(5) {
-        eprintln!("critest[{handler}]: slow: {:.1}s {}", spec.seconds, spec.name);
+        eprintln!("critest[{name}]: slow: {:.1}s {}", spec.seconds, spec.name);
     }
     let listing: Vec<String> = failed
         .iter()
@@ -243,7 +243,7 @@ async fn critest(handler: &'static str) {
         .collect();
     assert!(
         failed.is_empty() && status.success(),
-        "critest[{handler}] exited with {status}; {} spec(s) failed or skipped themselves:\n{}\n\
+        "critest[{name}] exited with {status}; {} spec(s) failed or skipped themselves:\n{}\n\
          daemon log: {}",
         failed.len(),
         listing.join("\n"),
