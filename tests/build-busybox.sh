@@ -12,17 +12,17 @@ set -euo pipefail
 
 cache=${BERTH_TEST_CACHE:-/var/cache/berth-tests}
 
-# The source version of the busybox binary package the host's apt lists offer; the same
-# source is fetched below, so the cache key names what was built.
-version=$(apt-cache show busybox 2>/dev/null \
-  | sed -n 's/^Source: busybox (\(.*\))$/\1/p' | head -n 1)
-if [ -z "$version" ]; then
-  version=$(apt-cache show busybox 2>/dev/null | sed -n 's/^Version: //p' | head -n 1)
-fi
-if [ -z "$version" ]; then
+# The source version of the busybox binary package apt would install (its candidate); that
+# source is fetched below, so the cache key names what was built. A binNMU (+b1) has a source
+# version of its own in the Source: field; otherwise the two are the same.
+candidate=$(apt-cache policy busybox 2>/dev/null | sed -n 's/^ *Candidate: //p')
+if [ -z "$candidate" ] || [ "$candidate" = "(none)" ]; then
   echo "tests/build-busybox.sh: apt knows no busybox package (apt-get update?)" >&2
   exit 1
 fi
+version=$(apt-cache show "busybox=$candidate" 2>/dev/null \
+  | sed -n 's/^Source: busybox (\(.*\))$/\1/p' | head -n 1)
+version=${version:-$candidate}
 dest=$cache/busybox/${version//:/_}
 
 if [ -x "$dest/busybox" ]; then
