@@ -1,0 +1,269 @@
+//! The README's walk-through, run with the upstream crictl against a berthd: `crictl pull
+//! busybox` (docker.io mirrored to the node's loopback registry), the example pod and
+//! containers of deploy/examples, logs (also followed), exec through ExecSync and through the
+//! streaming server over SPDY and WebSocket (input typed seconds later, in a real terminal
+//! and through a pipe, a terminal resize, Ctrl-D, exit codes), attach, port-forward, and the
+//! pod's removal.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use berth_e2e::berthd::Options;
+use berth_e2e::cni::BridgeNetwork;
+use berth_e2e::images::{self, TestImages};
+use berth_e2e::registry::REGISTRY_ADDR;
+use berth_e2e::terminal::Terminal;
+use berth_e2e::upstream;
+use berth_e2e::{Berthd, Node, Registry};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the tests wait before typing: input must reach the process whenever it comes.
+const DELAY: Duration = Duration::from_secs(2);
+/// The transports of `crictl exec` and `crictl attach` (`--transport`).
+const TRANSPORTS: [&str; 2] = ["spdy", "websocket"];
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/examples")
+}
+
+/// Drop order: daemon, registry, network, node.
+struct Env {
+    daemon: Berthd,
+    _registry: Registry,
+    _net: BridgeNetwork,
+    node: Node,
+    /// crictl's config file, pointing at the daemon.
+    config: PathBuf,
+    /// The example files as the test uses them (logs in the node's directory).
+    files: PathBuf,
+}
+
+impl Env {
+    /// A node whose registry serves the test busybox as docker.io's `library/busybox`, and a
+    /// berthd that mirrors docker.io to it, as the README's "Registries, mirrors" shows.
+    async fn start() -> Env {
+        let node = Node::start();
+        let registry = Registry::start(&node);
+        let mut busybox = TestImages::get().oci.clone();
+        busybox.reference = "docker.io/library/busybox:latest";
+        busybox.aliases = &[];
+        let addr = registry.addr.clone();
+        node.block_on(|| images::push_image(&addr, &busybox)).expect("pushing busybox");
+        let extra_config = format!(
+            "[registry.hosts.\"docker.io\"]\nfallback_to_origin = false\n\
+             mirrors = [{{ host = \"{REGISTRY_ADDR}\", prefix = \"docker.io\" }}]\n"
+        );
+        let daemon =
+            Berthd::start_with(&node, Options { extra_config, ..Options::default() }).await;
+        let net = BridgeNetwork::for_daemon(&daemon);
+        net.install(&daemon);
+
+        let files = node.dir().join("examples");
+        let logs = node.dir().join("logs");
+        std::fs::create_dir_all(&logs).unwrap();
+        std::fs::create_dir_all(&files).unwrap();
+        for name in ["pod.json", "container.json", "container-tty.json"] {
+            let text = std::fs::read_to_string(examples().join(name)).unwrap();
+            let mut value: serde_json::Value = serde_json::from_str(&text).unwrap();
+            if name == "pod.json" {
+                // The host's /tmp is no place for a test's logs.
+                value["log_directory"] = logs.display().to_string().into();
+            }
+            std::fs::write(files.join(name), value.to_string()).unwrap();
+        }
+        let config = node.dir().join("crictl.yaml");
+        let endpoint = format!("unix://{}", daemon.socket.display());
+        std::fs::write(
+            &config,
+            format!("runtime-endpoint: {endpoint}\nimage-endpoint: {endpoint}\ntimeout: 30\n"),
+        )
+        .unwrap();
+        Env { daemon, _registry: registry, _net: net, node, config, files }
+    }
+
+    /// crictl with `args`, on the node, not yet started.
+    fn crictl(&self, args: &[&str]) -> Command {
+        let mut command = self.node.command(upstream::crictl());
+        // No current_dir: entering the node's mount namespace resets it; files go by path.
+        command.arg("--config").arg(&self.config).args(args);
+        command
+    }
+
+    /// Runs crictl to completion without input.
+    fn run(&self, args: &[&str]) -> Output {
+        self.crictl(args).stdin(Stdio::null()).output().expect("running crictl")
+    }
+
+    /// Runs crictl; panics with its output unless it succeeds; returns its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let output = self.run(args);
+        assert!(
+            output.status.success(),
+            "crictl {args:?} failed ({}):\n{}{}\ndaemon log:\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr),
+            self.daemon.log_text(),
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Runs crictl with `input` written to its stdin `DELAY` after it starts, then its stdin
+    /// closed: the input arrives long after the streams are open.
+    fn run_with_late_input(&self, args: &[&str], input: &str) -> Output {
+        let mut child = self
+            .crictl(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting crictl");
+        let mut stdin = child.stdin.take().unwrap();
+        let input = input.to_string();
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(DELAY);
+            let _ = stdin.write_all(input.as_bytes());
+        });
+        let output = wait_with_timeout(child, TIMEOUT);
+        writer.join().unwrap();
+        output
+    }
+
+    /// crictl with `args` on a terminal of 24 × 80.
+    fn terminal(&self, args: &[&str]) -> Terminal {
+        Terminal::spawn(self.crictl(args), 24, 80)
+    }
+
+    /// The path of an example file.
+    fn file(&self, name: &str) -> String {
+        self.files.join(name).display().to_string()
+    }
+
+    /// The README's first steps: pull, runp, create and start; returns (pod, container).
+    fn run_example(&self) -> (String, String) {
+        self.ok(&["pull", "busybox"]);
+        let pod_json = self.file("pod.json");
+        let pod = self.ok(&["runp", &pod_json]).trim().to_string();
+        let ctr = self.ok(&["create", &pod, &self.file("container.json"), &pod_json]);
+        let ctr = ctr.trim().to_string();
+        self.ok(&["start", &ctr]);
+        (pod, ctr)
+    }
+}
+
+/// Waits for `child`, killing it after `timeout`; the output read so far either way.
+/// (stdout, if the caller has not taken it, and stderr.)
+fn wait_with_timeout(mut child: std::process::Child, timeout: Duration) -> Output {
+    let out = child.stdout.take();
+    let mut err = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(mut out) = out {
+            let _ = out.read_to_end(&mut buf);
+        }
+        buf
+    });
+    let err = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = err.read_to_end(&mut buf);
+        buf
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            break child.wait().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output { status, stdout: out.join().unwrap(), stderr: err.join().unwrap() }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// `exec -i` with input piped seconds after the streams opened: the shell runs it and exits at
+/// its end, over both transports.
+#[tokio::test]
+async fn exec_takes_input_that_comes_later() {
+    let env = Env::start().await;
+    let (_pod, ctr) = env.run_example();
+    for transport in TRANSPORTS {
+        let output = env.run_with_late_input(
+            &["exec", "-r", transport, "-i", &ctr, "sh"],
+            "echo delayed-$((40+2))\n",
+        );
+        assert!(
+            output.status.success() && text(&output.stdout) == "delayed-42\n",
+            "exec -i over {transport}: {}\nstdout: {}\nstderr: {}",
+            output.status,
+            text(&output.stdout),
+            text(&output.stderr)
+        );
+    }
+}
+
+/// `exec -it` in a real terminal: keys typed seconds later are echoed and run, a resize reaches
+/// the shell, the exit code comes back, and Ctrl-D ends the shell; over both transports.
+#[tokio::test]
+async fn exec_in_a_terminal() {
+    let env = Env::start().await;
+    let (_pod, ctr) = env.run_example();
+    for transport in TRANSPORTS {
+        let mut term = env.terminal(&["exec", "-r", transport, "-it", &ctr, "sh"]);
+        std::thread::sleep(DELAY);
+        term.type_keys("echo typed-$((40+2))\r");
+        term.expect("echo typed-$((40+2))", TIMEOUT);
+        term.expect("typed-42", TIMEOUT);
+        term.type_keys("stty size\r");
+        term.expect("24 80", TIMEOUT);
+        term.resize(30, 100);
+        std::thread::sleep(Duration::from_millis(500));
+        term.type_keys("stty size\r");
+        term.expect("30 100", TIMEOUT);
+        // Ctrl-D at an empty prompt ends the shell, and so crictl.
+        term.type_keys("\x04");
+        let status = term.wait(TIMEOUT);
+        assert!(status.success(), "exec -it over {transport}: {status}\n{}", term.text());
+    }
+}
+
+/// The exit code of a command comes back: `exec -s` exits with it; a streamed exec reports it
+/// (crictl exits 1 and names the code, as client-go reports it), over both transports.
+#[tokio::test]
+async fn exec_reports_exit_codes() {
+    let env = Env::start().await;
+    let (_pod, ctr) = env.run_example();
+    // crictl v1.37 turns ExecSync's exit code into an error (cri-client's "exited with").
+    let output = env.run(&["exec", "-s", &ctr, "sh", "-c", "exit 3"]);
+    assert!(
+        !output.status.success() && text(&output.stderr).contains("exited with 3"),
+        "exec -s: {}\n{}",
+        output.status,
+        text(&output.stderr)
+    );
+    for transport in TRANSPORTS {
+        let output = env.run(&["exec", "-r", transport, &ctr, "sh", "-c", "echo out; exit 3"]);
+        assert_eq!(text(&output.stdout), "out\n", "exec over {transport}");
+        assert!(
+            !output.status.success()
+                && text(&output.stderr).contains("command terminated with exit code 3"),
+            "exec over {transport}: {}\n{}",
+            output.status,
+            text(&output.stderr)
+        );
+        let mut term = env.terminal(&["exec", "-r", transport, "-it", &ctr, "sh"]);
+        term.expect("# ", TIMEOUT);
+        std::thread::sleep(DELAY);
+        term.type_keys("exit 3\r");
+        let status = term.wait(TIMEOUT);
+        assert!(!status.success(), "exec -it over {transport}: {status}\n{}", term.text());
+        term.expect("command terminated with exit code 3", TIMEOUT);
+    }
+}
