@@ -141,6 +141,27 @@ impl Env {
         self.files.join(name).display().to_string()
     }
 
+    /// Creates and starts a container of the example `name`, changed by `edit`, in `pod`.
+    fn create(&self, pod: &str, name: &str, edit: impl FnOnce(&mut serde_json::Value)) -> String {
+        let text = std::fs::read_to_string(self.files.join(name)).unwrap();
+        let mut value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        edit(&mut value);
+        let path =
+            self.files.join(format!("edited-{}", value["metadata"]["name"].as_str().unwrap()));
+        std::fs::write(&path, value.to_string()).unwrap();
+        let path = path.display().to_string();
+        let id = self.ok(&["create", pod, &path, &self.file("pod.json")]).trim().to_string();
+        self.ok(&["start", &id]);
+        id
+    }
+
+    /// `crictl inspect` shows the container running.
+    fn expect_running(&self, id: &str) {
+        let status: serde_json::Value =
+            serde_json::from_str(&self.ok(&["inspect", "-o", "json", id])).unwrap();
+        assert_eq!(status["status"]["state"], "CONTAINER_RUNNING", "{status:#}");
+    }
+
     /// The README's first steps: pull, runp, create and start; returns (pod, container).
     fn run_example(&self) -> (String, String) {
         self.ok(&["pull", "busybox"]);
@@ -265,5 +286,69 @@ async fn exec_reports_exit_codes() {
         let status = term.wait(TIMEOUT);
         assert!(!status.success(), "exec -it over {transport}: {status}\n{}", term.text());
         term.expect("command terminated with exit code 3", TIMEOUT);
+    }
+}
+
+/// `attach -it` to a container's shell on a terminal and `attach -i` to one reading a pipe:
+/// keys typed seconds later reach the container; detaching leaves it running.
+#[tokio::test]
+async fn attach_takes_input_that_comes_later() {
+    let env = Env::start().await;
+    let (pod, _ctr) = env.run_example();
+    let shell = env.create(&pod, "container-tty.json", |_| {});
+    let reader = env.create(&pod, "container-tty.json", |c| {
+        c["metadata"]["name"] = "reader".into();
+        c["log_path"] = "reader.0.log".into();
+        c["tty"] = false.into();
+    });
+    for transport in TRANSPORTS {
+        let mut term = env.terminal(&["attach", "-r", transport, "-it", &shell]);
+        std::thread::sleep(DELAY);
+        term.type_keys(&format!("echo attached-{transport}-$((40+2))\r"));
+        term.expect(&format!("attached-{transport}-42"), TIMEOUT);
+        // crictl's detach keys: Ctrl-P Ctrl-Q.
+        term.type_keys("\x10\x11");
+        let status = term.wait(TIMEOUT);
+        assert!(status.success(), "attach -it over {transport}: {status}\n{}", term.text());
+        env.expect_running(&shell);
+
+        let mut child = env
+            .crictl(&["attach", "-r", transport, "-i", &reader])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting crictl");
+        let mut stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (seen_tx, seen_rx) = std::sync::mpsc::channel();
+        let want = format!("piped-{transport}-42\n");
+        let watcher = std::thread::spawn(move || {
+            let mut stdout = std::io::BufReader::new(stdout);
+            let mut line = String::new();
+            let mut seen = String::new();
+            while std::io::BufRead::read_line(&mut stdout, &mut line).unwrap_or(0) > 0 {
+                seen.push_str(&line);
+                if line == want {
+                    let _ = seen_tx.send(());
+                }
+                line.clear();
+            }
+            seen
+        });
+        std::thread::sleep(DELAY);
+        stdin.write_all(format!("echo piped-{transport}-$((40+2))\n").as_bytes()).unwrap();
+        let answered = seen_rx.recv_timeout(TIMEOUT).is_ok();
+        // The end of the input detaches crictl; the container's stdin stays open.
+        drop(stdin);
+        let output = wait_with_timeout(child, TIMEOUT);
+        let seen = watcher.join().unwrap();
+        assert!(
+            answered && output.status.success(),
+            "attach -i over {transport}: {}\nstdout: {seen}\nstderr: {}",
+            output.status,
+            text(&output.stderr)
+        );
+        env.expect_running(&reader);
     }
 }
