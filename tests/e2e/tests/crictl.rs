@@ -352,3 +352,113 @@ async fn attach_takes_input_that_comes_later() {
         env.expect_running(&reader);
     }
 }
+
+/// The README's "Using it" walk-through, command by command, as a user runs it.
+#[tokio::test]
+async fn readme_walk_through() {
+    let env = Env::start().await;
+    let (pod, ctr) = env.run_example();
+    let images = env.ok(&["images"]);
+    assert!(images.contains("docker.io/library/busybox"), "{images}");
+
+    // crictl logs, and logs -f following lines written after it started.
+    let logs = env.ok(&["logs", &ctr]);
+    assert!(logs.starts_with("hello from busybox\n"), "{logs}");
+    let mut follow = env
+        .crictl(&["logs", "-f", &ctr])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting crictl logs -f");
+    let lines = std::io::BufRead::lines(std::io::BufReader::new(follow.stdout.take().unwrap()));
+    let last_tick = |text: &str| {
+        text.lines().filter_map(|l| l.strip_prefix("tick ")?.parse::<u32>().ok()).max()
+    };
+    let before = last_tick(&env.ok(&["logs", &ctr])).unwrap_or(0);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = Instant::now() + TIMEOUT;
+    let mut followed = Vec::new();
+    while !followed.iter().any(|l: &String| last_tick(l).is_some_and(|n| n >= before + 2)) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => followed.push(line),
+            Err(_) => panic!("logs -f did not follow past tick {before}: {followed:?}"),
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+
+    // exec: through ExecSync, then through the streaming server with input piped later and
+    // on a terminal (the other tests take both transports through every case).
+    let root = env.ok(&["exec", "-s", &ctr, "ls", "/"]);
+    assert!(root.lines().any(|l| l.trim() == "bin"), "{root}");
+    let output = env.run_with_late_input(&["exec", "-i", &ctr, "sh"], "echo delayed\n");
+    assert_eq!(text(&output.stdout), "delayed\n", "{}", text(&output.stderr));
+    let mut term = env.terminal(&["exec", "-it", &ctr, "sh"]);
+    std::thread::sleep(DELAY);
+    term.type_keys("echo typed-$((40+2))\r");
+    term.expect("typed-42", TIMEOUT);
+    term.type_keys("exit\r");
+    let status = term.wait(TIMEOUT);
+    assert!(status.success(), "exec -it: {status}\n{}", term.text());
+
+    // attach to a shell with a terminal of its own, and detach.
+    let tty_json = env.file("container-tty.json");
+    let shell = env.ok(&["create", &pod, &tty_json, &env.file("pod.json")]).trim().to_string();
+    env.ok(&["start", &shell]);
+    let mut term = env.terminal(&["attach", "-it", &shell]);
+    std::thread::sleep(DELAY);
+    term.type_keys("echo attached-$((40+2))\r");
+    term.expect("attached-42", TIMEOUT);
+    term.type_keys("\x10\x11");
+    let status = term.wait(TIMEOUT);
+    assert!(status.success(), "attach -it: {status}\n{}", term.text());
+    env.expect_running(&shell);
+
+    // port-forward to busybox httpd in the pod, reached from the node.
+    env.ok(&[
+        "exec",
+        "-s",
+        &ctr,
+        "sh",
+        "-c",
+        "mkdir -p /www && echo hello from berth > /www/index.html && httpd -p 8080 -h /www",
+    ]);
+    let mut forward = env
+        .crictl(&["port-forward", &pod, "18080:8080"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting crictl port-forward");
+    let mut announced = std::io::BufReader::new(forward.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut announced, &mut line).unwrap();
+    assert!(line.starts_with("Forwarding from 127.0.0.1:18080 -> 8080"), "{line:?}");
+    let page = env.node.in_netns(|| {
+        let mut stream = std::net::TcpStream::connect("127.0.0.1:18080").unwrap();
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        stream.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+        let mut page = Vec::new();
+        stream.read_to_end(&mut page).unwrap();
+        text(&page)
+    });
+    assert!(page.starts_with("HTTP/1.") && page.ends_with("\r\n\r\nhello from berth\n"), "{page}");
+    let _ = forward.kill();
+    let _ = forward.wait();
+
+    // stop and remove it all.
+    env.ok(&["stop", &ctr, &shell]);
+    env.ok(&["stopp", &pod]);
+    env.ok(&["rmp", &pod]);
+    assert_eq!(env.ok(&["pods", "-q"]).trim(), "");
+    assert_eq!(env.ok(&["ps", "-a", "-q"]).trim(), "");
+}
