@@ -290,7 +290,8 @@ async fn exec_reports_exit_codes() {
 }
 
 /// `attach -it` to a container's shell on a terminal and `attach -i` to one reading a pipe:
-/// keys typed seconds later reach the container; detaching leaves it running.
+/// keys typed seconds later reach the container, resizes its terminal; detaching leaves it
+/// running, Ctrl-D ends it.
 #[tokio::test]
 async fn attach_takes_input_that_comes_later() {
     let env = Env::start().await;
@@ -306,6 +307,14 @@ async fn attach_takes_input_that_comes_later() {
         std::thread::sleep(DELAY);
         term.type_keys(&format!("echo attached-{transport}-$((40+2))\r"));
         term.expect(&format!("attached-{transport}-42"), TIMEOUT);
+        // The container's terminal takes crictl's size, and then its new one.
+        term.type_keys("stty size\r");
+        term.expect("24 80", TIMEOUT);
+        let cols = if transport == "spdy" { 100 } else { 110 };
+        term.resize(40, cols);
+        std::thread::sleep(Duration::from_millis(500));
+        term.type_keys("stty size\r");
+        term.expect(&format!("40 {cols}"), TIMEOUT);
         // crictl's detach keys: Ctrl-P Ctrl-Q.
         term.type_keys("\x10\x11");
         let status = term.wait(TIMEOUT);
@@ -351,6 +360,15 @@ async fn attach_takes_input_that_comes_later() {
         );
         env.expect_running(&reader);
     }
+    // Ctrl-D in the attached shell ends it, the container, and so crictl.
+    let mut term = env.terminal(&["attach", "-it", &shell]);
+    std::thread::sleep(DELAY);
+    term.type_keys("\x04");
+    let status = term.wait(TIMEOUT);
+    assert!(status.success(), "attach -it, Ctrl-D: {status}\n{}", term.text());
+    let status: serde_json::Value =
+        serde_json::from_str(&env.ok(&["inspect", "-o", "json", &shell])).unwrap();
+    assert_eq!(status["status"]["state"], "CONTAINER_EXITED", "{status:#}");
 }
 
 /// The README's "Using it" walk-through, command by command, as a user runs it.
