@@ -101,6 +101,13 @@ impl Terminal {
     /// Waits until `needle` appears after what earlier calls matched, and moves past it; panics
     /// with the screen when it does not within `timeout`.
     pub fn expect(&mut self, needle: &str, timeout: Duration) {
+        if !self.try_expect(needle, timeout) {
+            panic!("{needle:?} did not appear on the terminal; it shows:\n{}", self.text());
+        }
+    }
+
+    /// [`expect`](Self::expect), false instead of a panic.
+    pub fn try_expect(&mut self, needle: &str, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         let (lock, changed) = &*self.screen;
         let mut screen = lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -108,12 +115,11 @@ impl Terminal {
             let seen = &screen.bytes[self.mark.min(screen.bytes.len())..];
             if let Some(at) = find(seen, needle.as_bytes()) {
                 self.mark += at + needle.len();
-                return;
+                return true;
             }
             let now = Instant::now();
             if screen.closed || now >= deadline {
-                let text = String::from_utf8_lossy(&screen.bytes).into_owned();
-                panic!("{needle:?} did not appear on the terminal; it shows:\n{text}");
+                return false;
             }
             screen =
                 changed.wait_timeout(screen, deadline - now).unwrap_or_else(|e| e.into_inner()).0;

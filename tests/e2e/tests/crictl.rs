@@ -205,6 +205,20 @@ fn wait_with_timeout(mut child: std::process::Child, timeout: Duration) -> Outpu
     Output { status, stdout: out.join().unwrap(), stderr: err.join().unwrap() }
 }
 
+/// Runs `stty size` in the shell on `term` until it shows `rows` × `cols`: a new size travels
+/// from the terminal to crictl (SIGWINCH) and on to the container's terminal a moment later.
+fn expect_size(term: &mut Terminal, rows: u16, cols: u16) {
+    let want = format!("\n{rows} {cols}\r");
+    let deadline = Instant::now() + TIMEOUT;
+    while Instant::now() < deadline {
+        term.type_keys("stty size\r");
+        if term.try_expect(&want, Duration::from_secs(1)) {
+            return;
+        }
+    }
+    panic!("the terminal never showed {rows} {cols}:\n{}", term.text());
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -242,12 +256,9 @@ async fn exec_in_a_terminal() {
         term.type_keys("echo typed-$((40+2))\r");
         term.expect("echo typed-$((40+2))", TIMEOUT);
         term.expect("typed-42", TIMEOUT);
-        term.type_keys("stty size\r");
-        term.expect("24 80", TIMEOUT);
+        expect_size(&mut term, 24, 80);
         term.resize(30, 100);
-        std::thread::sleep(Duration::from_millis(500));
-        term.type_keys("stty size\r");
-        term.expect("30 100", TIMEOUT);
+        expect_size(&mut term, 30, 100);
         // Ctrl-D at an empty prompt ends the shell, and so crictl.
         term.type_keys("\x04");
         let status = term.wait(TIMEOUT);
@@ -308,13 +319,10 @@ async fn attach_takes_input_that_comes_later() {
         term.type_keys(&format!("echo attached-{transport}-$((40+2))\r"));
         term.expect(&format!("attached-{transport}-42"), TIMEOUT);
         // The container's terminal takes crictl's size, and then its new one.
-        term.type_keys("stty size\r");
-        term.expect("24 80", TIMEOUT);
+        expect_size(&mut term, 24, 80);
         let cols = if transport == "spdy" { 100 } else { 110 };
         term.resize(40, cols);
-        std::thread::sleep(Duration::from_millis(500));
-        term.type_keys("stty size\r");
-        term.expect(&format!("40 {cols}"), TIMEOUT);
+        expect_size(&mut term, 40, cols);
         // crictl's detach keys: Ctrl-P Ctrl-Q.
         term.type_keys("\x10\x11");
         let status = term.wait(TIMEOUT);
