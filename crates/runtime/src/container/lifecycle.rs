@@ -186,7 +186,8 @@ impl Containers {
     /// Attach: the running container's own stdio, held by its pod's monitor. Every attacher
     /// gets the output from the moment it attaches; each may write stdin (a container created
     /// with stdin only); with stdin_once, the container's stdin closes when the first attacher
-    /// with stdin ends it. The container's tty decides the streams whatever `options.tty`
+    /// with stdin ends it; without, an attacher's stdin ending is its detach, and ends its
+    /// session (as with containerd) while the container's stdin stays open. The container's tty decides the streams whatever `options.tty`
     /// says (as containerd and CRI-O do): with one, its output is stdout, there is no stderr,
     /// and resizes apply to its terminal.
     pub async fn attach(&self, id: &str, options: StreamOptions) -> Result<StdioSession> {
