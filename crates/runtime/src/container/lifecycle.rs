@@ -448,8 +448,9 @@ impl Inner {
         taken.dirs = true;
         let (user, resources) = prepared.await?;
 
+        let hold = berth_images::Hold { chains: image.chain_ids.clone(), volume_images: vec![] };
         self.images
-            .hold(id, &image.chain_ids)
+            .hold(id, &hold)
             .map_err(|err| Error::Internal(format!("holding the image's layers: {err}")))?;
         taken.hold = true;
 
