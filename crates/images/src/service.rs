@@ -418,8 +418,19 @@ impl ImageService {
     /// Keeps the snapshots `hold.chains` from GC, and the images `hold.volume_images` from
     /// RemoveImage, for as long as `owner` (a container) holds them, across restarts: the hold
     /// is a file, written before the container may use them.
+    /// An image volume's image removed since the caller found it is NotFound: checked under
+    /// the lock RemoveImage takes, so that no container mounts an image whose removal
+    /// succeeded.
     pub fn hold(&self, owner: &str, hold: &Hold) -> Result<()> {
         let _locked = lock_ignoring_poison(&self.gc_lock);
+        {
+            let index = self.index()?;
+            if let Some(gone) =
+                hold.volume_images.iter().find(|id| index.resolve(&id.to_string()).is_none())
+            {
+                return Err(Error::NotFound { what: format!("image {gone} (removed meanwhile)") });
+            }
+        }
         self.holds.hold(owner, hold)
     }
 
@@ -1187,6 +1198,9 @@ mod tests {
         service.remove(&image.id.to_string()).await.unwrap();
         assert!(service.list().unwrap().is_empty());
         assert!(!service.snapshots.exists(&chain));
+        // A container that found the image before it was removed does not get to hold it.
+        let err = service.hold("c2", &hold).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
     }
 
     #[tokio::test]

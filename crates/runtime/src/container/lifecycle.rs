@@ -435,9 +435,10 @@ impl Inner {
         }
         hold.chains.sort();
         hold.chains.dedup();
-        self.images
-            .hold(id, &hold)
-            .map_err(|err| Error::Internal(format!("holding the image's layers: {err}")))?;
+        self.images.hold(id, &hold).map_err(|err| match err.kind() {
+            berth_images::ErrorKind::NotFound => Error::NotFound(err.to_string()),
+            _ => Error::Internal(format!("holding the image's layers: {err}")),
+        })?;
         taken.hold = true;
 
         // The blocking part: files of the image, the image volumes, the spec, directories.
