@@ -87,6 +87,11 @@ impl Holds {
         Ok(self.lock().values().flat_map(|hold| hold.chains.iter()).cloned().collect())
     }
 
+    /// Every holder's name.
+    pub fn holders(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+
     /// The holders that mount image `id` as an image volume, by name.
     pub fn volume_users(&self, id: &Digest) -> Vec<String> {
         let held = self.lock();
@@ -143,6 +148,7 @@ mod tests {
         holds.hold("c1", &hold).unwrap();
         let again = Holds::open(dir.path()).unwrap();
         assert_eq!(again.volume_users(&image), ["c1"]);
+        assert_eq!(again.holders(), ["c1", "old"]);
         assert!(again.volume_users(&a).is_empty());
         again.release("c1").unwrap();
         assert!(Holds::open(dir.path()).unwrap().volume_users(&image).is_empty());

@@ -438,6 +438,12 @@ impl ImageService {
         self.holds.release(owner)
     }
 
+    /// Who holds anything: for the containers' recovery to release the holds of containers
+    /// that a crash left unrecorded.
+    pub fn holders(&self) -> Vec<String> {
+        self.holds.holders()
+    }
+
     pub fn status(&self, image: &str, verbose: bool) -> Result<Option<ImageDetails>> {
         let Some(record) = self.find(image)? else { return Ok(None) };
         let config = match verbose {

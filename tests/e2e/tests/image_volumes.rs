@@ -249,8 +249,8 @@ async fn sub_paths_and_refusals(handler: &'static str) {
 }
 
 /// berthd killed with SIGKILL under a container with an image volume and started again: the
-/// volume is still there and still held, its status still names the image; removing the
-/// container then lets the image go.
+/// volume is still there and still held, its status still names the image, and what a create
+/// cut short would have left is given back; removing the container then lets the image go.
 async fn a_restart_keeps_image_volumes(handler: &'static str) {
     let mut env = Env::start(handler).await;
     let pod = env.pod("restart");
@@ -260,6 +260,16 @@ async fn a_restart_keeps_image_volumes(handler: &'static str) {
 
     env.daemon.signal(Signal::SIGKILL);
     env.daemon.wait_exit(Duration::from_secs(10)).await;
+    // What a crash in the middle of a create leaves, before the container's record: its hold
+    // on the image and its bundle, with an image volume mounted. The restart gives them back.
+    let orphan = "0".repeat(64);
+    let hold = serde_json::json!({ "chains": [], "volume_images": [env.volume_ref] });
+    let holds = env.daemon.root.join("images/holds");
+    std::fs::write(holds.join(&orphan), hold.to_string()).unwrap();
+    let orphan_volume = env.daemon.state.join("containers").join(&orphan).join("image-volumes/0");
+    std::fs::create_dir_all(&orphan_volume).unwrap();
+    let volume_dir = orphan_volume.display().to_string();
+    env.node.run(&["mount", "-t", "tmpfs", "-o", "ro", "orphan", &volume_dir]);
     let options = Options {
         root: Some(env.daemon.root.clone()),
         state: Some(env.daemon.state.clone()),
@@ -270,6 +280,9 @@ async fn a_restart_keeps_image_volumes(handler: &'static str) {
     env.cri = env.daemon.client().await;
 
     assert_eq!(env.cri.container(&id).await.state(), ContainerState::ContainerRunning);
+    assert!(!holds.join(&orphan).exists(), "the unrecorded container's hold is released");
+    assert!(!env.daemon.state.join("containers").join(&orphan).exists());
+    assert_eq!(env.image_volume_mounts().len(), 1, "{:?}", env.image_volume_mounts());
     env.assert_status_names_the_image(&id, "etc").await;
     assert_eq!(env.exec(&id, &["cat", &format!("{AT}/berth/kept")]).await, "kept\n");
     let err = env.cri.remove_image(&env.volume_ref).await.unwrap_err();

@@ -1109,8 +1109,37 @@ impl Inner {
         }
     }
 
+    /// At start: gives back what a create cut short by a crash took before it wrote the
+    /// record (the create's rollback never ran): image holds, which would keep an image
+    /// volume's image from RemoveImage for good, and bundles, with their mounts.
+    fn forget_unrecorded(&self) {
+        let known: std::collections::HashSet<String> =
+            self.store.all().iter().map(|entry| entry.id.clone()).collect();
+        for owner in self.images.holders() {
+            if known.contains(&owner) {
+                continue;
+            }
+            tracing::info!(container_id = %owner, "releasing the holds of an unrecorded container");
+            if let Err(err) = self.images.release(&owner) {
+                tracing::warn!(container_id = %owner, error = %err, "releasing holds");
+            }
+        }
+        let Ok(entries) = std::fs::read_dir(&self.state_dir) else { return };
+        for entry in entries.flatten() {
+            let Some(id) = entry.file_name().to_str().map(str::to_string) else { continue };
+            if known.contains(&id) || !entry.path().is_dir() {
+                continue;
+            }
+            tracing::info!(container_id = %id, "removing the bundle of an unrecorded container");
+            if let Err(err) = remove_bundle(&entry.path()) {
+                tracing::warn!(container_id = %id, error = %err, "removing a bundle");
+            }
+        }
+    }
+
     /// At start: settles containers that were created or running when berthd went down.
     fn recover(&self) {
+        self.forget_unrecorded();
         let mut known: std::collections::HashMap<String, Option<Vec<(String, MonitorStatus)>>> =
             Default::default();
         for entry in self.store.all() {
