@@ -336,6 +336,72 @@ async fn image_volumes_in_a_user_namespace(handler: &'static str) {
     env.assert_nothing_left();
 }
 
+/// The same through the upstream crictl, as a user at a node's shell: a container whose JSON
+/// config has an image mount, `crictl inspect` showing the image and its id, `crictl rmi`
+/// refused while the container exists and done after.
+#[tokio::test]
+async fn crictl_creates_inspects_and_is_refused_rmi() {
+    let env = Env::start("").await;
+    let dir = env.node.dir().join("crictl");
+    std::fs::create_dir_all(dir.join("logs")).unwrap();
+    let pod = serde_json::json!({
+        "metadata": { "name": "crictl", "namespace": "default", "uid": "crictl-uid" },
+        "log_directory": dir.join("logs"),
+        "linux": { "security_context": { "namespace_options": { "network": 2 } } },
+    });
+    let config = serde_json::json!({
+        "metadata": { "name": "vol" },
+        "image": { "image": env.image },
+        "command": ["sleep", "1000"],
+        "log_path": "vol.log",
+        "mounts": [{
+            "container_path": AT,
+            "readonly": true,
+            "image": { "image": env.volume },
+            "image_sub_path": "etc",
+        }],
+    });
+    let (pod_file, config_file) = (dir.join("pod.json"), dir.join("container.json"));
+    std::fs::write(&pod_file, pod.to_string()).unwrap();
+    std::fs::write(&config_file, config.to_string()).unwrap();
+    let endpoint = format!("unix://{}", env.daemon.socket.display());
+    let crictl = berth_e2e::upstream::crictl();
+    let command = |args: &[&str]| {
+        let mut command = env.node.command(&crictl);
+        command.args(["--runtime-endpoint", &endpoint, "--image-endpoint", &endpoint]);
+        command.args(args).stdin(std::process::Stdio::null()).output().expect("running crictl")
+    };
+    let ok = |args: &[&str]| {
+        let out = command(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "crictl {args:?}: {stderr}");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let (pod_path, config_path) =
+        (pod_file.display().to_string(), config_file.display().to_string());
+    let pod_id = ok(&["runp", &pod_path]);
+    let id = ok(&["create", &pod_id, &config_path, &pod_path]);
+    ok(&["start", &id]);
+    assert_eq!(ok(&["exec", &id, "cat", &format!("{AT}/berth/kept")]), "kept");
+
+    let inspect: serde_json::Value = serde_json::from_str(&ok(&["inspect", &id])).unwrap();
+    let mounts = inspect["status"]["mounts"].as_array().expect("mounts in crictl inspect");
+    let mount = mounts.iter().find(|m| m["containerPath"] == AT).expect("the image volume");
+    assert_eq!(mount["image"]["image"], env.volume.as_str(), "{mount}");
+    assert_eq!(mount["image"]["imageRef"], env.volume_ref.as_str(), "{mount}");
+    assert_eq!(mount["imageSubPath"], "etc", "{mount}");
+
+    let refused = command(&["rmi", &env.volume]);
+    assert!(!refused.status.success(), "crictl rmi of a mounted image succeeded");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("image volume") && stderr.contains(&id), "{stderr}");
+    ok(&["rm", "-f", &id]);
+    ok(&["rmi", &env.volume]);
+    ok(&["stopp", &pod_id]);
+    ok(&["rmp", &pod_id]);
+    env.assert_nothing_left();
+}
+
 berth_e2e::handler_cases!(
     an_image_read_only_at_a_path_and_held,
     sub_paths_and_refusals,
