@@ -61,8 +61,8 @@ impl Env {
         net.install(&daemon);
 
         let files = node.dir().join("examples");
-        let logs = node.dir().join("logs");
-        std::fs::create_dir_all(&logs).unwrap();
+        // Not made here: berth makes the log directories, as containerd does.
+        let logs = node.dir().join("logs/pods/default_busybox");
         std::fs::create_dir_all(&files).unwrap();
         for name in ["pod.json", "container.json", "container-tty.json"] {
             let text = std::fs::read_to_string(examples().join(name)).unwrap();
@@ -386,6 +386,17 @@ async fn readme_walk_through() {
     let (pod, ctr) = env.run_example();
     let images = env.ok(&["images"]);
     assert!(images.contains("docker.io/library/busybox"), "{images}");
+    // The log's directories, which nobody made beforehand, are berth's.
+    let status: serde_json::Value =
+        serde_json::from_str(&env.ok(&["inspect", "-o", "json", &ctr])).unwrap();
+    let log_path = status["status"]["logPath"].as_str().unwrap_or_default().to_string();
+    assert!(log_path.ends_with("/logs/pods/default_busybox/busybox/0.log"), "{status:#}");
+    assert!(Path::new(&log_path).is_file(), "{log_path}");
+    // pid 1 of the pod's PID namespace (its monitor) shows the containers no node path.
+    let init = env.ok(&["exec", "-s", &ctr, "cat", "/proc/1/cmdline"]).replace('\0', " ");
+    // crictl ends what it prints with newlines of its own.
+    let init = init.trim_end();
+    assert_eq!(init, format!("berth-monitor monitor --pod {pod} --pid-ns"));
 
     // crictl logs, and logs -f following lines written after it started.
     let logs = env.ok(&["logs", &ctr]);
