@@ -193,12 +193,22 @@ fn container_config(config: proto::ContainerConfig) -> CriResult<rt::ContainerCo
 }
 
 fn mount(m: proto::Mount) -> CriResult<rt::Mount> {
-    if m.image.as_ref().is_some_and(|spec| !spec.image.is_empty()) {
-        return Err(CriError::InvalidRequest(format!(
-            "mount {:?}: image volumes are not supported",
-            m.container_path
-        )));
-    }
+    // An image volume: the runtime checks the rest (read-only, the sub path, no host path).
+    let image = match m.image {
+        Some(spec) if !spec.image.is_empty() => Some(rt::ImageVolume {
+            image: spec.image,
+            user_specified_image: spec.user_specified_image,
+            sub_path: m.image_sub_path,
+            image_ref: String::new(),
+        }),
+        _ if !m.image_sub_path.is_empty() => {
+            return Err(CriError::InvalidRequest(format!(
+                "mount {:?}: image_sub_path {:?} without an image",
+                m.container_path, m.image_sub_path
+            )))
+        }
+        _ => None,
+    };
     if !m.mount_options.is_empty() {
         return Err(CriError::InvalidRequest(format!(
             "mount {:?}: mount options {:?} are not supported",
@@ -224,6 +234,7 @@ fn mount(m: proto::Mount) -> CriResult<rt::Mount> {
         propagation,
         uid_mappings: crate::sandbox::id_mappings(&m.uid_mappings),
         gid_mappings: crate::sandbox::id_mappings(&m.gid_mappings),
+        image,
     })
 }
 
@@ -241,6 +252,15 @@ fn proto_mount(m: &rt::Mount) -> proto::Mount {
         propagation: propagation.into(),
         uid_mappings: crate::sandbox::proto_id_mappings(&m.uid_mappings),
         gid_mappings: crate::sandbox::proto_id_mappings(&m.gid_mappings),
+        // As requested, with the image's id beside (KEP-5365's `image_ref`), as PullImage
+        // answered it.
+        image: m.image.as_ref().map(|volume| proto::ImageSpec {
+            image: volume.image.clone(),
+            user_specified_image: volume.user_specified_image.clone(),
+            image_ref: volume.image_ref.clone(),
+            ..Default::default()
+        }),
+        image_sub_path: m.image.as_ref().map(|v| v.sub_path.clone()).unwrap_or_default(),
         ..Default::default()
     }
 }
@@ -1278,10 +1298,33 @@ mod tests {
         odd_propagation.mounts[0].propagation = 7;
         assert!(bad_request(container_config(odd_propagation)).contains("/a"));
 
+        // Image volumes are taken, and come back with the image's id.
         let mut image_volume = full_config();
-        image_volume.mounts[1].image =
-            Some(ImageSpec { image: "registry.test/data:1".into(), ..Default::default() });
-        assert!(bad_request(container_config(image_volume)).contains("image volumes"));
+        image_volume.mounts[1].host_path = String::new();
+        image_volume.mounts[1].image = Some(ImageSpec {
+            image: "registry.test/data:1".into(),
+            user_specified_image: "data:1".into(),
+            ..Default::default()
+        });
+        image_volume.mounts[1].image_sub_path = "etc".into();
+        let mut config = container_config(image_volume).unwrap();
+        let volume = config.mounts[1].image.as_mut().unwrap();
+        assert_eq!(
+            (volume.image.as_str(), volume.sub_path.as_str()),
+            ("registry.test/data:1", "etc")
+        );
+        volume.image_ref = "sha256:abc".into();
+        let reported = proto_mount(&config.mounts[1]);
+        let spec = reported.image.unwrap();
+        assert_eq!(
+            (spec.image.as_str(), spec.user_specified_image.as_str(), spec.image_ref.as_str()),
+            ("registry.test/data:1", "data:1", "sha256:abc")
+        );
+        assert_eq!(reported.image_sub_path, "etc");
+        assert_eq!(proto_mount(&config.mounts[0]).image, None);
+        let mut sub_path_alone = full_config();
+        sub_path_alone.mounts[1].image_sub_path = "etc".into();
+        assert!(bad_request(container_config(sub_path_alone)).contains("without an image"));
 
         // Idmapped mounts are taken, both ways.
         let mut id_mapped = full_config();

@@ -314,7 +314,11 @@ const FAMILIES: &[Family] = &[
         &["failure_type", "scope"],
     ),
     family("container_oom_events_total", "Count of out of memory events observed for the container"),
+    family("container_memory_kernel_usage", "Size of kernel memory allocated in bytes."),
     family("container_processes", "Number of processes running inside the container."),
+    family("container_threads", "Number of threads running inside the container"),
+    family("container_file_descriptors", "Number of open file descriptors for the container."),
+    family("container_sockets", "Number of open sockets for the container."),
     family(
         "container_threads_max",
         "Maximum number of threads allowed inside the container, infinity if value is zero",
@@ -335,6 +339,11 @@ const FAMILIES: &[Family] = &[
     labelled("container_fs_writes_bytes_total", "Cumulative count of bytes written", DEVICE),
     labelled("container_fs_reads_total", "Cumulative count of reads completed", DEVICE),
     labelled("container_fs_writes_total", "Cumulative count of writes completed", DEVICE),
+    labelled(
+        "container_blkio_device_usage_total",
+        "Blkio Device bytes usage",
+        &["device", "major", "minor", "operation"],
+    ),
     family(
         "container_pressure_cpu_waiting_seconds_total",
         "Total time duration tasks in the container have waited due to CPU congestion.",
@@ -505,12 +514,23 @@ fn cgroup_metrics(out: &mut Emitter, stats: &CgroupStats) {
         if let Some(kills) = m.oom_kills {
             out.counter("container_oom_events_total", kills);
         }
+        if let Some(kernel) = m.kernel {
+            out.gauge("container_memory_kernel_usage", kernel);
+        }
     }
     if let Some(count) = stats.process_count {
         out.gauge("container_processes", count);
     }
-    if let Some(limit) = detail.and_then(|d| d.pids_limit) {
-        out.gauge("container_threads_max", limit);
+    if let Some(detail) = detail {
+        // As cAdvisor: zero means no limit.
+        out.gauge("container_threads_max", detail.pids_limit.unwrap_or(0));
+        if let Some(threads) = detail.threads {
+            out.gauge("container_threads", threads);
+        }
+        if let Some(open) = detail.open_files {
+            out.gauge("container_file_descriptors", open.descriptors);
+            out.gauge("container_sockets", open.sockets);
+        }
     }
     for io in detail.map(|d| d.io.as_slice()).unwrap_or_default() {
         let device = [io.device.as_str()];
@@ -518,6 +538,15 @@ fn cgroup_metrics(out: &mut Emitter, stats: &CgroupStats) {
         out.push("container_fs_writes_bytes_total", MetricType::Counter, &device, io.write_bytes);
         out.push("container_fs_reads_total", MetricType::Counter, &device, io.reads);
         out.push("container_fs_writes_total", MetricType::Counter, &device, io.writes);
+        let (major, minor) = (io.major.to_string(), io.minor.to_string());
+        for (operation, bytes) in [("Read", io.read_bytes), ("Write", io.write_bytes)] {
+            out.push(
+                "container_blkio_device_usage_total",
+                MetricType::Counter,
+                &[io.device.as_str(), major.as_str(), minor.as_str(), operation],
+                bytes,
+            );
+        }
     }
     let pressure = &stats.pressure;
     for (resource, psi) in
@@ -701,8 +730,11 @@ mod tests {
                     failcnt: Some(3),
                     oom_kills: Some(1),
                     limit: Some(1000),
+                    kernel: Some(16),
                 }),
                 pids_limit: Some(64),
+                threads: Some(3),
+                open_files: Some(rt::OpenFiles { descriptors: 5, sockets: 1 }),
                 io: vec![rt::DeviceIo {
                     major: 254,
                     minor: 0,
@@ -816,8 +848,26 @@ mod tests {
             find("container_memory_failures_total", &["pgmajfault", "hierarchy"]),
             Some((1, MetricType::Counter))
         );
+        assert_eq!(
+            find("container_blkio_device_usage_total", &["/dev/vda", "254", "0", "Write"]),
+            Some((8192, MetricType::Counter))
+        );
+        assert_eq!(find("container_threads", &[]), Some((3, MetricType::Gauge)));
+        assert_eq!(find("container_sockets", &[]), Some((1, MetricType::Gauge)));
+        assert_eq!(find("container_file_descriptors", &[]), Some((5, MetricType::Gauge)));
+        assert_eq!(find("container_memory_kernel_usage", &[]), Some((16, MetricType::Gauge)));
         let first = &out.metrics[0];
         assert_eq!(first.label_values[..3], ["c1", "web_pod_ns_uid_0", "busybox"]);
+
+        // No pids limit is sent as zero, which means none.
+        let mut unlimited = full_cgroup();
+        if let Some(detail) = unlimited.detail.as_mut() {
+            detail.pids_limit = None;
+        }
+        let mut out = Emitter::new(["c1".into(), "p".into(), "i".into()], 7);
+        cgroup_metrics(&mut out, &unlimited);
+        let max = out.metrics.iter().find(|m| m.name == "container_threads_max");
+        assert_eq!(max.and_then(|m| m.value).map(|v| v.value), Some(0));
     }
 
     #[test]

@@ -54,6 +54,9 @@ pub enum Error {
     },
     #[error("{path}: corrupt: {reason}")]
     Corrupt { path: PathBuf, reason: String },
+    /// An image that existing containers mount as an image volume.
+    #[error("image {image} is in use as an image volume by container(s) {}", containers.join(", "))]
+    InUse { image: String, containers: Vec<String> },
     #[error("registry configuration: {0}")]
     Config(String),
     #[error("{0}")]
@@ -72,7 +75,8 @@ impl Error {
             Error::DigestMismatch { .. }
             | Error::SizeMismatch { .. }
             | Error::BadManifest { .. }
-            | Error::HostileLayer { .. } => ErrorKind::FailedPrecondition,
+            | Error::HostileLayer { .. }
+            | Error::InUse { .. } => ErrorKind::FailedPrecondition,
             Error::Io { .. } | Error::Corrupt { .. } | Error::Config(_) | Error::Internal(_) => {
                 ErrorKind::Internal
             }

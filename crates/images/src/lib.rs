@@ -23,4 +23,5 @@ pub mod unpack;
 
 pub use digest::Digest;
 pub use error::{Error, ErrorKind, Result};
+pub use holds::Hold;
 pub use service::{ContainerImage, FsUsage, ImageDetails, ImageService, ImageServiceOptions};

@@ -165,7 +165,7 @@ impl ImageIndex {
         let Some((id, named)) = self.lookup(key) else { return Ok(None) };
         let mut records = self.records.clone();
         let Some(record) = records.get_mut(&id) else { return Ok(None) };
-        if named == Named::Tag && record.repo_tags.iter().any(|tag| tag != key) {
+        if !removes_image(named, record, key) {
             record.repo_tags.retain(|tag| tag != key);
             self.commit(records)?;
             return Ok(None);
@@ -173,6 +173,14 @@ impl ImageIndex {
         let removed = records.remove(&id);
         self.commit(records)?;
         Ok(removed)
+    }
+
+    /// The id of the image [`ImageIndex::remove`] of `key` would remove whole (not just a tag
+    /// of it), if any.
+    pub fn removal(&self, key: &str) -> Option<Digest> {
+        let (id, named) = self.lookup(key)?;
+        let record = self.records.get(&id)?;
+        removes_image(named, record, key).then_some(id)
     }
 
     /// Chain ids of every image's layers: the GC keeps these snapshots.
@@ -251,6 +259,12 @@ impl ImageIndex {
         self.by_repo_digest = by_repo_digest;
         Ok(())
     }
+}
+
+/// Whether removing `key`, which names `record` as `named`, removes the image rather than one
+/// of its tags.
+fn removes_image(named: Named, record: &ImageRecord, key: &str) -> bool {
+    named != Named::Tag || record.repo_tags.iter().all(|tag| tag == key)
 }
 
 fn parse(path: &Path, bytes: &[u8]) -> Result<BTreeMap<Digest, ImageRecord>> {

@@ -25,7 +25,7 @@ use crate::config::RegistryConfig;
 use crate::content::ContentStore;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::holds::Holds;
+use crate::holds::{Hold, Holds};
 use crate::hosts::RegistryHosts;
 use crate::keyed::KeyedLocks;
 use crate::manifest::{self, Descriptor};
@@ -415,15 +415,33 @@ impl ImageService {
         }))
     }
 
-    /// Keeps the snapshots `chain_ids` from GC for as long as `owner` (a container) holds
-    /// them, across restarts: the hold is a file, written before the container may use them.
-    pub fn hold(&self, owner: &str, chain_ids: &[Digest]) -> Result<()> {
+    /// Keeps the snapshots `hold.chains` from GC, and the images `hold.volume_images` from
+    /// RemoveImage, for as long as `owner` (a container) holds them, across restarts: the hold
+    /// is a file, written before the container may use them.
+    /// An image volume's image removed since the caller found it is NotFound: checked under
+    /// the lock RemoveImage takes, so that no container mounts an image whose removal
+    /// succeeded.
+    pub fn hold(&self, owner: &str, hold: &Hold) -> Result<()> {
         let _locked = lock_ignoring_poison(&self.gc_lock);
-        self.holds.hold(owner, chain_ids)
+        {
+            let index = self.index()?;
+            if let Some(gone) =
+                hold.volume_images.iter().find(|id| index.resolve(&id.to_string()).is_none())
+            {
+                return Err(Error::NotFound { what: format!("image {gone} (removed meanwhile)") });
+            }
+        }
+        self.holds.hold(owner, hold)
     }
 
     pub fn release(&self, owner: &str) -> Result<()> {
         self.holds.release(owner)
+    }
+
+    /// Who holds anything: for the containers' recovery to release the holds of containers
+    /// that a crash left unrecorded.
+    pub fn holders(&self) -> Vec<String> {
+        self.holds.holders()
     }
 
     pub fn status(&self, image: &str, verbose: bool) -> Result<Option<ImageDetails>> {
@@ -448,12 +466,24 @@ impl ImageService {
     /// Removes the image `image` names (by tag: that tag; by id or digest: the whole image),
     /// then collects what no image uses any more. Unknown images are not an error, and still
     /// collect: the kubelet retries a removal whose GC failed.
+    /// An image a container mounts as an image volume is refused (FailedPrecondition) while
+    /// that container exists, as CRI-O refuses images in use: its record is what the volume's
+    /// status names, and a kubelet's GC that tried it finds it again next round.
     pub async fn remove(&self, image: &str) -> Result<()> {
         let removed = {
+            // Under the GC lock, which a hold takes too: a container holding the image now
+            // either is seen here or finds the image gone.
+            let _no_holds = lock_ignoring_poison(&self.gc_lock);
             let mut index = self.index()?;
             let mut removed = None;
             for key in lookup_keys(image) {
                 if index.resolve(&key).is_some() {
+                    if let Some(id) = index.removal(&key) {
+                        let containers = self.holds.volume_users(&id);
+                        if !containers.is_empty() {
+                            return Err(Error::InUse { image: id.to_string(), containers });
+                        }
+                    }
                     removed = index.remove(&key)?;
                     break;
                 }
@@ -836,6 +866,7 @@ impl std::io::Read for ChannelReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ErrorKind;
     use std::io::Read;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -1145,6 +1176,37 @@ mod tests {
         assert!(service.list().unwrap().is_empty());
         assert!(!service.snapshots.exists(&chain));
         assert!(!service.content.contains(&image.id));
+    }
+
+    #[tokio::test]
+    async fn an_image_volume_keeps_its_image_until_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let service = service(dir.path());
+        let chain = snapshot(&service, "vol");
+        let mut image = record(&service, "vol", &chain);
+        image.repo_tags.push("x.io/vol:2".into());
+        let image = service.index().unwrap().upsert(image).unwrap();
+        let hold = Hold { chains: vec![chain.clone()], volume_images: vec![image.id.clone()] };
+        service.hold("c1", &hold).unwrap();
+        // One tag of several may go: the image stays.
+        service.remove("x.io/vol:2").await.unwrap();
+        let err = service.remove("x.io/vol:1").await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::FailedPrecondition, "{err}");
+        assert!(err.to_string().contains("c1"), "{err}");
+        let err = service.remove(&image.id.to_string()).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::FailedPrecondition);
+        assert!(service.find(&image.id.to_string()).unwrap().is_some());
+        // Across a restart, as the container's record is.
+        drop(service);
+        let service = self::service(dir.path());
+        assert!(service.remove(&image.id.to_string()).await.is_err());
+        service.release("c1").unwrap();
+        service.remove(&image.id.to_string()).await.unwrap();
+        assert!(service.list().unwrap().is_empty());
+        assert!(!service.snapshots.exists(&chain));
+        // A container that found the image before it was removed does not get to hold it.
+        let err = service.hold("c2", &hold).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
     }
 
     #[tokio::test]

@@ -114,6 +114,9 @@ pub struct MemoryDetail {
     pub oom_kills: Option<u64>,
     /// `None` without a limit.
     pub limit: Option<u64>,
+    /// Kernel memory charged to the cgroup (v1 `memory.kmem.usage_in_bytes`, v2 `memory.stat`
+    /// `kernel`, or its parts on kernels before 5.18).
+    pub kernel: Option<u64>,
 }
 
 /// Block I/O of a cgroup on one device.
@@ -140,6 +143,17 @@ pub struct CgroupDetail {
     /// `None` without a limit.
     pub pids_limit: Option<u64>,
     pub io: Vec<DeviceIo>,
+    /// Threads in the cgroup (v1 `tasks`, v2 `cgroup.threads`).
+    pub threads: Option<u64>,
+    /// What the cgroup's processes hold open, from `/proc/<pid>/fd`.
+    pub open_files: Option<OpenFiles>,
+}
+
+/// The descriptors a cgroup's processes hold, as cAdvisor counts them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OpenFiles {
+    pub descriptors: u64,
+    pub sockets: u64,
 }
 
 /// What one cgroup says; a part whose files are missing (no such controller, the cgroup is
@@ -467,12 +481,19 @@ pub fn read_v1(dirs: &V1Dirs, detail: bool) -> CgroupStats {
                 .map(|memory| memory + number(&dir.join("memory.memsw.failcnt")).unwrap_or(0)),
             oom_kills: keyed(&dir.join("memory.oom_control")).get("oom_kill").copied(),
             limit,
+            kernel: number(&dir.join("memory.kmem.usage_in_bytes")),
         }),
         pids_limit: dirs
             .pids
             .and_then(|dir| number(&dir.join("pids.max")))
             .filter(|&l| l != u64::MAX),
         io: dirs.blkio.map(blkio_v1).unwrap_or_default(),
+        threads: dirs
+            .pids
+            .or(dirs.memory)
+            .or(dirs.cpuacct)
+            .and_then(|dir| count_lines(dir, "tasks")),
+        open_files: dirs.pids.or(dirs.memory).or(dirs.cpuacct).and_then(open_files),
     });
     CgroupStats {
         timestamp,
@@ -634,9 +655,12 @@ pub fn read_v2(dir: &Path, detail: bool) -> CgroupStats {
                 failcnt: events.get("max").copied(),
                 oom_kills: events.get("oom_kill").copied(),
                 limit,
+                kernel: kernel_v2(&stat),
             }),
             pids_limit: number(&dir.join("pids.max")).filter(|&l| l != u64::MAX),
             io: io_v2(dir),
+            threads: count_lines(dir, "cgroup.threads"),
+            open_files: open_files(dir),
         }
     });
     CgroupStats { timestamp, cpu, memory, swap, process_count, pressure: pressure_v2(dir), detail }
@@ -669,8 +693,41 @@ fn keyed_file(path: &Path) -> Option<HashMap<String, u64>> {
 }
 
 fn count_procs(dir: &Path) -> Option<u64> {
-    let text = std::fs::read_to_string(dir.join("cgroup.procs")).ok()?;
+    count_lines(dir, "cgroup.procs")
+}
+
+/// The entries of a cgroup's list file (`cgroup.procs`, `tasks`, `cgroup.threads`).
+fn count_lines(dir: &Path, file: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(dir.join(file)).ok()?;
     Some(text.lines().filter(|l| !l.trim().is_empty()).count() as u64)
+}
+
+/// v2 `memory.stat`: `kernel` since 5.18; before, the sum of the kernel's parts it has.
+fn kernel_v2(stat: &HashMap<String, u64>) -> Option<u64> {
+    if let Some(kernel) = stat.get("kernel") {
+        return Some(*kernel);
+    }
+    let parts = ["kernel_stack", "pagetables", "percpu", "sock", "slab", "vmalloc"];
+    let present: Vec<u64> = parts.iter().filter_map(|part| stat.get(*part).copied()).collect();
+    (!present.is_empty()).then(|| present.iter().sum())
+}
+
+/// The descriptors the processes of cgroup `dir` hold open, and how many are sockets. A
+/// process that exits meanwhile, or whose table cannot be read, counts for nothing.
+fn open_files(dir: &Path) -> Option<OpenFiles> {
+    let text = std::fs::read_to_string(dir.join("cgroup.procs")).ok()?;
+    let mut open = OpenFiles::default();
+    for pid in text.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
+        let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
+        for entry in entries.flatten() {
+            open.descriptors += 1;
+            let target = std::fs::read_link(entry.path()).unwrap_or_default();
+            if target.as_os_str().as_encoded_bytes().starts_with(b"socket:") {
+                open.sockets += 1;
+            }
+        }
+    }
+    Some(open)
 }
 
 /// Bytes (allocated blocks, as `du` counts) and inodes under `dir`, on its own filesystem only,
@@ -910,9 +967,20 @@ mod tests {
                 ("memory.memsw.failcnt", "3\n"),
                 ("memory.oom_control", "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n"),
                 ("memory.stat", "total_cache 300\ntotal_mapped_file 100\ntotal_rss 600\n"),
+                ("memory.kmem.usage_in_bytes", "64\n"),
             ],
         );
-        write(&d("pids"), &[("pids.current", "2\n"), ("pids.max", "max\n")]);
+        // This process stands in for the cgroup's one member, so that its descriptors count.
+        let me = format!("{}\n", std::process::id());
+        write(
+            &d("pids"),
+            &[
+                ("pids.current", "2\n"),
+                ("pids.max", "max\n"),
+                ("tasks", "1\n2\n3\n"),
+                ("cgroup.procs", me.as_str()),
+            ],
+        );
         write(
             &d("blkio"),
             &[
@@ -948,9 +1016,17 @@ mod tests {
                 failcnt: Some(7),
                 oom_kills: Some(2),
                 limit: Some(2000),
+                kernel: Some(64),
             })
         );
         assert_eq!(detail.pids_limit, None, "max is no limit");
+        assert_eq!(detail.threads, Some(3));
+        let before = detail.open_files.unwrap();
+        let socket = std::os::unix::net::UnixDatagram::unbound().unwrap();
+        let after = read_v1(&dirs, true).detail.unwrap().open_files.unwrap();
+        assert_eq!(after.descriptors, before.descriptors + 1, "{before:?} {after:?}");
+        assert_eq!(after.sockets, before.sockets + 1, "{before:?} {after:?}");
+        drop(socket);
         assert_eq!(
             detail.io,
             [
@@ -984,8 +1060,12 @@ mod tests {
                 ("memory.max", "max\n"),
                 ("memory.peak", "950\n"),
                 ("memory.events", "low 0\nhigh 0\nmax 5\noom 1\noom_kill 1\n"),
-                ("memory.stat", "anon 300\nfile 500\nfile_mapped 20\ninactive_file 200\n"),
+                (
+                    "memory.stat",
+                    "anon 300\nfile 500\nfile_mapped 20\ninactive_file 200\nkernel_stack 8\nslab 24\n",
+                ),
                 ("pids.max", "100\n"),
+                ("cgroup.threads", "7\n8\n"),
                 ("io.stat", "254:0 rbytes=10 wbytes=20 rios=1 wios=2 dbytes=0 dios=0\n"),
                 (
                     "cpu.pressure",
@@ -1014,7 +1094,10 @@ mod tests {
         let memory = detail.memory.unwrap();
         assert_eq!((memory.cache, memory.mapped_file, memory.max_usage), (500, 20, Some(950)));
         assert_eq!((memory.failcnt, memory.oom_kills, memory.limit), (Some(5), Some(1), None));
+        assert_eq!(memory.kernel, Some(32), "the kernel's parts, before 5.18's `kernel`");
         assert_eq!(detail.pids_limit, Some(100));
+        assert_eq!(detail.threads, Some(2));
+        assert_eq!(detail.open_files, None, "no cgroup.procs");
         assert_eq!(
             (
                 detail.io[0].read_bytes,

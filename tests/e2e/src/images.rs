@@ -97,7 +97,7 @@ pub const APPLETS: &[&str] = &[
     "sh", "ls", "cat", "echo", "sleep", "true", "false", "id", "env", "printf", "test", "mkdir",
     "rm", "touch", "wc", "head", "grep", "kill", "ps", "hostname", "stat", "dd", "yes", "nc",
     "wget", "ip", "mount", "ifconfig", "top", "seq", "sync", "uname", "date", "tee", "sed",
-    "chmod", "whoami",
+    "chmod", "whoami", "stty", "httpd",
 ];
 
 /// The unprivileged user in `/etc/passwd`; it is also in group `extra` (2000).

@@ -13,6 +13,7 @@ pub mod node;
 pub mod registry;
 pub mod stall;
 pub mod streaming;
+pub mod terminal;
 pub mod upstream;
 
 pub use berthd::Berthd;

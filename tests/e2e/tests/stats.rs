@@ -510,6 +510,12 @@ async fn cri_metrics_describe_the_workload() {
     assert_eq!(sent.value("container_oom_events_total", &[]), 1);
     assert_eq!(sent.value("container_spec_memory_limit_bytes", &[]), 128 << 20);
     assert!(sent.value("container_processes", &[]) >= 2, "the shell and its sleep");
+    assert!(sent.value("container_threads", &[]) >= 2, "the shell's and its sleep's");
+    assert_eq!(sent.value("container_threads_max", &[]), 0, "no pids limit: zero, as cAdvisor");
+    // The shell and its sleep hold stdin, stdout and stderr each, and no socket.
+    assert!(sent.value("container_file_descriptors", &[]) >= 6);
+    assert_eq!(sent.value("container_sockets", &[]), 0);
+    sent.value("container_memory_kernel_usage", &[]);
     let layer = sent.0.iter().find(|m| m.name == "container_fs_usage_bytes").unwrap();
     assert!(layer.value.unwrap().value >= 5 * MIB, "{layer:?}");
     let device = &layer.label_values[3];

@@ -11,7 +11,7 @@ use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::streaming::cache::StdioRequest;
-use crate::streaming::spdy::{IncomingStream, Session};
+use crate::streaming::spdy::{IncomingStream, Session, StreamReader, StreamWriter};
 
 pub type BoxRead = Pin<Box<dyn AsyncRead + Send>>;
 pub type BoxWrite = Pin<Box<dyn AsyncWrite + Send>>;
@@ -358,6 +358,25 @@ impl SpdyVersion {
     }
 }
 
+/// An input stream of the client's (stdin, resize) with our half of it, which stays open for
+/// as long as the input is read and gets its FIN when it is dropped. client-go reads stdin only
+/// to learn that the server is done with it: our FIN makes it close its own side, so a FIN sent
+/// at once would end the process's input before the user typed anything.
+struct InputStream {
+    read: StreamReader,
+    _ours: StreamWriter,
+}
+
+impl AsyncRead for InputStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.read).poll_read(cx, buf)
+    }
+}
+
 /// How long a client may take to open its streams after the upgrade.
 const STREAM_CREATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -403,9 +422,7 @@ pub async fn spdy_channels(
     let mut reader = |kind: &str| {
         streams.remove(kind).map(|s| {
             let (read, write) = s.split();
-            // The client never reads its input streams; our side of them is closed at once.
-            drop(write);
-            Box::pin(read) as BoxRead
+            Box::pin(InputStream { read, _ours: write }) as BoxRead
         })
     };
     let stdin = reader("stdin");

@@ -16,6 +16,7 @@ use berth_images::ImageService;
 
 use crate::cgroups::{CgroupLayout, CgroupMode};
 use crate::container::cgroup::ContainerCgroup;
+use crate::container::image_volume;
 use crate::container::spec::{self, PidNamespace, PodContext, PodUserNamespace, SpecInputs};
 use crate::container::stream::{self, StdioSession, StreamOptions};
 use crate::container::types::*;
@@ -186,7 +187,8 @@ impl Containers {
     /// Attach: the running container's own stdio, held by its pod's monitor. Every attacher
     /// gets the output from the moment it attaches; each may write stdin (a container created
     /// with stdin only); with stdin_once, the container's stdin closes when the first attacher
-    /// with stdin ends it. The container's tty decides the streams whatever `options.tty`
+    /// with stdin ends it; without, an attacher's stdin ending is its detach, and ends its
+    /// session (as with containerd) while the container's stdin stays open. The container's tty decides the streams whatever `options.tty`
     /// says (as containerd and CRI-O do): with one, its output is stdout, there is no stderr,
     /// and resizes apply to its terminal.
     pub async fn attach(&self, id: &str, options: StreamOptions) -> Result<StdioSession> {
@@ -252,6 +254,13 @@ async fn spawn<T: Send + 'static>(
         .map_err(|err| Error::Internal(format!("container task failed: {err}")))?
 }
 
+/// The images a new container uses: its own, and those of its image volumes by the index of
+/// their mount.
+struct Images {
+    own: berth_images::ContainerImage,
+    volumes: Vec<(usize, berth_images::ContainerImage)>,
+}
+
 /// What a create has taken so far, for its rollback.
 #[derive(Default)]
 struct Taken {
@@ -305,6 +314,7 @@ impl Inner {
             .ok_or_else(|| {
                 Error::NotFound(format!("image {:?} is not present on this node", config.image))
             })?;
+        let volumes = self.volume_images(&config)?;
         let meta = &pod.record.config.metadata;
         let name = format!(
             "{}_{}_{}_{}_{}",
@@ -313,7 +323,8 @@ impl Inner {
         let log_path = log_path(&pod.record.config.log_directory, &config.log_path)?;
         let id = new_id()?;
         let mut taken = Taken::default();
-        let result = self.take(&id, &name, &pod, config, image, log_path, &mut taken).await;
+        let images = Images { own: image, volumes };
+        let result = self.take(&id, &name, &pod, config, images, log_path, &mut taken).await;
         match result {
             Ok(record) => {
                 tracing::info!(container_id = %id, pod_id = %pod.record.id, name, "container created");
@@ -330,17 +341,43 @@ impl Inner {
         }
     }
 
+    /// The images of the config's image volumes, by the index of their mount, each checked
+    /// first; one not on the node is NotFound, as the kubelet pulls them before it creates.
+    fn volume_images(
+        &self,
+        config: &ContainerConfig,
+    ) -> Result<Vec<(usize, berth_images::ContainerImage)>> {
+        let mut volumes = Vec::new();
+        for (index, m) in config.mounts.iter().enumerate() {
+            let Some(volume) = &m.image else { continue };
+            image_volume::check(m, volume)?;
+            let image = self
+                .images
+                .for_container(&volume.image)
+                .map_err(|err| Error::Internal(format!("image {}: {err}", volume.image)))?
+                .ok_or_else(|| {
+                    Error::NotFound(format!(
+                        "image {:?} of the image volume at {:?} is not present on this node",
+                        volume.image, m.container_path
+                    ))
+                })?;
+            volumes.push((index, image));
+        }
+        Ok(volumes)
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn take(
         &self,
         id: &str,
         name: &str,
         pod: &PodForContainer,
-        config: ContainerConfig,
-        image: berth_images::ContainerImage,
+        mut config: ContainerConfig,
+        images: Images,
         log_path: Option<PathBuf>,
         taken: &mut Taken,
     ) -> Result<ContainerRecord> {
+        let Images { own: image, volumes } = images;
         let handler_name = &pod.record.config.runtime_handler;
         let handler = self.handlers.get(handler_name).map_err(|err| {
             Error::FailedPrecondition(format!(
@@ -384,14 +421,53 @@ impl Inner {
         let (upper, work, rootfs) =
             (root_dir.join("upper"), root_dir.join("work"), bundle.join("rootfs"));
 
-        // The blocking part: files of the image, the spec, directories, the cgroup.
+        // Held before the image volumes are mounted on them: a GC or RemoveImage from here on
+        // sees them in use.
+        let mut hold = berth_images::Hold {
+            chains: image.chain_ids.clone(),
+            volume_images: Vec::with_capacity(volumes.len()),
+        };
+        for (index, volume) in &volumes {
+            hold.chains.extend(volume.chain_ids.iter().cloned());
+            hold.volume_images.push(volume.record.id.clone());
+            if let Some(requested) = config.mounts.get_mut(*index).and_then(|m| m.image.as_mut()) {
+                requested.image_ref = volume.record.id.to_string();
+            }
+        }
+        hold.chains.sort();
+        hold.chains.dedup();
+        self.images.hold(id, &hold).map_err(|err| match err.kind() {
+            berth_images::ErrorKind::NotFound => Error::NotFound(err.to_string()),
+            _ => Error::Internal(format!("holding the image's layers: {err}")),
+        })?;
+        taken.hold = true;
+
+        // The blocking part: files of the image, the image volumes, the spec, directories.
         let prepared = {
             let (config, pod, run, layers) =
                 (config.clone(), pod.clone(), run.clone(), image.layers.clone());
+            let volumes: Vec<(usize, Vec<PathBuf>)> =
+                volumes.iter().map(|(index, image)| (*index, image.layers.clone())).collect();
             let (id, rootfs) = (id.to_string(), rootfs.clone());
             let (upper, work, bundle) = (upper.clone(), work.clone(), bundle.clone());
             let (layout, oom_floor) = (self.cgroups.clone(), self.oom_floor);
             blocking(move || {
+                // The spec binds what is mounted here: its config names it as the host path.
+                let mut config = config;
+                let userns = user_namespace.as_ref().map(|u| u.path.as_path());
+                for (index, layers) in &volumes {
+                    let Some(m) = config.mounts.get_mut(*index) else { continue };
+                    let sub = m.image.as_ref().map(|v| v.sub_path.as_str()).unwrap_or_default();
+                    let source = image_volume::prepare(&bundle, *index, layers, userns, sub)
+                        .map_err(|err| match err {
+                            Error::InvalidArgument(why) => Error::InvalidArgument(format!(
+                                "image volume at {:?}: {why}",
+                                m.container_path
+                            )),
+                            other => other,
+                        })?;
+                    m.host_path = source.display().to_string();
+                }
                 let user = user::resolve(&config.security, &run.user, &layers)?;
                 let pid = pid_namespace(&config, &pod, oci);
                 let context = PodContext {
@@ -447,11 +523,6 @@ impl Inner {
         };
         taken.dirs = true;
         let (user, resources) = prepared.await?;
-
-        self.images
-            .hold(id, &image.chain_ids)
-            .map_err(|err| Error::Internal(format!("holding the image's layers: {err}")))?;
-        taken.hold = true;
 
         let (layout, nest, path) = (self.cgroups.clone(), self.nest, cgroup_path.clone());
         let cgroup =
@@ -1041,8 +1112,37 @@ impl Inner {
         }
     }
 
+    /// At start: gives back what a create cut short by a crash took before it wrote the
+    /// record (the create's rollback never ran): image holds, which would keep an image
+    /// volume's image from RemoveImage for good, and bundles, with their mounts.
+    fn forget_unrecorded(&self) {
+        let known: std::collections::HashSet<String> =
+            self.store.all().iter().map(|entry| entry.id.clone()).collect();
+        for owner in self.images.holders() {
+            if known.contains(&owner) {
+                continue;
+            }
+            tracing::info!(container_id = %owner, "releasing the holds of an unrecorded container");
+            if let Err(err) = self.images.release(&owner) {
+                tracing::warn!(container_id = %owner, error = %err, "releasing holds");
+            }
+        }
+        let Ok(entries) = std::fs::read_dir(&self.state_dir) else { return };
+        for entry in entries.flatten() {
+            let Some(id) = entry.file_name().to_str().map(str::to_string) else { continue };
+            if known.contains(&id) || !entry.path().is_dir() {
+                continue;
+            }
+            tracing::info!(container_id = %id, "removing the bundle of an unrecorded container");
+            if let Err(err) = remove_bundle(&entry.path()) {
+                tracing::warn!(container_id = %id, error = %err, "removing a bundle");
+            }
+        }
+    }
+
     /// At start: settles containers that were created or running when berthd went down.
     fn recover(&self) {
+        self.forget_unrecorded();
         let mut known: std::collections::HashMap<String, Option<Vec<(String, MonitorStatus)>>> =
             Default::default();
         for entry in self.store.all() {
@@ -1295,6 +1395,7 @@ fn runtime_cgroup_path(path: &str, nest: bool) -> Result<String> {
 fn remove_bundle(bundle: &Path) -> Result<()> {
     crate::executor::unmount_rootfs(&bundle.join("rootfs"))?;
     crate::executor::unmount_idmapped(bundle)?;
+    image_volume::unmount_all(bundle)?;
     remove_dir(bundle)
 }
 

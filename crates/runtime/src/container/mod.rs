@@ -2,6 +2,7 @@
 //! streams.
 
 pub mod cgroup;
+pub mod image_volume;
 mod lifecycle;
 pub mod spec;
 pub(crate) mod stream;

@@ -725,6 +725,9 @@ fn depth(path: &Path) -> usize {
 
 fn cri_mount(m: &Mount) -> Result<OciMount> {
     let destination = container_path(&m.container_path, "mount")?;
+    if m.image.is_some() {
+        return image_volume_mount(m, destination);
+    }
     let host = host_path(m)?;
     let mut options = vec![
         "rbind",
@@ -776,6 +779,29 @@ fn cri_mount(m: &Mount) -> Result<OciMount> {
         .set_options(Some(options.into_iter().map(str::to_string).collect()))
         .set_uid_mappings(idmapped.then(|| m.uid_mappings.iter().map(Into::into).collect()))
         .set_gid_mappings(idmapped.then(|| m.gid_mappings.iter().map(Into::into).collect()));
+    Ok(mount)
+}
+
+/// An image volume: a read-only bind of what CreateContainer mounted on the node for it
+/// (`container::image_volume`), whose path it puts in `host_path` of the config the spec is
+/// built from. Its files are already idmapped for a pod's user namespace; the bind is not.
+fn image_volume_mount(m: &Mount, destination: PathBuf) -> Result<OciMount> {
+    if m.host_path.is_empty() {
+        return Err(Error::Internal(format!(
+            "image volume at {}: not mounted before the spec was built",
+            m.container_path
+        )));
+    }
+    let mut options = vec!["rbind", "rprivate", "ro"];
+    if m.recursive_read_only {
+        options.push("rro");
+    }
+    let mut mount = OciMount::default();
+    mount
+        .set_destination(destination)
+        .set_typ(Some("bind".into()))
+        .set_source(Some(PathBuf::from(&m.host_path)))
+        .set_options(Some(options.into_iter().map(str::to_string).collect()));
     Ok(mount)
 }
 
@@ -1806,6 +1832,36 @@ mod tests {
         };
         assert_invalid(build_for(&bidirectional, &userns_pod()), "bidirectional");
         assert!(build_for(&bidirectional, &pod()).is_ok());
+    }
+
+    #[test]
+    fn image_volumes_are_read_only_binds_of_what_was_mounted() {
+        let volume =
+            crate::container::types::ImageVolume { image: "x.io/a:1".into(), ..Default::default() };
+        let mounted = Mount {
+            image: Some(volume),
+            host_path: "/run/berth/containers/c/image-volumes/0/etc".into(),
+            ..cri("/mnt/image", "", true, false, Propagation::Private)
+        };
+        // In a user namespace too: the mounted image is idmapped already.
+        let spec = build_for(
+            &ContainerConfig { mounts: vec![mounted.clone()], ..config() },
+            &userns_pod(),
+        )
+        .unwrap();
+        let m = spec
+            .mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.destination() == Path::new("/mnt/image"))
+            .unwrap();
+        assert_eq!(m.source().as_deref(), Some(Path::new(&mounted.host_path)));
+        assert_eq!(m.options().as_ref().unwrap(), &strings(&["rbind", "rprivate", "ro"]));
+        assert_eq!((m.uid_mappings(), m.gid_mappings()), (&None, &None));
+        let unmounted = Mount { host_path: String::new(), ..mounted };
+        let err = build_for(&ContainerConfig { mounts: vec![unmounted], ..config() }, &pod());
+        assert!(matches!(err, Err(Error::Internal(_))), "{err:?}");
     }
 
     #[test]

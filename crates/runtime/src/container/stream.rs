@@ -74,7 +74,8 @@ pub struct StdioSession {
     /// With a tty only; a size with a 0 dimension is ignored.
     pub resize: Option<mpsc::Sender<TerminalSize>>,
     /// Exec: the exit code once the process has exited (128 + signal when killed). Attach:
-    /// `None` when the container has exited and its output is all read.
+    /// `None` when the container has exited and its output is all read, or when the session's
+    /// stdin ended on a container without stdin_once (a detach).
     pub exit: ExitFuture,
 }
 

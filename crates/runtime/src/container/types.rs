@@ -37,6 +37,27 @@ pub struct Mount {
     pub uid_mappings: Vec<IdMapping>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gid_mappings: Vec<IdMapping>,
+    /// An image volume (CRI `Mount.image`): the image's filesystem, read-only, in place of a
+    /// host path (which is then empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageVolume>,
+}
+
+/// The image of an image volume and what of it to mount.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageVolume {
+    /// The image as the client named it (`ImageSpec.image`; the kubelet passes the image's id).
+    pub image: String,
+    /// `ImageSpec.user_specified_image`, kept to be reported back.
+    #[serde(default)]
+    pub user_specified_image: String,
+    /// A path inside the image to mount instead of its root (`image_sub_path`); empty: the root.
+    #[serde(default)]
+    pub sub_path: String,
+    /// The image's id, as PullImage answered it: set by CreateContainer, reported in
+    /// ContainerStatus (`ImageSpec.image_ref`).
+    #[serde(default)]
+    pub image_ref: String,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -382,6 +382,15 @@ impl Attacher {
         frame::encode(kind, payload, &mut self.out);
     }
 
+    /// Queues the end frame; the connection closes once it is sent, or after a grace period.
+    fn end(&mut self, now: Instant) {
+        if self.close_by.is_some() {
+            return;
+        }
+        self.queue(frame::END, &[]);
+        self.close_by = Some(now + ATTACH_CLOSE_GRACE);
+    }
+
     /// Sends what it can of the queue without blocking.
     fn flush(&mut self) {
         while self.unsent() > 0 && !self.dead {
@@ -1005,8 +1014,7 @@ impl Monitor {
             {
                 container.ended = true;
                 for attacher in &mut attachers {
-                    attacher.queue(frame::END, &[]);
-                    attacher.close_by = Some(now + ATTACH_CLOSE_GRACE);
+                    attacher.end(now);
                 }
             }
             for attacher in &mut attachers {
@@ -1397,7 +1405,14 @@ fn attacher_frame(
         }
         frame::STDIN_EOF => {
             attacher.stdin_done = true;
-            stdin_ended(container);
+            if container.stdin_once {
+                stdin_ended(container);
+            } else {
+                // The container's stdin stays open for the next attacher, and this one's
+                // input ending is its detach (crictl's Ctrl-P Ctrl-Q, a pipe at its end): its
+                // session ends here, as containerd ends it, instead of waiting for the exit.
+                attacher.end(Instant::now());
+            }
         }
         frame::RESIZE => {
             let (width, height) =

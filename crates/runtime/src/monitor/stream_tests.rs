@@ -415,9 +415,11 @@ async fn attach_to_a_terminal(handler: Handler) {
     // The terminal echoes the line, then stty and stderr write on it.
     let seen = read_until(&mut stdout, "22 77\r\nerr\r\n").await;
     assert!(seen.contains("stty size; echo err >&2\r\n"), "no echo: {seen:?}");
+    // The end of its input detaches the attacher: its session ends, the shell runs on.
     stdin.shutdown().await.unwrap();
-    drop((stdout, stdin));
-    drop(session);
+    read_all(&mut stdout).await;
+    drop((stdout, stdin, resize));
+    assert_eq!(exit_of(session).await.unwrap(), None);
     // The shell still runs, and a new attacher drives it.
     let mut again = pod.attach(options(true, true, false, true)).await.unwrap();
     let mut stdin = again.stdin.take().unwrap();
