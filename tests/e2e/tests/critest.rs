@@ -186,10 +186,8 @@ async fn critest(handler: &'static str) {
         if run_started.elapsed() > TIMEOUT {
             let _ = child.kill();
             let _ = child.wait();
-            panic!(
-                "critest[{name}] did not finish within {TIMEOUT:?}; its log: {}",
-                log_path.display()
-            );
+            let kept = keep(&log_path, &format!("berth-critest-{name}.log"));
+            panic!("critest[{name}] did not finish within {TIMEOUT:?}; its log: {kept}");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
@@ -200,12 +198,9 @@ async fn critest(handler: &'static str) {
         panic!("critest[{name}] exited with {status} and wrote no report:\n{output}");
     }
     let specs = specs(&report);
-    // Keep a copy where a developer finds it after the node is gone.
-    let kept = std::env::temp_dir().join(format!("berth-critest-{name}.json"));
-    let _ = std::fs::copy(&report, &kept);
-    let _ = std::fs::copy(&log_path, kept.with_extension("log"));
-    let daemon_log = std::env::temp_dir().join(format!("berth-critest-{name}-berthd.log"));
-    let _ = std::fs::copy(&daemon.log, &daemon_log);
+    let kept_report = keep(&report, &format!("berth-critest-{name}.json"));
+    let kept_log = keep(&log_path, &format!("berth-critest-{name}.log"));
+    let daemon_log = keep(&daemon.log, &format!("berth-critest-{name}-berthd.log"));
 
     let count = |state: &str| specs.iter().filter(|s| s.state == state).count();
     // A spec that skipped itself at run time (critest's own Skip(), with a message) is a skip
@@ -233,8 +228,8 @@ async fn critest(handler: &'static str) {
         failed.iter().filter(|s| s.state == "skipped").count(),
         run_time,
         started.elapsed(),
-        kept.display(),
-        kept.with_extension("log").display(),
+        kept_report,
+        kept_log,
     );
     for spec in slowest.iter().take(5) {
         eprintln!("critest[{name}]: slow: {:.1}s {}", spec.seconds, spec.name);
@@ -252,7 +247,7 @@ async fn critest(handler: &'static str) {
          daemon log: {}",
         failed.len(),
         listing.join("\n"),
-        daemon_log.display()
+        daemon_log
     );
 }
 
@@ -269,6 +264,16 @@ fn short(message: &str) -> String {
     match gist.char_indices().nth(400) {
         Some((at, _)) => format!("{}…", &gist[..at]),
         None => gist,
+    }
+}
+
+/// Copies `path` (in the node's directory, which goes with the node) to the system's
+/// temporary directory as `name`, where a developer finds it after the test; returns where.
+fn keep(path: &Path, name: &str) -> String {
+    let kept = std::env::temp_dir().join(name);
+    match std::fs::copy(path, &kept) {
+        Ok(_) => kept.display().to_string(),
+        Err(err) => format!("{} (not kept: {err})", path.display()),
     }
 }
 
