@@ -392,6 +392,10 @@ async fn bad_mappings_fail_clearly(handler: &'static str) {
             base.clone().userns(&[IdMapping { host_id: 0, ..range }], &[range]),
             "maps the node's root",
         ),
+        (
+            base.clone().userns(&[range], &[IdMapping { container_id: 1, ..range }]),
+            "container ID 0 is not mapped",
+        ),
         (base.clone().host_network(), "cannot share the node's network namespace"),
         (base.clone().host_ipc(), "cannot share the node's IPC namespace"),
         (base.clone().pid(NamespaceMode::Node), "cannot share the node's PID namespace"),
