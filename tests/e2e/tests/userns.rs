@@ -267,11 +267,25 @@ async fn files_on_plain_and_idmapped_binds(handler: &'static str) {
     std::fs::write(plain.join("from-node"), "node\n").unwrap();
     let pod = env.pod("binds", base);
     let pod_id = env.run_pod(&pod).await;
+    // With CRI mount options, which the remount of an idmapped bind takes too.
+    let options = |list: &[&str]| list.iter().map(|o| o.to_string()).collect::<Vec<_>>();
     let spec = env
         .sleeper("binds", &pod)
-        .mount(bind(&plain, "/plain"))
-        .mount(idmapped(bind(&mapped, "/mapped"), base));
+        .mount(Mount { mount_options: options(&["nodev"]), ..bind(&plain, "/plain") })
+        .mount(Mount {
+            mount_options: options(&["noexec", "nosuid"]),
+            ..idmapped(bind(&mapped, "/mapped"), base)
+        });
     let id = env.run(&pod_id, &pod, &spec).await;
+    let flags =
+        env.sh(&id, "awk '$5 ~ /^\\/(plain|mapped)$/ { print $5, $6 }' /proc/self/mountinfo").await;
+    let flags_of = |path: &str| -> Vec<String> {
+        let line = flags.lines().find(|l| l.starts_with(&format!("{path} "))).unwrap_or("");
+        line.split([' ', ',']).skip(1).map(str::to_string).collect()
+    };
+    assert!(flags_of("/plain").contains(&"nodev".to_string()), "{flags}");
+    let mapped_flags = flags_of("/mapped");
+    assert!(["noexec", "nosuid"].iter().all(|f| mapped_flags.contains(&f.to_string())), "{flags}");
     let status = env.cri.container(&id).await;
     let shown = status.mounts.iter().find(|m| m.container_path == "/mapped").unwrap();
     assert_eq!(shown.uid_mappings.len(), 1, "ContainerStatus keeps the mappings: {shown:?}");

@@ -37,7 +37,17 @@ pub struct Mount {
     pub uid_mappings: Vec<IdMapping>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gid_mappings: Vec<IdMapping>,
+    /// CRI `mount_options`: more restrictions for the bind, as OCI mount options; only those
+    /// of [`BIND_OPTIONS`] are taken.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub options: Vec<String>,
 }
+
+/// The CRI mount options berth applies to a bind (KEP-5855's `noexec`, `nodev`, `nosuid`, and
+/// `ro`, the same as `readonly`). Each only takes something away from the container; one that
+/// would give it more than the node's mount has (`exec`, `suid`, `dev`, `rw`) or that means
+/// something else to a bind is refused, never ignored.
+pub const BIND_OPTIONS: [&str; 4] = ["noexec", "nodev", "nosuid", "ro"];
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Propagation {
