@@ -390,9 +390,8 @@ async fn capabilities_stop_at_the_pod(handler: &'static str) {
     env.assert_nothing_left();
 }
 
-/// Mappings that are not one range each, and namespaces the node would have to share:
-/// INVALID_ARGUMENT, naming the fault, and nothing is left. A PID namespace shared by the
-/// pod's containers: the embedded executor runs it, runc is refused plainly.
+/// Mappings that are not one range each or leave out the pod's id 0, and namespaces the node
+/// would have to share: INVALID_ARGUMENT, naming the fault, and nothing is left.
 async fn bad_mappings_fail_clearly(handler: &'static str) {
     let mut env = Env::start(handler).await;
     let range = IdMapping { host_id: 15 * RANGE, container_id: 0, length: RANGE };
@@ -421,20 +420,6 @@ async fn bad_mappings_fail_clearly(handler: &'static str) {
     }
     assert!(env.cri.list_pods(None).await.is_empty());
 
-    let shared = env.pod("shared-pid", 19 * RANGE).pid(NamespaceMode::Pod);
-    if handler.is_empty() {
-        let pod_id = env.run_pod(&shared).await;
-        let spec = env.sleeper("a", &shared).pid_mode(NamespaceMode::Pod);
-        let id = env.run(&pod_id, &shared, &spec).await;
-        assert_eq!(env.sh(&id, "id -u").await, "0\n");
-        assert_eq!(env.node_ids(&id).await.0[0], 19 * RANGE);
-        env.stop_and_remove_pod(&pod_id).await;
-    } else {
-        let err = env.cri.run_pod(&shared).await.unwrap_err();
-        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
-        assert!(err.message().contains("cannot share one PID namespace"), "{}", err.message());
-    }
-
     // A container that asks for the node's user namespace in such a pod, or for other
     // mappings than its pod's.
     let pod = env.pod("ok", 21 * RANGE);
@@ -455,6 +440,53 @@ async fn bad_mappings_fail_clearly(handler: &'static str) {
     assert!(err.message().contains("not its pod's"), "{}", err.message());
     env.stop_and_remove_pod(&pod_id).await;
     env.assert_nothing_left();
+}
+
+/// `shareProcessNamespace` with `hostUsers: false`: the pod's PID namespace is owned by its
+/// user namespace (an OCI runtime, which enters the user namespace first, can join it only
+/// then), with berth's pod init as its pid 1. Its containers see each other's processes, as
+/// the pod's root; what is the node's stays out of reach; and stopping the pod leaves no
+/// process of it.
+async fn a_shared_pid_namespace_belongs_to_the_pod(handler: &'static str) {
+    let mut env = Env::start(handler).await;
+    let base = 19 * RANGE;
+    let pod = env.pod("shared-pid", base).pid(NamespaceMode::Pod);
+    let pod_id = env.run_pod(&pod).await;
+    let a = env.run(&pod_id, &pod, &env.sleeper("a", &pod).pid_mode(NamespaceMode::Pod)).await;
+    let spec = env.sleeper("b", &pod).pid_mode(NamespaceMode::Pod).command(&["sleep", "2000"]);
+    let b = env.run(&pod_id, &pod, &spec).await;
+    assert_eq!(env.sh(&a, "id -u").await, "0\n");
+    assert_eq!(env.node_ids(&a).await.0[0], base);
+    let pid_ns = |pid: u64| std::fs::read_link(format!("/proc/{pid}/ns/pid")).unwrap();
+    let pids = [env.cri.container_info(&a).await, env.cri.container_info(&b).await]
+        .map(|info| info["pid"].as_u64().expect("the container's pid"));
+    assert_eq!(pid_ns(pids[0]), pid_ns(pids[1]), "one PID namespace");
+    // Each sees the other's process, and the pod init as pid 1.
+    let seen = env.sh(&a, "cat /proc/1/comm; cat /proc/[0-9]*/cmdline | tr '\\0' ' '").await;
+    assert!(seen.starts_with("berth-pod-init\n"), "{seen}");
+    assert!(seen.contains("sleep 2000"), "{seen}");
+    // The pod init ignores the signals of its namespace (the kernel drops them for a pid 1
+    // without handlers); the monitor is the node's to signal, not the pod's root's.
+    let init = env.sh(&a, "kill -9 1; sleep 0.2; cat /proc/1/comm").await;
+    assert_eq!(init, "berth-pod-init\n");
+    let monitor =
+        env.sh(&a, "grep -l berth /proc/[0-9]*/comm | grep -v '^/proc/1/' | head -1").await;
+    let monitor_pid = monitor.trim().trim_start_matches("/proc/").trim_end_matches("/comm");
+    assert!(!monitor_pid.is_empty(), "the monitor is in the pod's PID namespace: {seen}");
+    let err = env.sh_fails(&a, &format!("kill -9 {monitor_pid}")).await;
+    assert!(err.contains("not permitted"), "{err}");
+    assert_eq!(env.sh(&b, "echo alive").await, "alive\n");
+
+    env.stop_and_remove_pod(&pod_id).await;
+    env.assert_nothing_left();
+    let left: Vec<String> = env
+        .node
+        .processes()
+        .into_iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).ok())
+        .filter(|comm| comm.trim() == "berth-pod-init")
+        .collect();
+    assert!(left.is_empty(), "pod init left behind: {left:?}");
 }
 
 fn set_container_userns(spec: &mut ContainerSpec, options: UserNamespace) {
@@ -552,5 +584,6 @@ berth_e2e::handler_cases!(
     files_on_plain_and_idmapped_binds,
     capabilities_stop_at_the_pod,
     bad_mappings_fail_clearly,
+    a_shared_pid_namespace_belongs_to_the_pod,
     a_restart_keeps_the_mappings,
 );

@@ -267,9 +267,14 @@ fn receive_with_fds(
 
 /// Starts the monitor of a pod and waits until it listens. Returns its pid (in berthd's PID
 /// namespace). `exe` is `berth-monitor` or berthd itself; both take the `monitor` subcommand.
-pub async fn spawn(exe: &Path, pod_state_dir: &Path, pod_id: &str, pid_ns: bool) -> Result<u32> {
+pub async fn spawn(
+    exe: &Path,
+    pod_state_dir: &Path,
+    pod_id: &str,
+    pid_ns: PodPidNamespace,
+) -> Result<u32> {
     let (exe, dir, pod) = (exe.to_path_buf(), pod_state_dir.to_path_buf(), pod_id.to_string());
-    let started = tokio::task::spawn_blocking(move || spawn_blocking(&exe, &dir, &pod, pid_ns));
+    let started = tokio::task::spawn_blocking(move || spawn_blocking(&exe, &dir, &pod, &pid_ns));
     match tokio::time::timeout(START_TIMEOUT, started).await {
         Ok(Ok(result)) => result,
         Ok(Err(err)) => Err(Error::Internal(format!("starting the monitor: {err}"))),
@@ -279,7 +284,19 @@ pub async fn spawn(exe: &Path, pod_state_dir: &Path, pod_id: &str, pid_ns: bool)
     }
 }
 
-fn spawn_blocking(exe: &Path, dir: &Path, pod: &str, pid_ns: bool) -> Result<u32> {
+/// The PID namespace of a pod's monitor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PodPidNamespace {
+    /// The node's: each container gets its own, or the node's.
+    None,
+    /// One the monitor creates, as its pid 1.
+    Own,
+    /// One owned by the pod's user namespace (held at this path), with a pod init as its pid 1
+    /// and the monitor beside it (see `pod_init`).
+    OwnedBy(PathBuf),
+}
+
+fn spawn_blocking(exe: &Path, dir: &Path, pod: &str, pid_ns: &PodPidNamespace) -> Result<u32> {
     use std::io::BufRead;
     let log_path = dir.join("monitor.log");
     let log = std::fs::OpenOptions::new()
@@ -296,8 +313,14 @@ fn spawn_blocking(exe: &Path, dir: &Path, pod: &str, pid_ns: bool) -> Result<u32
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(log);
-    if pid_ns {
-        command.arg("--pid-ns");
+    match pid_ns {
+        PodPidNamespace::None => {}
+        PodPidNamespace::Own => {
+            command.arg("--pid-ns");
+        }
+        PodPidNamespace::OwnedBy(user_ns) => {
+            command.arg("--pid-ns").arg("--pid-ns-owner").arg(user_ns);
+        }
     }
     let mut child = command.spawn().map_err(Error::io("starting", exe))?;
     let stdout = child.stdout.take();

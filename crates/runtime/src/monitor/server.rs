@@ -1,6 +1,6 @@
 //! The monitor process of one pod (`berthd monitor …`): a single thread, no async runtime. It
-//! is the subreaper of the pod's containers (and pid 1 of the pod's PID namespace when the pod
-//! shares one): it creates them through the embedded executor or an OCI runtime's CLI
+//! is the subreaper of the pod's containers (and in the pod's PID namespace when the pod shares
+//! one: its pid 1, or beside its pod init, see `pod_init`): it creates them through the embedded executor or an OCI runtime's CLI
 //! (`oci.rs`), owns their stdio and writes their logs, reaps them and records each exit on
 //! disk. berthd talks to it over a unix socket (see `proto.rs`); a berthd that is slow,
 //! restarting or gone never blocks a container, because the monitor alone reads their output.
@@ -52,8 +52,8 @@ const STDIN_PENDING_MAX: usize = 256 << 10;
 /// How long an attacher has to take the rest of its output once the container has exited.
 const ATTACH_CLOSE_GRACE: Duration = Duration::from_secs(5);
 
-/// Entry point of `berthd monitor --dir <pod state dir> --pod <id> [--pid-ns]`; returns the exit
-/// code.
+/// Entry point of `berthd monitor --dir <pod state dir> --pod <id> [--pid-ns [--pid-ns-owner
+/// <user namespace file>]]`; returns the exit code.
 pub fn main(args: &[OsString]) -> i32 {
     let options = match Options::parse(args) {
         Ok(options) => options,
@@ -75,24 +75,31 @@ struct Options {
     dir: PathBuf,
     pod: String,
     pid_ns: bool,
+    /// The pod's user namespace, which must own its PID namespace (see `pod_init`).
+    pid_ns_owner: Option<PathBuf>,
 }
 
 impl Options {
     fn parse(args: &[OsString]) -> Result<Options, String> {
-        let (mut dir, mut pod, mut pid_ns) = (None, None, false);
+        let (mut dir, mut pod, mut pid_ns, mut pid_ns_owner) = (None, None, false, None);
         let mut args = args.iter();
         while let Some(arg) = args.next() {
             match arg.to_str() {
                 Some("--dir") => dir = args.next().map(PathBuf::from),
                 Some("--pod") => pod = args.next().and_then(|s| s.to_str()).map(str::to_string),
                 Some("--pid-ns") => pid_ns = true,
+                Some("--pid-ns-owner") => pid_ns_owner = args.next().map(PathBuf::from),
                 _ => return Err(format!("unexpected argument {arg:?}")),
             }
+        }
+        if pid_ns_owner.is_some() && !pid_ns {
+            return Err("--pid-ns-owner needs --pid-ns".into());
         }
         Ok(Options {
             dir: dir.ok_or("--dir is required")?,
             pod: pod.ok_or("--pod is required")?,
             pid_ns,
+            pid_ns_owner,
         })
     }
 }
@@ -108,16 +115,21 @@ fn run(options: Options) -> Result<(), String> {
     // fork, so that berthd's child exits at once and the monitor is nobody's child but init's
     // (berthd may die and restart; the monitor must not be its zombie or its hostage).
     nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
-    if options.pid_ns {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID)
-            .map_err(|e| format!("creating the pod's PID namespace: {e}"))?;
+    // Held open for the monitor's whole life: its pod init lives as long (see `pod_init`).
+    let mut _pod_init = None;
+    match &options.pid_ns_owner {
+        Some(user_ns) => _pod_init = Some(super::pod_init::enter(user_ns)?),
+        None if options.pid_ns => nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID)
+            .map_err(|e| format!("creating the pod's PID namespace: {e}"))?,
+        None => {}
     }
     // SAFETY: the process is single-threaded here (nothing has spawned a thread).
     match unsafe { nix::unistd::fork() }.map_err(|e| format!("fork: {e}"))? {
         nix::unistd::ForkResult::Parent { .. } => unsafe { libc::_exit(0) },
         nix::unistd::ForkResult::Child => {}
     }
-    // Before anything else: the monitor is pid 1 of the pod's PID namespace, so its containers
+    // Before anything else: the monitor is in the pod's PID namespace (its pid 1, or beside
+    // its pod init in a pod with a user namespace of its own), so its containers
     // see it, as the same uid. Dumpable, it is kept from them by the kernel's capability rule
     // alone (a container holding every capability the monitor has would get in: all of them
     // here, fewer when berthd itself runs confined), and for them /proc/1/root is the host's
@@ -185,7 +197,7 @@ fn redirect_stdio_to_null() {
 
 struct Monitor {
     pod: String,
-    /// The monitor is pid 1 of the pod's PID namespace.
+    /// The monitor is in the pod's PID namespace.
     pid_ns: bool,
     host_pid: u32,
     listener: UnixListener,
