@@ -15,12 +15,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use berth_cri_server::proto::{
-    ContainerState, IdMapping, Mount, NamespaceMode, StatusRequest, UserNamespace,
+    AttachRequest, ContainerState, IdMapping, Mount, NamespaceMode, StatusRequest, UserNamespace,
 };
 use berth_e2e::berthd::Options;
 use berth_e2e::cni::BridgeNetwork;
-use berth_e2e::cri::{bind, container, pod, ContainerSpec, Pod};
+use berth_e2e::cri::{bind, container, log_messages, pod, read_log, ContainerSpec, Pod};
 use berth_e2e::images;
+use berth_e2e::streaming::{self, Input};
 use berth_e2e::{Berthd, Cri, Node, Registry};
 use nix::sys::signal::Signal;
 use tonic::Code;
@@ -489,6 +490,65 @@ async fn a_shared_pid_namespace_belongs_to_the_pod(handler: &'static str) {
     assert!(left.is_empty(), "pod init left behind: {left:?}");
 }
 
+/// `userns_options` mode NODE, as critest sends it (a pod sharing one PID namespace, the
+/// container repeating the pod's options): the container is in the node's user namespace, its
+/// uid_map is the node's, and what it writes reaches its log and an attacher.
+async fn node_mode_is_the_nodes_user_namespace(handler: &'static str) {
+    let mut env = Env::start(handler).await;
+    let logs = env.node.dir().join("logs/node-mode");
+    std::fs::create_dir_all(&logs).unwrap();
+    let pod = pod("node-mode").log_directory(&logs).runtime_handler(handler).userns_node();
+    let pod_id = env.run_pod(&pod).await;
+    let repeat = |mut spec: ContainerSpec| {
+        set_container_userns(
+            &mut spec,
+            UserNamespace { mode: NamespaceMode::Node.into(), ..Default::default() },
+        );
+        spec
+    };
+    let maps = repeat(container("maps", &env.image).command(&["cat", "/proc/self/uid_map"]))
+        .log_path("maps.log");
+    let id = env.run(&pod_id, &pod, &maps).await;
+    let exited = env.cri.wait_exited(&id, EXIT_TIMEOUT).await;
+    assert_eq!(exited.exit_code, 0);
+    let words = |text: &str| text.split_whitespace().map(str::to_string).collect::<Vec<_>>();
+    let logged = log_messages(&read_log(logs.join("maps.log")), None).join("\n");
+    let node_map = std::fs::read_to_string("/proc/self/uid_map").unwrap();
+    assert_eq!(words(&logged), words(&node_map), "the node's uid_map");
+    let user_ns = std::fs::read_link("/proc/self/ns/user").unwrap();
+
+    // Attach, as critest's attach spec does: a shell reading its stdin.
+    let shell = repeat(container("shell", &env.image).command(&["sh"]))
+        .stdin(true, true)
+        .log_path("shell.log");
+    let id = env.run(&pod_id, &pod, &shell).await;
+    let pid = env.cri.container_info(&id).await["pid"].as_u64().unwrap();
+    assert_eq!(std::fs::read_link(format!("/proc/{pid}/ns/user")).unwrap(), user_ns);
+    let input = Input {
+        stdin: Some(b"echo -n hello\n".to_vec()),
+        stdout: true,
+        stderr: true,
+        ..Input::default()
+    };
+    let request = AttachRequest {
+        container_id: id.clone(),
+        stdin: true,
+        stdout: true,
+        stderr: true,
+        tty: false,
+    };
+    let url = env.cri.runtime.attach(request).await.expect("Attach").into_inner().url;
+    let output = tokio::time::timeout(
+        EXIT_TIMEOUT,
+        streaming::spdy_run(&env.node, &url, &streaming::SPDY_OFFER, input),
+    )
+    .await
+    .expect("the attach output arrives");
+    assert_eq!(output.stdout, b"hello", "{output:?}");
+    env.stop_and_remove_pod(&pod_id).await;
+    env.assert_nothing_left();
+}
+
 fn set_container_userns(spec: &mut ContainerSpec, options: UserNamespace) {
     let security = spec.config.linux.as_mut().unwrap().security_context.as_mut().unwrap();
     security.namespace_options.get_or_insert_with(Default::default).userns_options = Some(options);
@@ -585,5 +645,6 @@ berth_e2e::handler_cases!(
     capabilities_stop_at_the_pod,
     bad_mappings_fail_clearly,
     a_shared_pid_namespace_belongs_to_the_pod,
+    node_mode_is_the_nodes_user_namespace,
     a_restart_keeps_the_mappings,
 );
