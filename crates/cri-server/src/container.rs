@@ -209,12 +209,6 @@ fn mount(m: proto::Mount) -> CriResult<rt::Mount> {
         }
         _ => None,
     };
-    if !m.mount_options.is_empty() {
-        return Err(CriError::InvalidRequest(format!(
-            "mount {:?}: mount options {:?} are not supported",
-            m.container_path, m.mount_options
-        )));
-    }
     let propagation = match proto::MountPropagation::try_from(m.propagation) {
         Ok(proto::MountPropagation::PropagationPrivate) => rt::Propagation::Private,
         Ok(proto::MountPropagation::PropagationHostToContainer) => rt::Propagation::HostToContainer,
@@ -235,6 +229,8 @@ fn mount(m: proto::Mount) -> CriResult<rt::Mount> {
         uid_mappings: crate::sandbox::id_mappings(&m.uid_mappings),
         gid_mappings: crate::sandbox::id_mappings(&m.gid_mappings),
         image,
+        // Checked by the runtime when it builds the spec, which names a refused one.
+        options: m.mount_options,
     })
 }
 
@@ -261,6 +257,7 @@ fn proto_mount(m: &rt::Mount) -> proto::Mount {
             ..Default::default()
         }),
         image_sub_path: m.image.as_ref().map(|v| v.sub_path.clone()).unwrap_or_default(),
+        mount_options: m.options.clone(),
         ..Default::default()
     }
 }
@@ -1335,6 +1332,13 @@ mod tests {
         let expected = rt::IdMapping { container_id: 0, host_id: 1000, length: 1 };
         assert_eq!(config.mounts[2].uid_mappings, [expected]);
         assert_eq!(proto_mount(&config.mounts[2]).gid_mappings, [mapping]);
+
+        // Mount options are carried to the runtime (which checks them) and shown back.
+        let mut options = full_config();
+        options.mounts[0].mount_options = vec!["noexec".into(), "nosuid".into()];
+        let config = container_config(options).unwrap();
+        assert_eq!(config.mounts[0].options, ["noexec", "nosuid"]);
+        assert_eq!(proto_mount(&config.mounts[0]).mount_options, ["noexec", "nosuid"]);
 
         let odd_signal = proto::ContainerConfig { stop_signal: 99, ..full_config() };
         assert!(bad_request(container_config(odd_signal)).contains("99"));

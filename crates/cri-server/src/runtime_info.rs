@@ -64,7 +64,9 @@ pub async fn status(cri: &Cri, request: StatusRequest) -> CriResult<StatusRespon
         features: Some(RuntimeFeatures {
             supplemental_groups_policy: true,
             user_namespaces_host_network: false,
-            mount_options: false,
+            // Every handler: the embedded executor applies them, runc and crun take the OCI
+            // options (with the node mount's own restrictions named beside them).
+            mount_options: true,
         }),
     })
 }

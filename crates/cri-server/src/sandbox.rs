@@ -371,6 +371,7 @@ mod tests {
             (userns(Pod, &range, &two), "exactly one gid mapping, not 2"),
             (userns(Pod, &[(0, 65536, 0)], &range), "length is 0"),
             (userns(Pod, &[(0, 0, 65536)], &range), "node's root"),
+            (userns(Pod, &[(1, 65536, 65536)], &range), "container ID 0 is not mapped"),
             (userns(Node, &range, &range), "mode NODE takes no"),
             (userns(Container, &range, &range), "CONTAINER is not supported"),
             (proto::UserNamespace { mode: 9, ..Default::default() }, "mode 9"),

@@ -124,11 +124,18 @@ pub struct UserNamespace {
 impl UserNamespace {
     /// From the CRI's lists, which must hold exactly one mapping each (the kubelet gives every
     /// pod one range of its own). A range that takes in the node's root is refused: the pod's
-    /// processes would be root on the node.
+    /// processes would be root on the node. So is one without the pod's id 0, as containerd
+    /// and CRI-O refuse it: the pod would have no root to own its namespaces, files and
+    /// volumes, and the image's root-owned files would be nobody's.
     pub fn new(uids: &[IdMapping], gids: &[IdMapping]) -> Result<UserNamespace> {
         let one = |list: &[IdMapping], what: &str| match list {
             [mapping] => {
                 mapping.check(what)?;
+                if mapping.to_host(0).is_none() {
+                    return Err(Error::InvalidArgument(format!(
+                        "{what} {mapping}: container ID 0 is not mapped"
+                    )));
+                }
                 if mapping.to_container(0).is_some() {
                     return Err(Error::InvalidArgument(format!(
                         "{what} {mapping}: it maps the node's root into the pod"
@@ -515,7 +522,7 @@ mod tests {
         let ns = UserNamespace::new(&[good], &[m(0, 131_072, 65536)]).unwrap();
         assert_eq!(ns.root_on_host(), Some((65536, 131_072)));
         assert_eq!(ns.oci_uids().len(), 1);
-        let cases: [(&[IdMapping], &[IdMapping], &str); 7] = [
+        let cases: [(&[IdMapping], &[IdMapping], &str); 9] = [
             (&[], &[good], "exactly one uid mapping, not 0"),
             (&[good, m(65536, 200_000, 10)], &[good], "exactly one uid mapping, not 2"),
             (&[good], &[], "exactly one gid mapping"),
@@ -523,15 +530,14 @@ mod tests {
             (&[m(0, u32::MAX - 10, 65536)], &[good], "runs past the last id"),
             (&[good], &[m(u32::MAX, 65536, 1)], "runs past the last id"),
             (&[m(0, 0, 65536)], &[good], "maps the node's root"),
+            (&[m(1, 65536, 65536)], &[good], "container ID 0 is not mapped"),
+            (&[good], &[m(1000, 65536, 10)], "container ID 0 is not mapped"),
         ];
         for (uids, gids, why) in cases {
             let err = UserNamespace::new(uids, gids).unwrap_err();
             assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
             assert!(err.to_string().contains(why), "{why}: {err}");
         }
-        // 0 not mapped is allowed; the namespace then has no root.
-        let rootless = UserNamespace::new(&[m(1, 65536, 10)], &[good]).unwrap();
-        assert_eq!(rootless.root_on_host(), None);
     }
 
     #[test]

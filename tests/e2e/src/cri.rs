@@ -301,6 +301,14 @@ impl Pod {
         self
     }
 
+    /// The node's user namespace, asked for explicitly (`userns_options` mode NODE, as critest
+    /// and a kubelet with `hostUsers: true` may send it).
+    pub fn userns_node(mut self) -> Pod {
+        self.namespaces().userns_options =
+            Some(UserNamespace { mode: NamespaceMode::Node.into(), ..Default::default() });
+        self
+    }
+
     pub fn sysctl(mut self, key: &str, value: &str) -> Pod {
         self.linux().sysctls.insert(key.to_string(), value.to_string());
         self

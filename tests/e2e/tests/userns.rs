@@ -15,12 +15,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use berth_cri_server::proto::{
-    ContainerState, IdMapping, Mount, NamespaceMode, StatusRequest, UserNamespace,
+    AttachRequest, ContainerState, IdMapping, Mount, NamespaceMode, StatusRequest, UserNamespace,
 };
 use berth_e2e::berthd::Options;
 use berth_e2e::cni::BridgeNetwork;
-use berth_e2e::cri::{bind, container, pod, ContainerSpec, Pod};
+use berth_e2e::cri::{bind, container, log_messages, pod, read_log, ContainerSpec, Pod};
 use berth_e2e::images;
+use berth_e2e::streaming::{self, Input};
 use berth_e2e::{Berthd, Cri, Node, Registry};
 use nix::sys::signal::Signal;
 use tonic::Code;
@@ -267,11 +268,25 @@ async fn files_on_plain_and_idmapped_binds(handler: &'static str) {
     std::fs::write(plain.join("from-node"), "node\n").unwrap();
     let pod = env.pod("binds", base);
     let pod_id = env.run_pod(&pod).await;
+    // With CRI mount options, which the remount of an idmapped bind takes too.
+    let options = |list: &[&str]| list.iter().map(|o| o.to_string()).collect::<Vec<_>>();
     let spec = env
         .sleeper("binds", &pod)
-        .mount(bind(&plain, "/plain"))
-        .mount(idmapped(bind(&mapped, "/mapped"), base));
+        .mount(Mount { mount_options: options(&["nodev"]), ..bind(&plain, "/plain") })
+        .mount(Mount {
+            mount_options: options(&["noexec", "nosuid"]),
+            ..idmapped(bind(&mapped, "/mapped"), base)
+        });
     let id = env.run(&pod_id, &pod, &spec).await;
+    let flags =
+        env.sh(&id, "awk '$5 ~ /^\\/(plain|mapped)$/ { print $5, $6 }' /proc/self/mountinfo").await;
+    let flags_of = |path: &str| -> Vec<String> {
+        let line = flags.lines().find(|l| l.starts_with(&format!("{path} "))).unwrap_or("");
+        line.split([' ', ',']).skip(1).map(str::to_string).collect()
+    };
+    assert!(flags_of("/plain").contains(&"nodev".to_string()), "{flags}");
+    let mapped_flags = flags_of("/mapped");
+    assert!(["noexec", "nosuid"].iter().all(|f| mapped_flags.contains(&f.to_string())), "{flags}");
     let status = env.cri.container(&id).await;
     let shown = status.mounts.iter().find(|m| m.container_path == "/mapped").unwrap();
     assert_eq!(shown.uid_mappings.len(), 1, "ContainerStatus keeps the mappings: {shown:?}");
@@ -376,9 +391,8 @@ async fn capabilities_stop_at_the_pod(handler: &'static str) {
     env.assert_nothing_left();
 }
 
-/// Mappings that are not one range each, and namespaces the node would have to share:
-/// INVALID_ARGUMENT, naming the fault, and nothing is left. A PID namespace shared by the
-/// pod's containers: the embedded executor runs it, runc is refused plainly.
+/// Mappings that are not one range each or leave out the pod's id 0, and namespaces the node
+/// would have to share: INVALID_ARGUMENT, naming the fault, and nothing is left.
 async fn bad_mappings_fail_clearly(handler: &'static str) {
     let mut env = Env::start(handler).await;
     let range = IdMapping { host_id: 15 * RANGE, container_id: 0, length: RANGE };
@@ -392,6 +406,10 @@ async fn bad_mappings_fail_clearly(handler: &'static str) {
             base.clone().userns(&[IdMapping { host_id: 0, ..range }], &[range]),
             "maps the node's root",
         ),
+        (
+            base.clone().userns(&[range], &[IdMapping { container_id: 1, ..range }]),
+            "container ID 0 is not mapped",
+        ),
         (base.clone().host_network(), "cannot share the node's network namespace"),
         (base.clone().host_ipc(), "cannot share the node's IPC namespace"),
         (base.clone().pid(NamespaceMode::Node), "cannot share the node's PID namespace"),
@@ -402,20 +420,6 @@ async fn bad_mappings_fail_clearly(handler: &'static str) {
         assert!(err.message().contains(words), "{words}: {}", err.message());
     }
     assert!(env.cri.list_pods(None).await.is_empty());
-
-    let shared = env.pod("shared-pid", 19 * RANGE).pid(NamespaceMode::Pod);
-    if handler.is_empty() {
-        let pod_id = env.run_pod(&shared).await;
-        let spec = env.sleeper("a", &shared).pid_mode(NamespaceMode::Pod);
-        let id = env.run(&pod_id, &shared, &spec).await;
-        assert_eq!(env.sh(&id, "id -u").await, "0\n");
-        assert_eq!(env.node_ids(&id).await.0[0], 19 * RANGE);
-        env.stop_and_remove_pod(&pod_id).await;
-    } else {
-        let err = env.cri.run_pod(&shared).await.unwrap_err();
-        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
-        assert!(err.message().contains("cannot share one PID namespace"), "{}", err.message());
-    }
 
     // A container that asks for the node's user namespace in such a pod, or for other
     // mappings than its pod's.
@@ -435,6 +439,116 @@ async fn bad_mappings_fail_clearly(handler: &'static str) {
     );
     let err = env.cri.create_container(&pod_id, &pod, &other).await.unwrap_err();
     assert!(err.message().contains("not its pod's"), "{}", err.message());
+    env.stop_and_remove_pod(&pod_id).await;
+    env.assert_nothing_left();
+}
+
+/// `shareProcessNamespace` with `hostUsers: false`: the pod's PID namespace is owned by its
+/// user namespace (an OCI runtime, which enters the user namespace first, can join it only
+/// then), with berth's pod init as its pid 1. Its containers see each other's processes, as
+/// the pod's root; what is the node's stays out of reach; and stopping the pod leaves no
+/// process of it.
+async fn a_shared_pid_namespace_belongs_to_the_pod(handler: &'static str) {
+    let mut env = Env::start(handler).await;
+    let base = 19 * RANGE;
+    let pod = env.pod("shared-pid", base).pid(NamespaceMode::Pod);
+    let pod_id = env.run_pod(&pod).await;
+    let a = env.run(&pod_id, &pod, &env.sleeper("a", &pod).pid_mode(NamespaceMode::Pod)).await;
+    let spec = env.sleeper("b", &pod).pid_mode(NamespaceMode::Pod).command(&["sleep", "2000"]);
+    let b = env.run(&pod_id, &pod, &spec).await;
+    assert_eq!(env.sh(&a, "id -u").await, "0\n");
+    assert_eq!(env.node_ids(&a).await.0[0], base);
+    let pid_ns = |pid: u64| std::fs::read_link(format!("/proc/{pid}/ns/pid")).unwrap();
+    let pids = [env.cri.container_info(&a).await, env.cri.container_info(&b).await]
+        .map(|info| info["pid"].as_u64().expect("the container's pid"));
+    assert_eq!(pid_ns(pids[0]), pid_ns(pids[1]), "one PID namespace");
+    // Each sees the other's process, and the pod init as pid 1.
+    let seen = env.sh(&a, "cat /proc/1/comm; cat /proc/[0-9]*/cmdline | tr '\\0' ' '").await;
+    assert!(seen.starts_with("berth-pod-init\n"), "{seen}");
+    assert!(seen.contains("sleep 2000"), "{seen}");
+    // The pod init ignores the signals of its namespace (the kernel drops them for a pid 1
+    // without handlers); the monitor is the node's to signal, not the pod's root's.
+    let init = env.sh(&a, "kill -9 1; sleep 0.2; cat /proc/1/comm").await;
+    assert_eq!(init, "berth-pod-init\n");
+    let monitor =
+        env.sh(&a, "grep -l berth /proc/[0-9]*/comm | grep -v '^/proc/1/' | head -1").await;
+    let monitor_pid = monitor.trim().trim_start_matches("/proc/").trim_end_matches("/comm");
+    assert!(!monitor_pid.is_empty(), "the monitor is in the pod's PID namespace: {seen}");
+    // Neither the pod init nor the monitor shows a node path on its command line.
+    let shown = env.sh(&a, &format!("cat /proc/1/cmdline /proc/{monitor_pid}/cmdline")).await;
+    let expected = format!("berth-monitor\0monitor\0--pod\0{pod_id}\0--pid-ns\0");
+    assert_eq!(shown, expected.repeat(2));
+    let err = env.sh_fails(&a, &format!("kill -9 {monitor_pid}")).await;
+    assert!(err.contains("not permitted"), "{err}");
+    assert_eq!(env.sh(&b, "echo alive").await, "alive\n");
+
+    env.stop_and_remove_pod(&pod_id).await;
+    env.assert_nothing_left();
+    let left: Vec<String> = env
+        .node
+        .processes()
+        .into_iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).ok())
+        .filter(|comm| comm.trim() == "berth-pod-init")
+        .collect();
+    assert!(left.is_empty(), "pod init left behind: {left:?}");
+}
+
+/// `userns_options` mode NODE, as critest sends it (a pod sharing one PID namespace, the
+/// container repeating the pod's options): the container is in the node's user namespace, its
+/// uid_map is the node's, and what it writes reaches its log and an attacher.
+async fn node_mode_is_the_nodes_user_namespace(handler: &'static str) {
+    let mut env = Env::start(handler).await;
+    let logs = env.node.dir().join("logs/node-mode");
+    std::fs::create_dir_all(&logs).unwrap();
+    let pod = pod("node-mode").log_directory(&logs).runtime_handler(handler).userns_node();
+    let pod_id = env.run_pod(&pod).await;
+    let repeat = |mut spec: ContainerSpec| {
+        set_container_userns(
+            &mut spec,
+            UserNamespace { mode: NamespaceMode::Node.into(), ..Default::default() },
+        );
+        spec
+    };
+    let maps = repeat(container("maps", &env.image).command(&["cat", "/proc/self/uid_map"]))
+        .log_path("maps.log");
+    let id = env.run(&pod_id, &pod, &maps).await;
+    let exited = env.cri.wait_exited(&id, EXIT_TIMEOUT).await;
+    assert_eq!(exited.exit_code, 0);
+    let words = |text: &str| text.split_whitespace().map(str::to_string).collect::<Vec<_>>();
+    let logged = log_messages(&read_log(logs.join("maps.log")), None).join("\n");
+    let node_map = std::fs::read_to_string("/proc/self/uid_map").unwrap();
+    assert_eq!(words(&logged), words(&node_map), "the node's uid_map");
+    let user_ns = std::fs::read_link("/proc/self/ns/user").unwrap();
+
+    // Attach, as critest's attach spec does: a shell reading its stdin.
+    let shell = repeat(container("shell", &env.image).command(&["sh"]))
+        .stdin(true, true)
+        .log_path("shell.log");
+    let id = env.run(&pod_id, &pod, &shell).await;
+    let pid = env.cri.container_info(&id).await["pid"].as_u64().unwrap();
+    assert_eq!(std::fs::read_link(format!("/proc/{pid}/ns/user")).unwrap(), user_ns);
+    let input = Input {
+        stdin: Some(b"echo -n hello\n".to_vec()),
+        stdout: true,
+        stderr: true,
+        ..Input::default()
+    };
+    let request = AttachRequest {
+        container_id: id.clone(),
+        stdin: true,
+        stdout: true,
+        stderr: true,
+        tty: false,
+    };
+    let url = env.cri.runtime.attach(request).await.expect("Attach").into_inner().url;
+    let output = tokio::time::timeout(
+        EXIT_TIMEOUT,
+        streaming::spdy_run(&env.node, &url, &streaming::SPDY_OFFER, input),
+    )
+    .await
+    .expect("the attach output arrives");
+    assert_eq!(output.stdout, b"hello", "{output:?}");
     env.stop_and_remove_pod(&pod_id).await;
     env.assert_nothing_left();
 }
@@ -534,5 +648,7 @@ berth_e2e::handler_cases!(
     files_on_plain_and_idmapped_binds,
     capabilities_stop_at_the_pod,
     bad_mappings_fail_clearly,
+    a_shared_pid_namespace_belongs_to_the_pod,
+    node_mode_is_the_nodes_user_namespace,
     a_restart_keeps_the_mappings,
 );

@@ -1,5 +1,5 @@
 //! berth-monitor: the monitor of one pod (see `berth_runtime::monitor`), started by berthd as
-//! `berth-monitor monitor --dir … --pod …`. A binary of its own, apart from berthd, because every
+//! `berth-monitor monitor --pod …` (its state directory on stdin). A binary of its own, apart from berthd, because every
 //! pod runs one: loading only the monitor's code keeps its private memory to a few hundred KiB,
 //! where `berthd monitor` (the fallback when this binary is not installed beside berthd) pays
 //! for relocating all of berthd.

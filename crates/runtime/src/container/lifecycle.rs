@@ -1203,7 +1203,7 @@ async fn watch_exits(inner: Weak<Inner>) {
     }
 }
 
-/// The PID namespace a container gets: the pod's (its monitor is pid 1 there) when the pod has
+/// The PID namespace a container gets: the pod's (its monitor is in it) when the pod has
 /// one, a new one, the node's, or another container's. An OCI runtime of such a pod sees the
 /// pod's own `/proc`, where the monitor is pid 1 (see `monitor/oci.rs`).
 fn pid_namespace(config: &ContainerConfig, pod: &PodForContainer, oci: bool) -> PidNamespace {

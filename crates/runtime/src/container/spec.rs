@@ -23,7 +23,7 @@ use oci_spec::runtime::{
 
 use crate::container::types::{
     ContainerConfig, Device, ImageRunConfig, Mount, Propagation, ResolvedUser, Resources,
-    SecurityContext,
+    SecurityContext, BIND_OPTIONS,
 };
 use crate::error::{Error, Result};
 use crate::lsm::{self, LsmHost};
@@ -193,7 +193,8 @@ pub struct SpecInputs<'a> {
 }
 
 /// Builds the container's spec. Reads the host only for device nodes (`config.devices`, and
-/// all of `/dev` for a privileged container) and to resolve links in mount sources.
+/// all of `/dev` for a privileged container), to resolve links in mount sources and for the
+/// flags of the node's mounts holding them.
 pub fn build(inputs: &SpecInputs) -> Result<Spec> {
     let config = inputs.config;
     let security = &config.security;
@@ -737,8 +738,40 @@ fn cri_mount(m: &Mount) -> Result<OciMount> {
             Propagation::Bidirectional => "rshared",
         },
     ];
-    if m.readonly {
+    let mut readonly = m.readonly;
+    let mut extra = Vec::new();
+    for option in &m.options {
+        let Some(known) = BIND_OPTIONS.iter().find(|known| **known == option.as_str()) else {
+            return Err(Error::InvalidArgument(format!(
+                "mount {}: mount option {option:?} is not supported (only {})",
+                m.container_path,
+                BIND_OPTIONS.join(", ")
+            )));
+        };
+        match *known {
+            "ro" => readonly = true,
+            known if !extra.contains(&known) => extra.push(known),
+            _ => {}
+        }
+    }
+    if readonly {
         options.push("ro");
+    }
+    let remounted = readonly || !extra.is_empty();
+    options.extend(extra);
+    // As containerd: the bind takes the link's target, resolved now rather than by the
+    // runtime inside the container's mount namespace. A missing source is left for the
+    // runtime to report.
+    let source = fs::canonicalize(host).unwrap_or_else(|_| host.to_path_buf());
+    if remounted {
+        // A bind takes its flags with a remount that sets them all at once, and runc and crun
+        // set only those the spec names: the restrictions of the node's mount holding the
+        // source would be lifted (a nosuid volume made suid). So they are named too.
+        for flag in node_mount_restrictions(&source) {
+            if !options.contains(&flag) {
+                options.push(flag);
+            }
+        }
     }
     let idmapped = !m.uid_mappings.is_empty() || !m.gid_mappings.is_empty();
     if idmapped {
@@ -753,7 +786,7 @@ fn cri_mount(m: &Mount) -> Result<OciMount> {
         options.push("idmap");
     }
     if m.recursive_read_only {
-        if !m.readonly {
+        if !readonly {
             return Err(Error::InvalidArgument(format!(
                 "mount {}: recursive read-only needs readonly",
                 m.container_path
@@ -767,10 +800,6 @@ fn cri_mount(m: &Mount) -> Result<OciMount> {
         }
         options.push("rro");
     }
-    // As containerd: the bind takes the link's target, resolved now rather than by the
-    // runtime inside the container's mount namespace. A missing source is left for the
-    // runtime to report.
-    let source = fs::canonicalize(host).unwrap_or_else(|_| host.to_path_buf());
     let mut mount = OciMount::default();
     mount
         .set_destination(destination)
@@ -803,6 +832,24 @@ fn image_volume_mount(m: &Mount, destination: PathBuf) -> Result<OciMount> {
         .set_source(Some(PathBuf::from(&m.host_path)))
         .set_options(Some(options.into_iter().map(str::to_string).collect()));
     Ok(mount)
+}
+
+/// The restricting flags (`ro`, `nosuid`, `nodev`, `noexec`) of the node's mount holding
+/// `path`, as OCI options; none when it cannot be looked at (the runtime reports a missing
+/// source).
+fn node_mount_restrictions(path: &Path) -> Vec<&'static str> {
+    use nix::sys::statvfs::FsFlags;
+    let Ok(st) = nix::sys::statvfs::statvfs(path) else { return Vec::new() };
+    [
+        (FsFlags::ST_RDONLY, "ro"),
+        (FsFlags::ST_NOSUID, "nosuid"),
+        (FsFlags::ST_NODEV, "nodev"),
+        (FsFlags::ST_NOEXEC, "noexec"),
+    ]
+    .into_iter()
+    .filter(|(flag, _)| st.flags().contains(*flag))
+    .map(|(_, name)| name)
+    .collect()
 }
 
 /// The defaults, less those a CRI mount replaces (all of `/dev`'s when `/dev` itself is
@@ -1595,6 +1642,10 @@ mod tests {
         }
     }
 
+    fn with_options(m: Mount, options: &[&str]) -> Mount {
+        Mount { options: options.iter().map(|o| o.to_string()).collect(), ..m }
+    }
+
     #[test]
     fn cri_mounts() {
         let host = tempfile::tempdir().unwrap();
@@ -1629,6 +1680,28 @@ mod tests {
                     ("/a/b/c", &d, "rbind,rprivate,ro,rro"),
                 ],
                 Some("rshared"),
+            ),
+            // CRI mount options: added after the readonly one, each once; `ro` is readonly.
+            (
+                vec![with_options(
+                    cri("/data", &d, false, false, Private),
+                    &["noexec", "nosuid", "nodev", "noexec"],
+                )],
+                vec![("/data", &d, "rbind,rprivate,noexec,nosuid,nodev")],
+                None,
+            ),
+            (
+                vec![
+                    with_options(cri("/a", &d, false, false, HostToContainer), &["nodev", "ro"]),
+                    with_options(cri("/b", &d, false, true, Private), &["ro"]),
+                    with_options(cri("/c", &d, true, false, Private), &["ro", "noexec"]),
+                ],
+                vec![
+                    ("/a", &d, "rbind,rslave,ro,nodev"),
+                    ("/b", &d, "rbind,rprivate,ro,rro"),
+                    ("/c", &d, "rbind,rprivate,ro,noexec"),
+                ],
+                Some("rslave"),
             ),
             (
                 vec![
@@ -1697,9 +1770,17 @@ mod tests {
             (cri("/a", "/tmp", false, true, Private), "needs readonly"),
             (cri("/a", "/tmp", true, true, HostToContainer), "private propagation"),
         ];
-        for (mount, naming) in cases {
+        // Mount options that would loosen the node's mount, or are no bind option berth
+        // applies, are refused by name, never dropped.
+        let refused = ["exec", "suid", "dev", "rw", "rbind", "rshared", "idmap", "size=1k", ""];
+        let options = refused.map(|option| {
+            let mount = with_options(cri("/a", "/tmp", false, false, Private), &["noexec", option]);
+            (mount, format!("mount option {option:?}"))
+        });
+        let cases = cases.map(|(mount, naming)| (mount, naming.to_string()));
+        for (mount, naming) in cases.into_iter().chain(options) {
             let config = ContainerConfig { mounts: vec![mount], ..config() };
-            assert_invalid(build_for(&config, &pod()), naming);
+            assert_invalid(build_for(&config, &pod()), &naming);
         }
     }
 

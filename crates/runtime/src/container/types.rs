@@ -37,6 +37,10 @@ pub struct Mount {
     pub uid_mappings: Vec<IdMapping>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gid_mappings: Vec<IdMapping>,
+    /// CRI `mount_options`: more restrictions for the bind, as OCI mount options; only those
+    /// of [`BIND_OPTIONS`] are taken.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub options: Vec<String>,
     /// An image volume (CRI `Mount.image`): the image's filesystem, read-only, in place of a
     /// host path (which is then empty).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -59,6 +63,12 @@ pub struct ImageVolume {
     #[serde(default)]
     pub image_ref: String,
 }
+
+/// The CRI mount options berth applies to a bind (KEP-5855's `noexec`, `nodev`, `nosuid`, and
+/// `ro`, the same as `readonly`). Each only takes something away from the container; one that
+/// would give it more than the node's mount has (`exec`, `suid`, `dev`, `rw`) or that means
+/// something else to a bind is refused, never ignored.
+pub const BIND_OPTIONS: [&str; 4] = ["noexec", "nodev", "nosuid", "ro"];
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Propagation {

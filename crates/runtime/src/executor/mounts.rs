@@ -301,13 +301,23 @@ const KEPT_FLAGS: MsFlags = MsFlags::MS_NOSUID
     .union(MsFlags::MS_RELATIME);
 
 fn current_flags(path: &Path) -> MsFlags {
+    statvfs_flags(path) & KEPT_FLAGS
+}
+
+/// The mount flags of the mount holding `path` (statvfs's f_flag bits are the MS_ ones).
+fn statvfs_flags(path: &Path) -> MsFlags {
     let Ok(c) = CString::new(path.as_os_str().as_bytes()) else { return MsFlags::empty() };
     // SAFETY: statvfs writes into the zeroed local struct.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     if unsafe { libc::statvfs(c.as_ptr(), &mut st) } == -1 {
         return MsFlags::empty();
     }
-    MsFlags::from_bits_truncate(st.f_flag as libc::c_ulong) & KEPT_FLAGS
+    MsFlags::from_bits_truncate(st.f_flag as libc::c_ulong)
+}
+
+/// The flags of the mount at `path` a bind's remount keeps: [`current_flags`] and read-only.
+fn bind_flags(path: &Path) -> MsFlags {
+    statvfs_flags(path) & (KEPT_FLAGS | MsFlags::MS_RDONLY)
 }
 
 /// The flags of a bind mount that need a remount to take effect (bind ignores them).
@@ -365,7 +375,11 @@ fn mount_one(root: BorrowedFd, m: &MountPlan, cgroup: &CgroupMount) -> Step<()> 
             let target = reopen(&resolved)?;
             let flags = m.flags & REMOUNT_FLAGS;
             if !flags.is_empty() {
-                let remount = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags;
+                // A bind remount sets every one of these flags at once: without the source's
+                // own (a node's nosuid or read-only mount, or those the kernel locks in a user
+                // namespace) it would lift them, or fail with EPERM where they are locked.
+                let kept = bind_flags(Path::new(&fd_path(&target))) & !m.cleared;
+                let remount = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags | kept;
                 mount(None::<&str>, fd_path(&target).as_str(), None::<&str>, remount, None::<&str>)
                     .map_err(fail)?;
             }

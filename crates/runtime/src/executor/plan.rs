@@ -108,6 +108,9 @@ pub(super) struct MountPlan {
     pub kind: MountKind,
     /// Flags for the mount call (no propagation, no `MS_REC` unless `rbind`).
     pub flags: MsFlags,
+    /// Flags an option clears (`rw`, `suid`, `exec`…): a bind's remount keeps its source's
+    /// other flags.
+    pub cleared: MsFlags,
     pub data: Option<CString>,
     pub propagation: Vec<MsFlags>,
     /// `rro`: read-only recursively, with mount_setattr.
@@ -426,6 +429,7 @@ pub(super) fn mount(
         return Err(invalid("a mount cannot be placed on the container's root"));
     }
     let mut flags = MsFlags::empty();
+    let mut cleared = MsFlags::empty();
     let mut propagation = Vec::new();
     let mut recursive_readonly = false;
     let mut idmap = None;
@@ -435,8 +439,10 @@ pub(super) fn mount(
         if let Some((_, clear, flag)) = FLAG_OPTIONS.iter().find(|(name, ..)| *name == option) {
             if *clear {
                 flags.remove(*flag);
+                cleared.insert(*flag);
             } else {
                 flags.insert(*flag);
+                cleared.remove(*flag);
             }
         } else if let Some(flag) = propagation_flag(option) {
             propagation.push(flag);
@@ -500,7 +506,17 @@ pub(super) fn mount(
         None => None,
         Some(recursive) => Some(idmap_plan(m, userns, recursive)?),
     };
-    Ok(MountPlan { destination, target, kind, flags, data, propagation, recursive_readonly, idmap })
+    Ok(MountPlan {
+        destination,
+        target,
+        kind,
+        flags,
+        cleared,
+        data,
+        propagation,
+        recursive_readonly,
+        idmap,
+    })
 }
 
 /// The mappings of an idmapped bind: its own, else those of the user namespace the container
@@ -751,6 +767,7 @@ mod tests {
     fn mount_options_become_flags_data_and_propagation() {
         let p = plan_of("tmpfs", &["nosuid", "ro", "rw", "mode=755", "size=1k", "rslave"]).unwrap();
         assert_eq!(p.flags, MsFlags::MS_NOSUID);
+        assert_eq!(p.cleared, MsFlags::MS_RDONLY, "the last of ro and rw wins");
         assert_eq!(p.data.unwrap().to_str().unwrap(), "mode=755,size=1k");
         assert_eq!(p.propagation, vec![MsFlags::MS_SLAVE | MsFlags::MS_REC]);
         assert_eq!(p.target, PathBuf::from("data"));
@@ -759,6 +776,14 @@ mod tests {
         assert!(matches!(p.kind, MountKind::Bind { .. }));
         assert_eq!(p.flags, MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_RDONLY);
         assert!(p.recursive_readonly);
+        // A CRI mount's options: flags the remount sets, and none it clears.
+        let p = plan_of("bind", &["rbind", "rprivate", "ro", "noexec", "nosuid", "nodev"]).unwrap();
+        let wanted =
+            MsFlags::MS_RDONLY | MsFlags::MS_NOEXEC | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+        assert_eq!(p.flags, MsFlags::MS_BIND | MsFlags::MS_REC | wanted);
+        assert_eq!(p.cleared, MsFlags::empty());
+        let p = plan_of("bind", &["rbind", "exec", "dev"]).unwrap();
+        assert_eq!(p.cleared, MsFlags::MS_NOEXEC | MsFlags::MS_NODEV);
         // No mappings of its own and no user namespace to take them from.
         assert!(plan_of("none", &["bind", "idmap"]).is_err());
         assert!(plan_of("tmpfs", &["idmap"]).is_err());

@@ -267,9 +267,14 @@ fn receive_with_fds(
 
 /// Starts the monitor of a pod and waits until it listens. Returns its pid (in berthd's PID
 /// namespace). `exe` is `berth-monitor` or berthd itself; both take the `monitor` subcommand.
-pub async fn spawn(exe: &Path, pod_state_dir: &Path, pod_id: &str, pid_ns: bool) -> Result<u32> {
+pub async fn spawn(
+    exe: &Path,
+    pod_state_dir: &Path,
+    pod_id: &str,
+    pid_ns: PodPidNamespace,
+) -> Result<u32> {
     let (exe, dir, pod) = (exe.to_path_buf(), pod_state_dir.to_path_buf(), pod_id.to_string());
-    let started = tokio::task::spawn_blocking(move || spawn_blocking(&exe, &dir, &pod, pid_ns));
+    let started = tokio::task::spawn_blocking(move || spawn_blocking(&exe, &dir, &pod, &pid_ns));
     match tokio::time::timeout(START_TIMEOUT, started).await {
         Ok(Ok(result)) => result,
         Ok(Err(err)) => Err(Error::Internal(format!("starting the monitor: {err}"))),
@@ -282,7 +287,19 @@ pub async fn spawn(exe: &Path, pod_state_dir: &Path, pod_id: &str, pid_ns: bool)
 /// What a monitor's command line calls it, whichever binary runs it.
 const MONITOR_NAME: &str = "berth-monitor";
 
-fn spawn_blocking(exe: &Path, dir: &Path, pod: &str, pid_ns: bool) -> Result<u32> {
+/// The PID namespace of a pod's monitor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PodPidNamespace {
+    /// The node's: each container gets its own, or the node's.
+    None,
+    /// One the monitor creates, as its pid 1.
+    Own,
+    /// One owned by the pod's user namespace (held at this path), with a pod init as its pid 1
+    /// and the monitor beside it (see `pod_init`).
+    OwnedBy(PathBuf),
+}
+
+fn spawn_blocking(exe: &Path, dir: &Path, pod: &str, pid_ns: &PodPidNamespace) -> Result<u32> {
     use std::io::BufRead;
     let log_path = dir.join("monitor.log");
     let log = std::fs::OpenOptions::new()
@@ -301,15 +318,23 @@ fn spawn_blocking(exe: &Path, dir: &Path, pod: &str, pid_ns: bool) -> Result<u32
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(log);
-    if pid_ns {
-        command.arg("--pid-ns");
+    // The paths go in on stdin, a line each (see `monitor::main`).
+    let mut input = path_line(dir)?;
+    match pid_ns {
+        PodPidNamespace::None => {}
+        PodPidNamespace::Own => {
+            command.arg("--pid-ns");
+        }
+        PodPidNamespace::OwnedBy(user_ns) => {
+            command.arg("--pid-ns");
+            input.extend(path_line(user_ns)?);
+        }
     }
     let mut child = command.spawn().map_err(Error::io("starting", exe))?;
     if let Some(mut stdin) = child.stdin.take() {
         use std::io::Write;
-        use std::os::unix::ffi::OsStrExt;
         // A failed write shows as the monitor's refusal to start, with its reason in its log.
-        let _ = stdin.write_all(dir.as_os_str().as_bytes());
+        let _ = stdin.write_all(&input);
     }
     let stdout = child.stdout.take();
     // The first process forks the monitor and exits; its exit status says whether it got that
@@ -331,6 +356,19 @@ fn spawn_blocking(exe: &Path, dir: &Path, pod: &str, pid_ns: bool) -> Result<u32
             )))
         }
     }
+}
+
+/// `path` and a newline, for the monitor's standard input.
+fn path_line(path: &Path) -> Result<Vec<u8>> {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.contains(&b'\n') {
+        return Err(Error::InvalidArgument(format!(
+            "{} holds a newline, which the pod's monitor cannot be given",
+            path.display()
+        )));
+    }
+    Ok([bytes, b"\n"].concat())
 }
 
 /// Waits until process `pid` (a monitor that was asked to exit) is gone, and kills it if it

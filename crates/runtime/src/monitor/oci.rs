@@ -15,11 +15,11 @@
 //! Every failure is the runtime's own message, read from its JSON log (`--log`), since its
 //! stderr may be the container's.
 //!
-//! A pod with its own PID namespace has the monitor as its pid 1, so the runtime is born in that
-//! namespace; it reads pids from `/proc` and must see that namespace's, or it mistakes the
+//! A pod with its own PID namespace has the monitor in it (its pid 1, or beside the pod init
+//! that is, see `pod_init`), so the runtime is born in that namespace; it reads pids from `/proc` and must see that namespace's, or it mistakes the
 //! host's process of the same number for its container. Each runtime command of such a pod
 //! runs in a mount namespace of its own where a fresh `/proc` is mounted, and the spec names
-//! the pod's PID namespace as `/proc/1/ns/pid` (the monitor, in that `/proc`).
+//! the pod's PID namespace as `/proc/1/ns/pid` (its pid 1, in that `/proc`).
 
 use std::ffi::OsStr;
 use std::io::{ErrorKind as IoKind, IoSliceMut, Read, Seek, SeekFrom};
@@ -57,7 +57,7 @@ pub struct Cli {
     root: PathBuf,
     bundle: PathBuf,
     id: String,
-    /// The monitor is pid 1 of the pod's PID namespace (see the module doc).
+    /// The monitor is in the pod's PID namespace (see the module doc).
     pod_pid_ns: bool,
 }
 

@@ -1,6 +1,6 @@
 //! The monitor process of one pod (`berthd monitor …`): a single thread, no async runtime. It
-//! is the subreaper of the pod's containers (and pid 1 of the pod's PID namespace when the pod
-//! shares one): it creates them through the embedded executor or an OCI runtime's CLI
+//! is the subreaper of the pod's containers (and in the pod's PID namespace when the pod shares
+//! one: its pid 1, or beside its pod init, see `pod_init`): it creates them through the embedded executor or an OCI runtime's CLI
 //! (`oci.rs`), owns their stdio and writes their logs, reaps them and records each exit on
 //! disk. berthd talks to it over a unix socket (see `proto.rs`); a berthd that is slow,
 //! restarting or gone never blocks a container, because the monitor alone reads their output.
@@ -53,15 +53,23 @@ const STDIN_PENDING_MAX: usize = 256 << 10;
 const ATTACH_CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// Entry point of `berth-monitor monitor --pod <id> [--pid-ns]` (or `berthd monitor …`), with
-/// the pod's state directory on standard input; returns the exit code.
+/// the pod's state directory on the first line of standard input and, for a pod PID namespace
+/// that the pod's user namespace must own, that user namespace's file on the second; returns
+/// the exit code.
 ///
-/// The directory is not an argument because the monitor is pid 1 of the pod's PID namespace,
-/// and anyone can read pid 1's command line: the containers learn nothing of the node's paths
-/// from it (berthd starts it with the bare name `berth-monitor` as argv\[0\] too).
+/// The paths are not arguments because the monitor, or the pod init it forks, is pid 1 of the
+/// pod's PID namespace, and anyone can read pid 1's command line: the containers learn nothing
+/// of the node's paths from it (berthd starts it with the bare name `berth-monitor` as
+/// argv\[0\] too).
 pub fn main(args: &[OsString]) -> i32 {
-    let options = match Options::parse(args).and_then(|(pod, pid_ns)| {
-        Ok(Options { dir: read_dir(std::io::stdin().lock())?, pod, pid_ns })
-    }) {
+    let options = Options::parse(args).and_then(|(pod, pid_ns)| {
+        let (dir, pid_ns_owner) = read_input(std::io::stdin().lock())?;
+        if pid_ns_owner.is_some() && !pid_ns {
+            return Err("a PID namespace owner is given without --pid-ns".into());
+        }
+        Ok(Options { dir, pod, pid_ns, pid_ns_owner })
+    });
+    let options = match options {
         Ok(options) => options,
         Err(message) => {
             eprintln!("berth monitor: {message}");
@@ -81,6 +89,8 @@ struct Options {
     dir: PathBuf,
     pod: String,
     pid_ns: bool,
+    /// The pod's user namespace, which must own its PID namespace (see `pod_init`).
+    pid_ns_owner: Option<PathBuf>,
 }
 
 impl Options {
@@ -99,29 +109,39 @@ impl Options {
     }
 }
 
-/// The longest state directory path the monitor takes from its standard input.
-const MAX_DIR_INPUT: u64 = 4096;
+/// The most the monitor takes from its standard input.
+const MAX_INPUT: u64 = 8192;
 
-/// The pod's state directory, as berthd writes it to the monitor's standard input: one
-/// absolute path, then end of input.
-fn read_dir(input: impl std::io::Read) -> Result<PathBuf, String> {
+/// What berthd writes to the monitor's standard input: the pod's state directory, and the user
+/// namespace that owns the pod's PID namespace if there is one, each an absolute path on a line
+/// of its own; then end of input.
+fn read_input(input: impl std::io::Read) -> Result<(PathBuf, Option<PathBuf>), String> {
     use std::io::Read;
-    use std::os::unix::ffi::OsStringExt;
+    use std::os::unix::ffi::OsStrExt;
     let mut bytes = Vec::new();
     input
-        .take(MAX_DIR_INPUT + 1)
+        .take(MAX_INPUT + 1)
         .read_to_end(&mut bytes)
-        .map_err(|e| format!("reading the state directory from standard input: {e}"))?;
-    if bytes.last() == Some(&b'\n') {
-        bytes.pop();
+        .map_err(|e| format!("reading standard input: {e}"))?;
+    if bytes.len() as u64 > MAX_INPUT {
+        return Err(format!("standard input holds more than {MAX_INPUT} bytes"));
     }
-    let dir = PathBuf::from(OsString::from_vec(bytes));
-    if dir.as_os_str().len() as u64 > MAX_DIR_INPUT || !dir.is_absolute() {
-        return Err(format!(
-            "standard input must hold the pod's state directory, an absolute path, not {dir:?}"
-        ));
+    let mut lines = bytes.split(|b| *b == b'\n').filter(|line| !line.is_empty());
+    let path = |line: Option<&[u8]>, what: &str| -> Result<Option<PathBuf>, String> {
+        let Some(line) = line else { return Ok(None) };
+        let path = PathBuf::from(std::ffi::OsStr::from_bytes(line));
+        match path.is_absolute() {
+            true => Ok(Some(path)),
+            false => Err(format!("{what} must be an absolute path, not {path:?}")),
+        }
+    };
+    let dir = path(lines.next(), "the pod's state directory")?
+        .ok_or("standard input must hold the pod's state directory")?;
+    let owner = path(lines.next(), "the PID namespace's owner")?;
+    if lines.next().is_some() {
+        return Err("standard input holds more than two paths".into());
     }
-    Ok(dir)
+    Ok((dir, owner))
 }
 
 pub(super) fn note(message: &str) {
@@ -135,16 +155,21 @@ fn run(options: Options) -> Result<(), String> {
     // fork, so that berthd's child exits at once and the monitor is nobody's child but init's
     // (berthd may die and restart; the monitor must not be its zombie or its hostage).
     nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
-    if options.pid_ns {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID)
-            .map_err(|e| format!("creating the pod's PID namespace: {e}"))?;
+    // Held open for the monitor's whole life: its pod init lives as long (see `pod_init`).
+    let mut _pod_init = None;
+    match &options.pid_ns_owner {
+        Some(user_ns) => _pod_init = Some(super::pod_init::enter(user_ns)?),
+        None if options.pid_ns => nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID)
+            .map_err(|e| format!("creating the pod's PID namespace: {e}"))?,
+        None => {}
     }
     // SAFETY: the process is single-threaded here (nothing has spawned a thread).
     match unsafe { nix::unistd::fork() }.map_err(|e| format!("fork: {e}"))? {
         nix::unistd::ForkResult::Parent { .. } => unsafe { libc::_exit(0) },
         nix::unistd::ForkResult::Child => {}
     }
-    // Before anything else: the monitor is pid 1 of the pod's PID namespace, so its containers
+    // Before anything else: the monitor is in the pod's PID namespace (its pid 1, or beside
+    // its pod init in a pod with a user namespace of its own), so its containers
     // see it, as the same uid. Dumpable, it is kept from them by the kernel's capability rule
     // alone (a container holding every capability the monitor has would get in: all of them
     // here, fewer when berthd itself runs confined), and for them /proc/1/root is the host's
@@ -212,7 +237,7 @@ fn redirect_stdio_to_null() {
 
 struct Monitor {
     pod: String,
-    /// The monitor is pid 1 of the pod's PID namespace.
+    /// The monitor is in the pod's PID namespace.
     pid_ns: bool,
     host_pid: u32,
     listener: UnixListener,
@@ -1673,15 +1698,17 @@ mod tests {
     use std::path::Path;
 
     #[test]
-    fn the_state_directory_comes_whole_on_stdin() {
-        assert_eq!(
-            read_dir(&b"/run/berth/pods/abc\n"[..]).unwrap(),
-            Path::new("/run/berth/pods/abc")
-        );
-        assert_eq!(read_dir(&b"/a b/c"[..]).unwrap(), Path::new("/a b/c"));
-        assert!(read_dir(&b""[..]).is_err());
-        assert!(read_dir(&b"relative/dir"[..]).is_err());
-        assert!(read_dir(&vec![b'/'; 5000][..]).is_err());
+    fn the_paths_come_on_stdin() {
+        let dir = Path::new("/run/berth/pods/abc");
+        assert_eq!(read_input(&b"/run/berth/pods/abc\n"[..]).unwrap(), (dir.into(), None));
+        assert_eq!(read_input(&b"/a b/c"[..]).unwrap(), (PathBuf::from("/a b/c"), None));
+        let both = read_input(&b"/run/berth/pods/abc\n/run/berth/pods/abc/ns/user\n"[..]);
+        assert_eq!(both.unwrap(), (dir.into(), Some(dir.join("ns/user"))));
+        assert!(read_input(&b""[..]).is_err());
+        assert!(read_input(&b"relative/dir"[..]).is_err());
+        assert!(read_input(&b"/a\nrelative"[..]).is_err());
+        assert!(read_input(&b"/a\n/b\n/c\n"[..]).is_err());
+        assert!(read_input(&vec![b'/'; 9000][..]).is_err());
         let args: Vec<OsString> = vec!["--pod".into(), "p".into(), "--pid-ns".into()];
         assert_eq!(Options::parse(&args).unwrap(), ("p".to_string(), true));
         let args: Vec<OsString> = vec!["--dir".into(), "/x".into(), "--pod".into(), "p".into()];

@@ -13,8 +13,8 @@ use std::time::Duration;
 use crate::cgroups::CgroupLayout;
 use crate::cni::{Cni, PodNetworkRequest};
 use crate::error::{Error, Result};
-use crate::handlers::{Handler, Handlers};
-use crate::monitor::{self, proto::Request, MonitorClient};
+use crate::handlers::Handlers;
+use crate::monitor::{self, client::PodPidNamespace, proto::Request, MonitorClient};
 use crate::namespaces::{self, NamespaceRequest, NsKind, PodNamespaces};
 use crate::pod::types::*;
 use crate::pod::{cgroup, files};
@@ -218,9 +218,9 @@ impl Inner {
 
     async fn run(&self, config: PodConfig) -> Result<String> {
         // The record keeps the name; its containers find the runtime by it.
-        let handler = self.handlers.get(&config.runtime_handler)?;
+        self.handlers.get(&config.runtime_handler)?;
         if config.namespaces.user.is_some() {
-            check_user_namespace(&config, &self.handlers, handler)?;
+            check_user_namespace(&config, &self.handlers)?;
         }
         // Everything that can be checked before anything is taken.
         bandwidth(&config)?;
@@ -326,7 +326,13 @@ impl Inner {
         taken.namespaces = Some(held.clone());
         failpoint("pod.namespaces")?;
 
-        let pid_ns = record.config.namespaces.pid == NamespaceMode::Pod;
+        // A pod with a user namespace of its own has its PID namespace owned by it, so that an
+        // OCI runtime, which enters the user namespace first, can join it (see `pod_init`).
+        let pid_ns = match (record.config.namespaces.pid, &held.user) {
+            (NamespaceMode::Pod, Some(user)) => PodPidNamespace::OwnedBy(user.clone()),
+            (NamespaceMode::Pod, None) => PodPidNamespace::Own,
+            _ => PodPidNamespace::None,
+        };
         let pid = monitor::spawn(&self.monitor_exe, &state, &id, pid_ns).await?;
         taken.monitor = true;
         record.monitor_pid = Some(pid);
@@ -627,7 +633,7 @@ struct Taken {
 /// What a pod with a user namespace of its own needs: a handler that can run its containers
 /// there, and namespaces of its own for the user namespace to own (the kubelet refuses
 /// `hostNetwork`, `hostIPC` and `hostPID` with `hostUsers: false` too).
-fn check_user_namespace(config: &PodConfig, handlers: &Handlers, handler: Handler) -> Result<()> {
+fn check_user_namespace(config: &PodConfig, handlers: &Handlers) -> Result<()> {
     handlers.user_namespaces(&config.runtime_handler)?;
     let ns = &config.namespaces;
     for (mode, what) in [(ns.network, "network"), (ns.ipc, "IPC"), (ns.pid, "PID")] {
@@ -636,16 +642,6 @@ fn check_user_namespace(config: &PodConfig, handlers: &Handlers, handler: Handle
                 "a pod with a user namespace of its own cannot share the node's {what} namespace"
             )));
         }
-    }
-    // An OCI runtime enters the user namespace first and could then not join a PID namespace
-    // the node's user namespace owns, which the monitor's is (see ARCHITECTURE.md).
-    if let (Handler::Oci(runtime), NamespaceMode::Pod) = (handler, ns.pid) {
-        return Err(Error::InvalidArgument(format!(
-            "runtime handler {:?} cannot share one PID namespace among the containers of a pod \
-             with a user namespace of its own (shareProcessNamespace with hostUsers: false); \
-             the embedded executor can",
-            runtime.name
-        )));
     }
     Ok(())
 }
