@@ -3,10 +3,10 @@
 //! that mirrors each upstream host there ([`UPSTREAM_HOSTS`]) resolves critest's references
 //! unchanged.
 //!
-//! What each stand-in holds is what critest's specs check of the real image (see
-//! /work/shared/critest-images.json, checked against v1.37.0's pkg/validate, pkg/framework,
-//! pkg/benchmark and images/): commands in PATH, users and groups, tags that share or differ in
-//! image id, a web server's port and command line. v1.37's Image Volume specs
+//! What each stand-in holds is what critest's specs check of the real image (read from
+//! cri-tools v1.37.0's pkg/validate, pkg/framework, pkg/benchmark and images/): commands in
+//! PATH, users and groups, tags that share or differ in image id, a web server's port and
+//! command line. v1.37's Image Volume specs
 //! (pkg/validate/image_volume.go) mount `test-image-tag:test` and look for `/bin/sh`,
 //! `/bin/ls` and `/etc/passwd` in it, which the busybox base has.
 //!
