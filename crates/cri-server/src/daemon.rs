@@ -10,9 +10,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nix::fcntl::{Flock, FlockArg};
+use std::future::Future;
 use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, Signal, SignalKind};
-use tokio_stream::wrappers::UnixListenerStream;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tower::Layer;
 
 use crate::config::{Config, ConfigError};
 use crate::proto::image_service_server::ImageServiceServer;
@@ -64,8 +69,6 @@ pub enum DaemonError {
     Images(#[from] berth_images::Error),
     #[error(transparent)]
     Streaming(#[from] StreamingError),
-    #[error("serving the CRI: {0}")]
-    Serve(#[from] tonic::transport::Error),
     #[error("serving metrics on metrics.address {address}: {source}")]
     Metrics {
         address: String,
@@ -149,23 +152,22 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     // an answer must get a clean stop, not the default action of the signal.
     let mut stop = StopSignals::install();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tonic::transport::Server::builder()
-        .layer(RpcLayer::with_metrics(cri.metrics()))
-        .add_service(
-            RuntimeServiceServer::new(cri.clone())
-                .max_decoding_message_size(config.grpc.max_recv_message_size)
-                .max_encoding_message_size(config.grpc.max_send_message_size),
-        )
-        .add_service(
-            ImageServiceServer::new(cri)
-                .max_decoding_message_size(config.grpc.max_recv_message_size)
-                .max_encoding_message_size(config.grpc.max_send_message_size),
-        )
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
-            // Dropping the sender (on a stop signal) ends the server as well as sending does.
-            let _ = stop_rx.await;
-        });
-    let mut server = tokio::spawn(server);
+    let routes = tonic::service::Routes::new(
+        RuntimeServiceServer::new(cri.clone())
+            .max_decoding_message_size(config.grpc.max_recv_message_size)
+            .max_encoding_message_size(config.grpc.max_send_message_size),
+    )
+    .add_service(
+        ImageServiceServer::new(cri.clone())
+            .max_decoding_message_size(config.grpc.max_recv_message_size)
+            .max_encoding_message_size(config.grpc.max_send_message_size),
+    )
+    .prepare();
+    let service = RpcLayer::with_metrics(cri.metrics()).layer(routes);
+    // Dropping the sender (on a stop signal) ends the server as well as sending does.
+    let mut server = tokio::spawn(serve_grpc(listener, service, async {
+        let _ = stop_rx.await;
+    }));
 
     let outcome = tokio::select! {
         served = &mut server => Some(served),
@@ -184,11 +186,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     };
     remove_socket(&socket_path);
     match outcome {
-        Some(Ok(Ok(()))) | None => {
+        Some(Ok(())) | None => {
             tracing::info!("berthd stopped");
             Ok(())
         }
-        Some(Ok(Err(err))) => Err(err.into()),
         Some(Err(join)) => {
             // The server task only ends this way by panicking outside any handler.
             tracing::error!(error = %join, "the CRI server task failed");
@@ -196,6 +197,55 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         }
     }
 }
+
+/// Serves gRPC (HTTP/2) on `listener` until `stop` resolves, then lets the calls in flight
+/// finish. hyper directly rather than tonic's transport: that one answers a call that outlives
+/// its client's deadline with CANCELLED before any layer of ours can answer DEADLINE_EXCEEDED
+/// (see `rpc_layer`).
+async fn serve_grpc<S>(listener: UnixListener, service: S, stop: impl Future<Output = ()>)
+where
+    S: tower::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    http2.timer(TokioTimer::new());
+    let connections = GracefulShutdown::new();
+    tokio::pin!(stop);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    // Out of descriptors, most likely: wait a moment rather than spin.
+                    tracing::warn!(error = %err, "accepting a CRI connection");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+            () = &mut stop => break,
+        };
+        let connection =
+            http2.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service.clone()));
+        let connection = connections.watch(connection);
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(error = %err, "a CRI connection ended with an error");
+            }
+        });
+    }
+    // No new connections; those open get a GOAWAY and finish their calls.
+    drop(listener);
+    connections.shutdown().await;
+}
+
+/// How long to wait after a failed accept before the next.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// SIGTERM and SIGINT, caught from the moment they are installed.
 struct StopSignals(Option<(Signal, Signal)>);

@@ -1,13 +1,17 @@
 //! One tower layer around every RPC: its tracing span (with the ids handlers record into it),
-//! its latency and outcome in the log and in berthd's metrics, and a panic turned into INTERNAL
-//! for that call alone. Handlers stay free of logging boilerplate.
+//! its latency and outcome in the log and in berthd's metrics, a panic turned into INTERNAL
+//! for that call alone, and the client's deadline (`grpc-timeout`): a call that outlives it is
+//! dropped and answered DEADLINE_EXCEEDED, as a Go gRPC server's handler would answer. (tonic's
+//! own transport answers CANCELLED there, which critest and the kubelet do not expect; berthd
+//! serves with hyper directly, so this layer is the only one that reads the header.) Handlers
+//! stay free of logging boilerplate.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use tonic::Code;
@@ -87,6 +91,7 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let path = request.uri().path().to_string();
         let rpc = rpc_name(&path).to_string();
+        let deadline = request.headers().get(GRPC_TIMEOUT).and_then(grpc_timeout);
         let metrics = self.metrics.clone();
         // Handlers fill the ids in with `Span::current().record(..)`.
         let span = tracing::info_span!(
@@ -103,9 +108,21 @@ where
         Box::pin(
             async move {
                 let call = AssertUnwindSafe(async move { inner.call(request).await });
-                let response = match call.catch_unwind().await {
-                    Ok(response) => response?,
-                    Err(panic) => {
+                let call = async move {
+                    match deadline {
+                        Some(deadline) => tokio::time::timeout(deadline, call.catch_unwind())
+                            .await
+                            .map_err(|_| deadline),
+                        None => Ok(call.catch_unwind().await),
+                    }
+                };
+                let response = match call.await {
+                    Err(deadline) => tonic::Status::deadline_exceeded(format!(
+                        "berthd: {rpc}: the client's deadline ({deadline:?}) passed"
+                    ))
+                    .into_http(),
+                    Ok(Ok(response)) => response?,
+                    Ok(Err(panic)) => {
                         let reason = panic_message(panic.as_ref());
                         tracing::error!(panic = %reason, "rpc handler panicked");
                         tonic::Status::internal(format!(
@@ -123,6 +140,28 @@ where
             .instrument(span),
         )
     }
+}
+
+const GRPC_TIMEOUT: &str = "grpc-timeout";
+
+/// The gRPC `grpc-timeout` header: at most eight digits and a unit (`H`, `M`, `S`, `m`, `u`,
+/// `n`). A malformed one is no deadline, as in other gRPC servers.
+fn grpc_timeout(value: &http::HeaderValue) -> Option<Duration> {
+    let text = value.to_str().ok()?;
+    let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 /// "/runtime.v1.RuntimeService/Version" → "Version".
@@ -222,6 +261,41 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_call_past_the_clients_deadline_is_deadline_exceeded() {
+        let handler = tower::service_fn(|_request: http::Request<()>| async move {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            Ok::<_, Infallible>(http::Response::new(tonic::body::Body::empty()))
+        });
+        let mut service = RpcLayer::default().layer(handler);
+        let request = http::Request::builder()
+            .uri("/runtime.v1.ImageService/PullImage")
+            .header(GRPC_TIMEOUT, "1m")
+            .body(())
+            .unwrap();
+        let started = Instant::now();
+        let response = service.call(request).await.unwrap();
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let status = tonic::Status::from_header_map(response.headers()).expect("a grpc status");
+        assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+        assert!(status.message().contains("PullImage"), "{}", status.message());
+    }
+
+    #[test]
+    fn grpc_timeouts() {
+        let parse = |text: &str| grpc_timeout(&http::HeaderValue::from_str(text).unwrap());
+        assert_eq!(parse("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(parse("3S"), Some(Duration::from_secs(3)));
+        assert_eq!(parse("995u"), Some(Duration::from_micros(995)));
+        assert_eq!(parse("99999999n"), Some(Duration::from_nanos(99_999_999)));
+        assert_eq!(parse("123456789S"), None, "nine digits");
+        assert_eq!(parse("5"), None);
+        assert_eq!(parse("S"), None);
+        assert_eq!(parse("5x"), None);
+        assert_eq!(parse("-5S"), None);
     }
 
     #[test]

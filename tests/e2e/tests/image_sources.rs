@@ -318,3 +318,44 @@ async fn a_registry_that_stops_sending_fails_the_pull_after_the_stall_timeout() 
     );
     assert!(!snapshot_entries(&daemon.root).iter().any(|n| n.starts_with(".tmp")));
 }
+
+/// A pull that outlives the client's gRPC deadline is answered DEADLINE_EXCEEDED, as critest's
+/// "public image should timeout if requested" and the kubelet expect (not CANCELLED).
+#[tokio::test]
+async fn a_pull_past_the_clients_deadline_is_deadline_exceeded() {
+    let node = Node::start();
+    let registry = Registry::start(&node);
+    let oci = &TestImages::get().oci;
+    push(&node, &registry.addr, oci);
+    let base = &oci.layers[0];
+    let proxy = berth_e2e::stall::StallingProxy::start(
+        &node,
+        "127.0.0.1:5004",
+        &registry.addr,
+        &base.digest,
+    );
+    let daemon = Berthd::start(&node).await;
+    let mut cri = daemon.client().await;
+    let spec = berth_cri_server::proto::ImageSpec {
+        image: oci.reference_at(&proxy.addr),
+        ..Default::default()
+    };
+    let mut request = tonic::Request::new(berth_cri_server::proto::PullImageRequest {
+        image: Some(spec),
+        ..Default::default()
+    });
+    // tonic's client keeps the same deadline and gives up on its own at the same moment, so
+    // what berthd answered is read from its log.
+    request.set_timeout(Duration::from_millis(500));
+    cri.images.pull_image(request).await.unwrap_err();
+    let answered = |log: &str| {
+        log.lines().any(|l| l.contains("PullImage") && l.contains("code=DeadlineExceeded"))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !answered(&daemon.log_text()) {
+        assert!(std::time::Instant::now() < deadline, "{}", daemon.log_text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The daemon serves on.
+    cri.version().await.unwrap();
+}
