@@ -738,22 +738,8 @@ fn cri_mount(m: &Mount) -> Result<OciMount> {
             Propagation::Bidirectional => "rshared",
         },
     ];
-    let mut readonly = m.readonly;
-    let mut extra = Vec::new();
-    for option in &m.options {
-        let Some(known) = BIND_OPTIONS.iter().find(|known| **known == option.as_str()) else {
-            return Err(Error::InvalidArgument(format!(
-                "mount {}: mount option {option:?} is not supported (only {})",
-                m.container_path,
-                BIND_OPTIONS.join(", ")
-            )));
-        };
-        match *known {
-            "ro" => readonly = true,
-            known if !extra.contains(&known) => extra.push(known),
-            _ => {}
-        }
-    }
+    let (ro_asked, extra) = requested_options(m)?;
+    let readonly = m.readonly || ro_asked;
     if readonly {
         options.push("ro");
     }
@@ -825,6 +811,8 @@ fn image_volume_mount(m: &Mount, destination: PathBuf) -> Result<OciMount> {
     if m.recursive_read_only {
         options.push("rro");
     }
+    // An image volume is read-only whatever is asked; the other restrictions are added.
+    options.extend(requested_options(m)?.1);
     let mut mount = OciMount::default();
     mount
         .set_destination(destination)
@@ -832,6 +820,27 @@ fn image_volume_mount(m: &Mount, destination: PathBuf) -> Result<OciMount> {
         .set_source(Some(PathBuf::from(&m.host_path)))
         .set_options(Some(options.into_iter().map(str::to_string).collect()));
     Ok(mount)
+}
+
+/// A CRI mount's `mount_options`: whether `ro` is among them, and the other restrictions, each
+/// once. One berth does not take is refused by name, never dropped.
+fn requested_options(m: &Mount) -> Result<(bool, Vec<&'static str>)> {
+    let (mut readonly, mut extra) = (false, Vec::new());
+    for option in &m.options {
+        let Some(known) = BIND_OPTIONS.iter().find(|known| **known == option.as_str()) else {
+            return Err(Error::InvalidArgument(format!(
+                "mount {}: mount option {option:?} is not supported (only {})",
+                m.container_path,
+                BIND_OPTIONS.join(", ")
+            )));
+        };
+        match *known {
+            "ro" => readonly = true,
+            known if !extra.contains(&known) => extra.push(known),
+            _ => {}
+        }
+    }
+    Ok((readonly, extra))
 }
 
 /// The restricting flags (`ro`, `nosuid`, `nodev`, `noexec`) of the node's mount holding
@@ -1940,6 +1949,23 @@ mod tests {
         assert_eq!(m.source().as_deref(), Some(Path::new(&mounted.host_path)));
         assert_eq!(m.options().as_ref().unwrap(), &strings(&["rbind", "rprivate", "ro"]));
         assert_eq!((m.uid_mappings(), m.gid_mappings()), (&None, &None));
+        // mount_options apply to an image volume too; an unknown one is refused.
+        let restricted = Mount { options: strings(&["nosuid", "ro", "nodev"]), ..mounted.clone() };
+        let spec =
+            build_for(&ContainerConfig { mounts: vec![restricted], ..config() }, &pod()).unwrap();
+        let m = spec
+            .mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.destination() == Path::new("/mnt/image"));
+        assert_eq!(
+            m.unwrap().options().as_ref().unwrap(),
+            &strings(&["rbind", "rprivate", "ro", "nosuid", "nodev"])
+        );
+        let odd = Mount { options: strings(&["exec"]), ..mounted.clone() };
+        let err = build_for(&ContainerConfig { mounts: vec![odd], ..config() }, &pod());
+        assert!(matches!(err, Err(Error::InvalidArgument(_))), "{err:?}");
         let unmounted = Mount { host_path: String::new(), ..mounted };
         let err = build_for(&ContainerConfig { mounts: vec![unmounted], ..config() }, &pod());
         assert!(matches!(err, Err(Error::Internal(_))), "{err:?}");
