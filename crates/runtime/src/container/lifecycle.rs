@@ -511,7 +511,7 @@ impl Inner {
                 }
                 let spec_json = serde_json::to_vec_pretty(&spec)
                     .map_err(|err| Error::Internal(format!("encoding the OCI spec: {err}")))?;
-                berth_images::fsutil::replace_volatile(&bundle.join("config.json"), &spec_json)
+                berth_fsutil::replace_volatile(&bundle.join("config.json"), &spec_json)
                     .map_err(|err| Error::Internal(err.to_string()))?;
                 let resources = spec
                     .linux()
@@ -839,7 +839,7 @@ impl Inner {
             let new_spec = respec(&old_spec, &merged)?;
             let cgroup = ContainerCgroup::open(&layout, &path, nest)?;
             let applied = cgroup.apply(&limits)?;
-            if let Err(err) = berth_images::fsutil::atomic_write(&spec_file, &new_spec) {
+            if let Err(err) = berth_fsutil::atomic_write(&spec_file, &new_spec) {
                 undo(&applied);
                 return Err(Error::Internal(format!("writing the updated OCI spec: {err}")));
             }
@@ -850,7 +850,7 @@ impl Inner {
             // The record is the truth for ContainerStatus: without it, nothing changed.
             blocking(move || {
                 undo(&applied);
-                if let Err(err) = berth_images::fsutil::atomic_write(&spec_path, &old_spec) {
+                if let Err(err) = berth_fsutil::atomic_write(&spec_path, &old_spec) {
                     tracing::warn!(path = %spec_path.display(), error = %err, "putting the old OCI spec back");
                 }
                 Ok(())

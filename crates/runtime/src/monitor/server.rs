@@ -1109,7 +1109,7 @@ impl Monitor {
         };
         match serde_json::to_vec(&info) {
             Ok(bytes) => {
-                if let Err(err) = berth_images::fsutil::atomic_write(&container.exit_file, &bytes) {
+                if let Err(err) = berth_fsutil::atomic_write(&container.exit_file, &bytes) {
                     note(&format!("recording the exit of {id}: {err}"));
                 }
             }
