@@ -16,7 +16,7 @@ use oci_spec::runtime::{
     LinuxCpu, LinuxDeviceCgroup, LinuxDeviceType, LinuxMemory, LinuxResources,
 };
 
-use crate::cgroups::{CgroupLayout, CgroupVersion, Hierarchy};
+use crate::cgroups::{oom_kills_in, CgroupLayout, CgroupVersion, Hierarchy};
 use crate::error::{Error, Result};
 
 /// How long `kill_all` keeps killing before it gives up on a cgroup that keeps processes.
@@ -466,21 +466,6 @@ fn read_number(path: &Path) -> Result<u64> {
     text.trim().parse().map_err(|_| {
         Error::Cgroup(format!("{} holds {:?}, not a number", path.display(), text.trim()))
     })
-}
-
-/// OOM kills counted in a memory cgroup directory, v1 or v2 (the monitor knows only the
-/// directory); 0 when the kernel does not say.
-pub fn oom_kills_in(dir: &Path) -> u64 {
-    ["memory.oom_control", "memory.events"]
-        .iter()
-        .find_map(|file| std::fs::read_to_string(dir.join(file)).ok())
-        .and_then(|text| oom_kill_count(&text))
-        .unwrap_or(0)
-}
-
-/// The `oom_kill N` line of memory.oom_control (v1) or memory.events (v2).
-fn oom_kill_count(text: &str) -> Option<u64> {
-    text.lines().find_map(|l| l.strip_prefix("oom_kill ")).and_then(|n| n.trim().parse().ok())
 }
 
 fn nonzero_i64(v: Option<i64>) -> Option<i64> {
@@ -1326,13 +1311,6 @@ mod tests {
         ContainerCgroup::create(&layout, "/pod1/ctr1", true, &LinuxResources::default()).unwrap();
         // A regular file keeps only the last write; cgroupfs would have taken each.
         assert_eq!(read(&pod, "cgroup.subtree_control"), "+pids");
-    }
-
-    #[test]
-    fn oom_kill_lines() {
-        assert_eq!(oom_kill_count("oom_kill_disable 0\nunder_oom 0\noom_kill 12\n"), Some(12));
-        assert_eq!(oom_kill_count("oom_kill_disable 1\nunder_oom 0\n"), None);
-        assert_eq!(oom_kill_count("low 0\noom 2\noom_kill 2\noom_group_kill 1\n"), Some(2));
     }
 
     /// Removes what the real-host test made even when it fails half way.

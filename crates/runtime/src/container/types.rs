@@ -231,19 +231,8 @@ pub struct ResolvedUser {
     pub additional_gids: Vec<u32>,
 }
 
-/// How a container ended.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ExitInfo {
-    /// The exit status, or 128 + the signal that killed it.
-    pub exit_code: i32,
-    /// The signal that killed it, if one did.
-    pub signal: Option<i32>,
-    pub finished_at_nanos: i64,
-    /// The kernel's OOM killer killed a process of the container.
-    pub oom_killed: bool,
-    /// Why it ended when not by itself ("the monitor is gone", "failed to start: …").
-    pub message: String,
-}
+/// Defined by the monitor's protocol, which records it; re-exported where the state holds it.
+pub use crate::monitor::proto::ExitInfo;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ContainerState {

@@ -31,10 +31,10 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{pipe2, Pid};
 
-use crate::container::ExitInfo;
 use crate::executor;
 use crate::monitor::log::{LogWriter, Stream};
 use crate::monitor::oci;
+use crate::monitor::proto::ExitInfo;
 use crate::monitor::proto::*;
 use crate::util::now_nanos;
 
@@ -1099,7 +1099,7 @@ impl Monitor {
         let oom_killed = container
             .memory_cgroup
             .as_deref()
-            .is_some_and(|dir| crate::container::cgroup::oom_kills_in(dir) > 0);
+            .is_some_and(|dir| crate::cgroups::oom_kills_in(dir) > 0);
         let info = ExitInfo {
             exit_code,
             signal,
