@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use berth_images::ImageService;
 
+use crate::cgroups::container::ContainerCgroup;
 use crate::cgroups::{CgroupLayout, CgroupMode};
-use crate::container::cgroup::ContainerCgroup;
 use crate::container::image_volume;
 use crate::container::spec::{self, PidNamespace, PodContext, PodUserNamespace, SpecInputs};
 use crate::container::stream::{self, StdioSession, StreamOptions};
@@ -1332,7 +1332,7 @@ fn respec(spec: &[u8], resources: &Resources) -> Result<Vec<u8>> {
 }
 
 /// Puts a cgroup's old limits back after a later step of an update failed.
-fn undo(applied: &crate::container::cgroup::Applied) {
+fn undo(applied: &crate::cgroups::container::Applied) {
     if let Err(err) = applied.revert() {
         tracing::error!(error = %err, "putting a container's old cgroup limits back");
     }

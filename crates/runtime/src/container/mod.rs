@@ -1,7 +1,6 @@
 //! Containers: their records, OCI specs, users, cgroups and lifecycle, and their interactive
 //! streams.
 
-pub mod cgroup;
 pub mod image_volume;
 mod lifecycle;
 pub mod spec;

@@ -15,6 +15,9 @@ use serde_json::json;
 
 use crate::error::{Error, Result};
 
+pub mod container;
+pub mod pod;
+
 const MOUNTINFO: &str = "/proc/self/mountinfo";
 const PROC_SELF_CGROUP: &str = "/proc/self/cgroup";
 
@@ -388,6 +391,20 @@ pub fn oom_kills_in(dir: &Path) -> u64 {
 /// The `oom_kill N` line of memory.oom_control (v1) or memory.events (v2).
 fn oom_kill_count(text: &str) -> Option<u64> {
     text.lines().find_map(|l| l.strip_prefix("oom_kill ")).and_then(|n| n.trim().parse().ok())
+}
+
+/// A new v1 cpuset cgroup has no CPUs and no memory nodes, and joining it fails until they
+/// are set: give it its parent's.
+pub(crate) fn inherit_cpuset(dir: &Path) -> Result<()> {
+    let parent =
+        dir.parent().ok_or_else(|| Error::Cgroup(format!("{} has no parent", dir.display())))?;
+    for file in ["cpuset.cpus", "cpuset.mems"] {
+        let from = parent.join(file);
+        let value = std::fs::read_to_string(&from).map_err(Error::io("reading", &from))?;
+        let to = dir.join(file);
+        std::fs::write(&to, value.trim()).map_err(Error::io("writing", &to))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use oci_spec::runtime::{
     LinuxCpu, LinuxDeviceCgroup, LinuxDeviceType, LinuxMemory, LinuxResources,
 };
 
-use crate::cgroups::{oom_kills_in, CgroupLayout, CgroupVersion, Hierarchy};
+use super::{oom_kills_in, CgroupLayout, CgroupVersion, Hierarchy};
 use crate::error::{Error, Result};
 
 /// How long `kill_all` keeps killing before it gives up on a cgroup that keeps processes.
@@ -110,7 +110,7 @@ impl ContainerCgroup {
                 Err(err) => return Err(Error::io("creating cgroup", &m.dir)(err)),
             }
             if m.version == CgroupVersion::V1 && m.has("cpuset") {
-                crate::pod::cgroup::inherit_cpuset(&m.dir)?;
+                super::inherit_cpuset(&m.dir)?;
             }
         }
         Ok(())
@@ -1331,7 +1331,7 @@ mod tests {
                 let _ = cg.kill_all();
                 let _ = cg.remove();
             }
-            let _ = crate::pod::cgroup::remove(&self.layout, &self.pod_created, true);
+            let _ = crate::cgroups::pod::remove(&self.layout, &self.pod_created, true);
         }
     }
 
@@ -1345,7 +1345,7 @@ mod tests {
             return;
         }
         let pod = format!("/berth-test-ctr-cgroup-{}/pod", std::process::id());
-        let pod_created = crate::pod::cgroup::create(&layout, &pod, true).unwrap();
+        let pod_created = crate::cgroups::pod::create(&layout, &pod, true).unwrap();
         let mut cleanup =
             Cleanup { layout: layout.clone(), pod_created, container: None, child: None };
 
