@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::pod::NamespaceMode;
+pub use crate::security::{SecurityProfile, SelinuxOptions};
 pub use crate::userns::{IdMapping, UserNamespace};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -161,29 +162,6 @@ pub enum UsernsRequest {
     Node,
     /// The pod's, with the mappings the pod has (empty: not repeated).
     Pod { uids: Vec<IdMapping>, gids: Vec<IdMapping> },
-}
-
-/// A seccomp or AppArmor profile, as the CRI names one (cri-server has already resolved the
-/// deprecated string forms and what an absent field means).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub enum SecurityProfile {
-    /// None at all.
-    #[default]
-    Unconfined,
-    /// The runtime's own: for seccomp berth's built-in profile, for AppArmor `berth-default`.
-    RuntimeDefault,
-    /// For seccomp the path of a JSON profile on the node; for AppArmor a loaded profile's name.
-    Localhost(String),
-}
-
-/// CRI `SELinuxOption`: the parts of the process label to set; an empty part is taken from the
-/// node's default container context.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SelinuxOptions {
-    pub user: String,
-    pub role: String,
-    pub r#type: String,
-    pub level: String,
 }
 
 /// Which groups a container's process gets beside the primary one.
