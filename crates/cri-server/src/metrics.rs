@@ -32,7 +32,7 @@ use tonic::Code;
 use berth_runtime::container::{ContainerFilter, ContainerState};
 use berth_runtime::pod::{PodFilter, PodState};
 
-use crate::service::Cri;
+use crate::cri::Cri;
 
 /// A client that sends no request line within this long is dropped.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
