@@ -1,4 +1,3 @@
-
 use super::*;
 use crate::error::ErrorKind;
 use std::net::{TcpListener, TcpStream};

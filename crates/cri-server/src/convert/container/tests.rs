@@ -1,4 +1,3 @@
-
 use super::*;
 use crate::convert::required_id;
 use berth_runtime::container::{ContainerImage, ExitInfo, ResolvedUser, RECORD_VERSION};
