@@ -109,6 +109,14 @@ impl Inner {
             ))
         })?;
         let user_namespace = pod_user_namespace(&config, pod)?;
+        // Joining another container's PID namespace (`kubectl debug --target`) is not built:
+        // refused, rather than the container silently getting a namespace of its own.
+        if config.security.pid == NamespaceMode::Target {
+            return Err(Error::InvalidArgument(format!(
+                "PID namespace mode TARGET (joining container {:?}) is not supported yet",
+                config.security.target_id
+            )));
+        }
         if let Some(m) = config.mounts.iter().find(|m| m.recursive_read_only) {
             if !handler.features().recursive_read_only_mounts {
                 return Err(Error::InvalidArgument(format!(
