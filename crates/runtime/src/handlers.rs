@@ -66,6 +66,11 @@ pub struct OciRuntime {
     pub runtime_user_namespaces: bool,
     /// Whether it could idmap mounts itself (`mountExtensions.idmap`); berth does not need it.
     pub runtime_idmap: bool,
+    /// Whether a relative `linux.cgroupsPath` is taken from the runtime's own cgroup in each
+    /// hierarchy (runc), which is how a container nests under berthd's cgroup. crun 1.8 takes
+    /// it from each hierarchy's root instead, so berth shows it hierarchies rooted at its own
+    /// cgroup and names the cgroup absolutely (see `monitor::oci`).
+    pub nests_relative_cgroups: bool,
 }
 
 /// What a pod's handler name stands for.
@@ -237,6 +242,7 @@ fn probe_one(
     let root = config.root.clone().unwrap_or_else(|| state.join("runtimes").join(name));
     std::fs::create_dir_all(&root).map_err(|e| format!("creating {}: {e}", root.display()))?;
     Ok(OciRuntime {
+        nests_relative_cgroups: nests_relative_cgroups(&version),
         name: name.to_string(),
         binary,
         root,
@@ -249,6 +255,13 @@ fn probe_one(
         runtime_user_namespaces: features.user_namespaces,
         runtime_idmap: features.idmap,
     })
+}
+
+/// runc joins a relative cgroups path to its own cgroup (libcontainer's cgroupfs manager);
+/// crun and others are not known to, and get an absolute one in a view rooted where berth
+/// nests, which runc in turn would misread (it subtracts the mount's root from the path).
+fn nests_relative_cgroups(version: &str) -> bool {
+    version.starts_with("runc ")
 }
 
 /// An absolute path as it is; a bare name from `PATH`, as a shell would find it.
@@ -431,6 +444,8 @@ mod tests {
         let Handler::Oci(old) = handlers.get("old").unwrap() else { panic!("not an OCI runtime") };
         assert_eq!(old.version, "old 0.1");
         assert_eq!(old.features, HandlerFeatures::default());
+        // Not runc: shown its hierarchies rooted where berth nests, as crun must be.
+        assert!(!old.nests_relative_cgroups);
         assert_eq!(old.root, state.path().join("runtimes/old"));
         assert!(old.root.is_dir());
         let listed = handlers.list();
@@ -453,6 +468,7 @@ mod tests {
         assert!(runc.version.starts_with("runc version"), "{}", runc.version);
         assert!(runc.features.recursive_read_only_mounts);
         assert!(runc.runtime_user_namespaces);
+        assert!(runc.nests_relative_cgroups);
         let node = crate::userns::probe(state.path()).is_ok();
         assert_eq!(runc.features.user_namespaces, node);
         assert_eq!(handlers.user_namespaces("runc").is_ok(), node);

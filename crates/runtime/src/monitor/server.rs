@@ -748,7 +748,8 @@ impl Monitor {
         })?;
         executor::mount_bundle(&rootfs_of(request), &target, spec, &request.spec)
             .map_err(executor_error)?;
-        let cli = oci::Cli::new(executor, bundle, &request.id, self.pid_ns);
+        let cli =
+            oci::Cli::new(executor, bundle, &request.id, self.pid_ns).map_err(executor_error)?;
         let launched = if request.tty {
             cli.create(oci::CreateStdio::Console).and_then(|mut created| {
                 let master = created

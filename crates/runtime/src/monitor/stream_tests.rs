@@ -64,6 +64,7 @@ impl Pod {
                 handler: "runc".into(),
                 binary: RUNC.into(),
                 root: base.join("runc-root"),
+                cgroup_roots: vec![],
             }),
         };
         let create = CreateRequest {
