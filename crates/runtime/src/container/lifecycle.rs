@@ -412,6 +412,7 @@ impl Inner {
                     true => cgroup_roots(&self.cgroups)?,
                     false => Vec::new(),
                 },
+                prepare_mount_targets: !runtime.makes_targets_behind_symlinks,
             }),
         };
         let oci = executor != Executor::Embedded;

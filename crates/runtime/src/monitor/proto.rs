@@ -7,7 +7,8 @@
 //! a monitor answers every version from [`MIN_VERSION`] to [`VERSION`]: so a monitor of an
 //! earlier berthd still takes what it always took, and refuses (rather than misreads) what it
 //! cannot do. Version 2 added [`Executor::Oci`]; version 3 the interactive streams,
-//! [`Request::ExecStream`] and [`Request::Attach`]; version 4 [`OciExecutor::cgroup_roots`].
+//! [`Request::ExecStream`] and [`Request::Attach`]; version 4
+//! [`OciExecutor::cgroup_roots`] and [`OciExecutor::prepare_mount_targets`].
 //!
 //! Those two keep their connection after the answer:
 //! - `ExecStream` is answered by [`Reply::ExecStarted`] in one `sendmsg` that carries berthd's
@@ -41,9 +42,7 @@ impl RequestLine {
     /// The request, marked with the lowest version that has everything it uses.
     pub fn new(request: Request) -> RequestLine {
         let v = match &request {
-            Request::Create(create) if matches!(&create.executor, Executor::Oci(oci) if !oci.cgroup_roots.is_empty()) => {
-                4
-            }
+            Request::Create(create) if create.executor.needs_version_4() => 4,
             Request::ExecStream(_) | Request::Attach { .. } => 3,
             Request::Create(create) if create.executor != Executor::Embedded => 2,
             _ => 1,
@@ -122,6 +121,10 @@ impl Executor {
     fn is_embedded(&self) -> bool {
         *self == Executor::Embedded
     }
+
+    fn needs_version_4(&self) -> bool {
+        matches!(self, Executor::Oci(oci) if !oci.cgroup_roots.is_empty() || oci.prepare_mount_targets)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,6 +142,10 @@ pub struct OciExecutor {
     /// `mountpoint`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cgroup_roots: Vec<CgroupRoot>,
+    /// Whether the monitor makes the mounts' targets in the root before `create` (version 4),
+    /// for a runtime that cannot make one behind a symlink of the image (crun).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub prepare_mount_targets: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -401,6 +408,7 @@ mod tests {
             binary: "/usr/sbin/runc".into(),
             root: "/run/berth/runtimes/runc".into(),
             cgroup_roots: vec![],
+            prepare_mount_targets: false,
         });
         let line = serde_json::to_string(&RequestLine::new(create(oci.clone()))).unwrap();
         let value: serde_json::Value = serde_json::from_str(&line).unwrap();
@@ -433,7 +441,11 @@ mod tests {
                 mountpoint: "/sys/fs/cgroup/memory".into(),
                 cgroup: "/sys/fs/cgroup/memory/berthd".into(),
             }],
+            prepare_mount_targets: false,
         };
+        let targets =
+            OciExecutor { cgroup_roots: vec![], prepare_mount_targets: true, ..oci.clone() };
+        assert_eq!(RequestLine::new(create(Executor::Oci(targets))).v, 4);
         let line = RequestLine::new(create(Executor::Oci(oci.clone())));
         assert_eq!(line.v, 4);
         let back: RequestLine =

@@ -65,6 +65,7 @@ impl Pod {
                 binary: RUNC.into(),
                 root: base.join("runc-root"),
                 cgroup_roots: vec![],
+                prepare_mount_targets: false,
             }),
         };
         let create = CreateRequest {
