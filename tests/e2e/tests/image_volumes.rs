@@ -314,6 +314,9 @@ async fn image_volumes_in_a_user_namespace(handler: &'static str) {
         .runtime_handler(handler)
         .pid(NamespaceMode::Container)
         .userns(&range, &range);
+    if berth_e2e::handlers::refuses_user_namespaces(&mut env.cri, handler, &pod).await {
+        return;
+    }
     let pod_id = env.run_pod(&pod).await;
     let spec = env.sleeper("userns", env.volume_mount(AT, "")).pid_mode(NamespaceMode::Container);
     let id = env.cri.run_container(&pod_id, &pod, &spec).await.expect("running the container");
