@@ -1,6 +1,7 @@
 //! The runtime handlers the per-handler suites run on, and whether each can run containers on
-//! this host at all: crun 1.8 refuses a hybrid cgroup layout, for one. A handler that cannot
-//! has its cases skipped with the reason printed; the embedded executor never is.
+//! this host at all (crun 1.8 refuses a hybrid cgroup layout, which the nodes therefore go
+//! without). A handler that cannot has its cases skipped with the reason printed; the embedded
+//! executor never is.
 
 use std::sync::OnceLock;
 use std::time::Duration;

@@ -8,8 +8,9 @@
 //! The whole suite runs once per runtime handler, with the same expectations: the embedded
 //! executor (module `embedded`), runc (`runc`) and crun (`crun`). Each case is an `async fn`
 //! taking the handler; `cases!` at the end makes one test per (handler, case). A handler that
-//! cannot run a container on this host (crun refuses hybrid cgroup hosts) has its cases
-//! skipped, with the reason printed. Status and refused handlers are tested once.
+//! cannot run a container on this host has its cases skipped, with the reason printed (the
+//! nodes go without a hybrid host's cgroup2 mount, which crun 1.8 refuses, so that crun runs).
+//! Status and refused handlers are tested once.
 //!
 //! Containers report back through their CRI log (see `berth_e2e::cri::read_log`), so that
 //! most tests depend on nothing but Create/Start/Status and the log writer.

@@ -5,8 +5,8 @@
 //! a pod in a user namespace of its own.
 //!
 //! The cases run once per runtime handler (`handler_cases!` at the end): the embedded executor,
-//! runc and crun, which cannot run a container on this host and has its cases skipped with the
-//! reason printed.
+//! runc and crun, with the same expectations, but that crun 1.8 refuses a user namespace
+//! (`handlers::refuses_user_namespaces`).
 
 use std::path::Path;
 use std::time::Duration;
