@@ -92,9 +92,19 @@ impl Node {
                 )?;
                 // A hybrid host's cgroup2 mount holds no controller berth manages (at most
                 // hugetlb), and crun refuses to run beside it: the node, like a v1 node with
-                // no cgroup2 mount, goes without it. (EINVAL: no such mount here.)
+                // no cgroup2 mount, goes without it. (EINVAL: no such mount here.) crun still
+                // makes each container's directory under it for the `0::` line of
+                // /proc/self/cgroup: a tmpfs of the node's own takes those, which would
+                // otherwise stay in the host's /sys/fs/cgroup under its cgroup2 mount.
                 match nix::mount::umount2(HYBRID_CGROUP2, nix::mount::MntFlags::MNT_DETACH) {
-                    Ok(()) | Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) => {}
+                    Ok(()) => mount(
+                        Some("tmpfs"),
+                        HYBRID_CGROUP2,
+                        Some("tmpfs"),
+                        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                        Some("size=1m,mode=755"),
+                    )?,
+                    Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) => {}
                     Err(err) => return Err(err.into()),
                 }
                 Ok(())
