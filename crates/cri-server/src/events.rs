@@ -14,9 +14,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
+use crate::convert::{container, pod};
+use crate::cri::Cri;
 use crate::proto::{ContainerEventResponse, ContainerEventType};
-use crate::service::Cri;
-use crate::{container, sandbox};
 
 /// Messages converted ahead of a slow reader.
 const CHANNEL: usize = 16;
@@ -53,7 +53,7 @@ fn response(event: &Arc<ContainerEvent>) -> ContainerEventResponse {
         container_id: event.container_id.clone(),
         container_event_type: kind.into(),
         created_at: event.at_nanos,
-        pod_sandbox_status: event.pod.as_ref().map(sandbox::pod_status),
+        pod_sandbox_status: event.pod.as_ref().map(pod::pod_status),
         containers_statuses: event.containers.iter().map(container::container_status).collect(),
     }
 }

@@ -6,14 +6,14 @@ use std::time::Duration;
 
 use berth_runtime::container::ContainerState;
 
-use crate::container::required_id;
+use crate::convert::required_id;
+use crate::cri::Cri;
 use crate::error::{CriError, CriResult};
 use crate::proto::{
     AttachRequest, AttachResponse, ExecRequest, ExecResponse, ExecSyncRequest, ExecSyncResponse,
     PortForwardRequest, PortForwardResponse,
 };
 use crate::rpc_layer::{record_container, record_pod};
-use crate::service::Cri;
 use crate::streaming::{StdioRequest, StreamRequest};
 
 pub async fn exec_sync(cri: &Cri, request: ExecSyncRequest) -> CriResult<ExecSyncResponse> {

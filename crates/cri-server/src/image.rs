@@ -8,6 +8,7 @@ use berth_images::auth::AuthConfig;
 use berth_images::metadata::ImageRecord;
 
 use crate::clock::now_nanos;
+use crate::cri::Cri;
 use crate::error::{CriError, CriResult};
 use crate::proto::{
     FilesystemIdentifier, FilesystemUsage, Image, ImageFsInfoRequest, ImageFsInfoResponse,
@@ -16,7 +17,6 @@ use crate::proto::{
     RemoveImageResponse, StreamImagesResponse, UInt64Value,
 };
 use crate::rpc_layer::record_image;
-use crate::service::Cri;
 
 /// Images per StreamImages message: small messages, few of them.
 const STREAM_BATCH: usize = 64;

@@ -7,6 +7,8 @@
 mod clock;
 pub mod config;
 mod container;
+mod convert;
+mod cri;
 pub mod daemon;
 pub mod error;
 mod events;

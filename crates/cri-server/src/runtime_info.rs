@@ -4,13 +4,13 @@ use std::collections::HashMap;
 
 use berth_runtime::{HandlerInfo, NetworkStatus};
 
+use crate::cri::Cri;
 use crate::error::CriResult;
 use crate::proto::{
     CgroupDriver, LinuxRuntimeConfiguration, RuntimeCondition, RuntimeConfigRequest,
     RuntimeConfigResponse, RuntimeFeatures, RuntimeHandler, RuntimeHandlerFeatures, RuntimeStatus,
     StatusRequest, StatusResponse, VersionRequest, VersionResponse,
 };
-use crate::service::Cri;
 
 pub const RUNTIME_NAME: &str = "berth";
 /// The CRI API version berth serves.

@@ -4,22 +4,22 @@
 
 use std::collections::HashMap;
 
-use berth_runtime::pod::{self, PodFilter, PodRecord, PodState};
-use berth_runtime::userns::{IdMapping, UserNamespace};
+use berth_runtime::pod::{self, PodFilter, PodState};
+use berth_runtime::userns::UserNamespace;
 
 use crate::clock::now_nanos;
+use crate::convert::pod::{metadata, pod_status, state};
+use crate::convert::{id_mappings, to_map};
+use crate::cri::Cri;
 use crate::error::{CriError, CriResult};
 use crate::proto::{
-    self, LinuxPodSandboxStatus, ListPodSandboxRequest, ListPodSandboxResponse, Namespace,
-    NamespaceOption, PodIp, PodSandbox, PodSandboxFilter, PodSandboxMetadata,
-    PodSandboxNetworkStatus, PodSandboxStatus, PodSandboxStatusRequest, PodSandboxStatusResponse,
-    RemovePodSandboxRequest, RemovePodSandboxResponse, RunPodSandboxRequest, RunPodSandboxResponse,
-    StopPodSandboxRequest, StopPodSandboxResponse, StreamPodSandboxesResponse,
-    UpdatePodSandboxResourcesRequest, UpdatePodSandboxResourcesResponse,
-    UpdateRuntimeConfigRequest, UpdateRuntimeConfigResponse,
+    self, ListPodSandboxRequest, ListPodSandboxResponse, PodSandbox, PodSandboxFilter,
+    PodSandboxStatusRequest, PodSandboxStatusResponse, RemovePodSandboxRequest,
+    RemovePodSandboxResponse, RunPodSandboxRequest, RunPodSandboxResponse, StopPodSandboxRequest,
+    StopPodSandboxResponse, StreamPodSandboxesResponse, UpdatePodSandboxResourcesRequest,
+    UpdatePodSandboxResourcesResponse, UpdateRuntimeConfigRequest, UpdateRuntimeConfigResponse,
 };
 use crate::rpc_layer::record_pod;
-use crate::service::Cri;
 
 /// Pods per StreamPodSandboxes message.
 const STREAM_BATCH: usize = 64;
@@ -78,29 +78,6 @@ pub async fn status(
     })
 }
 
-/// The CRI status of a pod's record (also in container events).
-pub(crate) fn pod_status(record: &PodRecord) -> PodSandboxStatus {
-    let network = record.network.as_ref().map(|net| PodSandboxNetworkStatus {
-        ip: net.ips.first().cloned().unwrap_or_default(),
-        additional_ips: net.ips.iter().skip(1).map(|ip| PodIp { ip: ip.clone() }).collect(),
-    });
-    PodSandboxStatus {
-        id: record.id.clone(),
-        metadata: Some(metadata(record)),
-        state: state(record.state).into(),
-        created_at: record.created_at_nanos,
-        network,
-        linux: Some(LinuxPodSandboxStatus {
-            namespaces: Some(Namespace {
-                options: Some(namespace_option(&record.config.namespaces)),
-            }),
-        }),
-        labels: to_map(&record.config.labels),
-        annotations: to_map(&record.config.annotations),
-        runtime_handler: record.config.runtime_handler.clone(),
-    }
-}
-
 pub async fn list(cri: &Cri, request: ListPodSandboxRequest) -> CriResult<ListPodSandboxResponse> {
     Ok(ListPodSandboxResponse { items: listed(cri, request.filter).await })
 }
@@ -147,8 +124,8 @@ pub async fn update_resources(
     request: UpdatePodSandboxResourcesRequest,
 ) -> CriResult<UpdatePodSandboxResourcesResponse> {
     record_pod(&request.pod_sandbox_id);
-    let resources = request.resources.map(crate::container::resources).unwrap_or_default();
-    let overhead = request.overhead.map(crate::container::resources).unwrap_or_default();
+    let resources = request.resources.map(crate::convert::container::resources).unwrap_or_default();
+    let overhead = request.overhead.map(crate::convert::container::resources).unwrap_or_default();
     cri.runtime.pods().update_resources(&request.pod_sandbox_id, resources, overhead).await?;
     Ok(UpdatePodSandboxResourcesResponse {})
 }
@@ -252,22 +229,6 @@ fn user_namespace(options: Option<&proto::UserNamespace>) -> CriResult<Option<Us
     }
 }
 
-pub(crate) fn id_mappings(list: &[proto::IdMapping]) -> Vec<IdMapping> {
-    list.iter()
-        .map(|m| IdMapping { container_id: m.container_id, host_id: m.host_id, length: m.length })
-        .collect()
-}
-
-pub(crate) fn proto_id_mappings(list: &[IdMapping]) -> Vec<proto::IdMapping> {
-    list.iter()
-        .map(|m| proto::IdMapping {
-            host_id: m.host_id,
-            container_id: m.container_id,
-            length: m.length,
-        })
-        .collect()
-}
-
 fn mode(mode: proto::NamespaceMode) -> pod::NamespaceMode {
     match mode {
         proto::NamespaceMode::Pod => pod::NamespaceMode::Pod,
@@ -277,53 +238,11 @@ fn mode(mode: proto::NamespaceMode) -> pod::NamespaceMode {
     }
 }
 
-fn proto_mode(mode: pod::NamespaceMode) -> proto::NamespaceMode {
-    match mode {
-        pod::NamespaceMode::Pod => proto::NamespaceMode::Pod,
-        pod::NamespaceMode::Container => proto::NamespaceMode::Container,
-        pod::NamespaceMode::Node => proto::NamespaceMode::Node,
-        pod::NamespaceMode::Target => proto::NamespaceMode::Target,
-    }
-}
-
-fn namespace_option(options: &pod::NamespaceOptions) -> NamespaceOption {
-    NamespaceOption {
-        network: proto_mode(options.network).into(),
-        pid: proto_mode(options.pid).into(),
-        ipc: proto_mode(options.ipc).into(),
-        target_id: options.target_id.clone(),
-        userns_options: options.user.as_ref().map(|user| proto::UserNamespace {
-            mode: proto::NamespaceMode::Pod.into(),
-            uids: proto_id_mappings(&[user.uids]),
-            gids: proto_id_mappings(&[user.gids]),
-        }),
-    }
-}
-
-pub(crate) fn metadata(record: &PodRecord) -> PodSandboxMetadata {
-    let meta = &record.config.metadata;
-    PodSandboxMetadata {
-        name: meta.name.clone(),
-        uid: meta.uid.clone(),
-        namespace: meta.namespace.clone(),
-        attempt: meta.attempt,
-    }
-}
-
-fn state(state: PodState) -> proto::PodSandboxState {
-    match state {
-        PodState::Ready => proto::PodSandboxState::SandboxReady,
-        PodState::NotReady => proto::PodSandboxState::SandboxNotready,
-    }
-}
-
-pub(crate) fn to_map(map: &std::collections::BTreeMap<String, String>) -> HashMap<String, String> {
-    map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::convert::pod::namespace_option;
+    use berth_runtime::userns::IdMapping;
     use tonic::Code;
 
     fn userns(

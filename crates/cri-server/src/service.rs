@@ -3,47 +3,18 @@
 //! the metrics RPCs, events). An RPC that berth does not implement answers UNIMPLEMENTED.
 
 use std::pin::Pin;
-use std::sync::Arc;
 
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::config::Config;
+pub use crate::cri::Cri;
 use crate::error::checkpoint_unimplemented;
-use crate::metrics::Metrics;
 use crate::proto::image_service_server::ImageService;
 use crate::proto::runtime_service_server::RuntimeService;
 use crate::proto::*;
-use crate::streaming::StreamingServer;
 use crate::{container, events, exec, image, runtime_info, sandbox, stats};
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
-
-/// The state the CRI services share; cheap to clone into each tonic service.
-#[derive(Clone)]
-pub struct Cri {
-    pub(crate) config: Arc<Config>,
-    pub(crate) runtime: Arc<berth_runtime::Runtime>,
-    pub(crate) images: Arc<berth_images::ImageService>,
-    pub(crate) streaming: Arc<StreamingServer>,
-    pub(crate) metrics: Arc<Metrics>,
-}
-
-impl Cri {
-    pub fn new(
-        config: Arc<Config>,
-        runtime: Arc<berth_runtime::Runtime>,
-        images: Arc<berth_images::ImageService>,
-        streaming: Arc<StreamingServer>,
-    ) -> Self {
-        Cri { config, runtime, images, streaming, metrics: Arc::new(Metrics::new()) }
-    }
-
-    /// berthd's own metrics, which the RPC layer feeds.
-    pub fn metrics(&self) -> Arc<Metrics> {
-        self.metrics.clone()
-    }
-}
 
 #[tonic::async_trait]
 impl RuntimeService for Cri {

@@ -15,6 +15,8 @@ use berth_runtime::pod::PodFilter;
 use berth_runtime::stats::{self as rt, CgroupStats};
 
 use crate::clock::now_nanos;
+use crate::convert::{self, container, pod};
+use crate::cri::Cri;
 use crate::error::CriResult;
 use crate::proto::{
     self, ContainerAttributes, ContainerMetrics, ContainerStatsFilter, ContainerStatsRequest,
@@ -28,8 +30,6 @@ use crate::proto::{
     StreamPodSandboxMetricsResponse, StreamPodSandboxStatsResponse, SwapUsage, UInt64Value,
 };
 use crate::rpc_layer::{record_container, record_pod};
-use crate::service::Cri;
-use crate::{container, sandbox};
 
 /// Entries per stream message.
 const STREAM_BATCH: usize = 64;
@@ -179,8 +179,8 @@ fn container_stats_of(stats: &rt::ContainerStats) -> proto::ContainerStats {
         attributes: Some(ContainerAttributes {
             id: record.id.clone(),
             metadata: Some(container::metadata(record)),
-            labels: sandbox::to_map(&record.config.labels),
-            annotations: sandbox::to_map(&record.config.annotations),
+            labels: convert::to_map(&record.config.labels),
+            annotations: convert::to_map(&record.config.annotations),
         }),
         cpu: cpu(&stats.cgroup),
         memory: memory(&stats.cgroup),
@@ -210,9 +210,9 @@ fn pod_stats_of(stats: &rt::PodStats) -> proto::PodSandboxStats {
     proto::PodSandboxStats {
         attributes: Some(PodSandboxAttributes {
             id: record.id.clone(),
-            metadata: Some(sandbox::metadata(record)),
-            labels: sandbox::to_map(&record.config.labels),
-            annotations: sandbox::to_map(&record.config.annotations),
+            metadata: Some(pod::metadata(record)),
+            labels: convert::to_map(&record.config.labels),
+            annotations: convert::to_map(&record.config.annotations),
         }),
         linux: Some(LinuxPodSandboxStats {
             cpu: cpu(&stats.cgroup),

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::fsutil::sync_dir;
+use berth_fsutil::sync_dir;
 
 #[derive(Debug, Clone)]
 pub struct ContentStore {
@@ -86,7 +86,7 @@ impl ContentStore {
             path: path.clone(),
             source: err.error,
         })?;
-        sync_dir(&self.blobs)
+        Ok(sync_dir(&self.blobs)?)
     }
 
     /// Reads the blob `digest`, re-hashing it: a flipped bit on disk must surface as an error,

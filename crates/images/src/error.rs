@@ -95,3 +95,13 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The atomic writes of the stores keep the message they had when they lived in this crate.
+impl From<berth_fsutil::Error> for Error {
+    fn from(err: berth_fsutil::Error) -> Self {
+        match err {
+            berth_fsutil::Error::Io { what, path, source } => Error::Io { what, path, source },
+            berth_fsutil::Error::NoParent(_) => Error::Internal(err.to_string()),
+        }
+    }
+}

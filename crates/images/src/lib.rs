@@ -9,7 +9,6 @@ pub mod content;
 pub mod digest;
 mod direct;
 pub mod error;
-pub mod fsutil;
 mod holds;
 pub mod hosts;
 mod keyed;

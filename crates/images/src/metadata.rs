@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::fsutil::atomic_write;
+use berth_fsutil::atomic_write;
 
 /// The format version this code writes and reads.
 const VERSION: u32 = 1;

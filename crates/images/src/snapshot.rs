@@ -24,8 +24,8 @@ use tracing::{debug, warn};
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::fsutil::{atomic_write, sync_dir};
 use crate::unpack::{is_dir, open_subdir, proc_path, remove_all_at, unpack_layer, UnpackOptions};
+use berth_fsutil::{atomic_write, sync_dir};
 
 const FS_DIR: &str = "fs";
 const INFO_FILE: &str = "snapshot.json";

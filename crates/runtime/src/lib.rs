@@ -17,6 +17,7 @@ pub mod namespaces;
 pub mod pod;
 mod runtime;
 pub mod seccomp;
+pub mod security;
 pub mod stats;
 pub mod store;
 pub mod userns;

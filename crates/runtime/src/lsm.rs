@@ -19,8 +19,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::container::{SecurityProfile, SelinuxOptions};
 use crate::error::{Error, Result};
+use crate::security::{SecurityProfile, SelinuxOptions};
 
 /// The AppArmor profile of RuntimeDefault.
 pub const DEFAULT_APPARMOR_PROFILE: &str = "berth-default";

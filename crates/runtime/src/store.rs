@@ -170,7 +170,7 @@ impl<R: Record> Store<R> {
         std::fs::create_dir_all(&dir).map_err(Error::io("creating", &dir))?;
         let bytes = serde_json::to_vec_pretty(record)
             .map_err(|err| Error::Internal(format!("encoding a {} record: {err}", R::KIND)))?;
-        berth_images::fsutil::atomic_write(&dir.join(R::FILE), &bytes)
+        berth_fsutil::atomic_write(&dir.join(R::FILE), &bytes)
             .map_err(|err| Error::Internal(err.to_string()))?;
         if let Some(entry) = lock(&self.entries).get(record.id()) {
             *lock(&entry.saved) = record.clone();

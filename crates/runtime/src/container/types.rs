@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::pod::NamespaceMode;
+pub use crate::security::{SecurityProfile, SelinuxOptions};
 pub use crate::userns::{IdMapping, UserNamespace};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -163,29 +164,6 @@ pub enum UsernsRequest {
     Pod { uids: Vec<IdMapping>, gids: Vec<IdMapping> },
 }
 
-/// A seccomp or AppArmor profile, as the CRI names one (cri-server has already resolved the
-/// deprecated string forms and what an absent field means).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub enum SecurityProfile {
-    /// None at all.
-    #[default]
-    Unconfined,
-    /// The runtime's own: for seccomp berth's built-in profile, for AppArmor `berth-default`.
-    RuntimeDefault,
-    /// For seccomp the path of a JSON profile on the node; for AppArmor a loaded profile's name.
-    Localhost(String),
-}
-
-/// CRI `SELinuxOption`: the parts of the process label to set; an empty part is taken from the
-/// node's default container context.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SelinuxOptions {
-    pub user: String,
-    pub role: String,
-    pub r#type: String,
-    pub level: String,
-}
-
 /// Which groups a container's process gets beside the primary one.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SupplementalGroupsPolicy {
@@ -231,19 +209,8 @@ pub struct ResolvedUser {
     pub additional_gids: Vec<u32>,
 }
 
-/// How a container ended.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ExitInfo {
-    /// The exit status, or 128 + the signal that killed it.
-    pub exit_code: i32,
-    /// The signal that killed it, if one did.
-    pub signal: Option<i32>,
-    pub finished_at_nanos: i64,
-    /// The kernel's OOM killer killed a process of the container.
-    pub oom_killed: bool,
-    /// Why it ended when not by itself ("the monitor is gone", "failed to start: …").
-    pub message: String,
-}
+/// Defined by the monitor's protocol, which records it; re-exported where the state holds it.
+pub use crate::monitor::proto::ExitInfo;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ContainerState {

@@ -197,8 +197,7 @@ pub(super) fn bundle_binds(spec: &Spec, spec_path: &Path) -> Result<()> {
     rewritten.set_mounts(Some(out));
     let json = serde_json::to_vec_pretty(&rewritten)
         .map_err(|e| Error::Internal(format!("encoding the OCI spec: {e}")))?;
-    berth_images::fsutil::replace_volatile(spec_path, &json)
-        .map_err(|e| Error::Internal(e.to_string()))
+    berth_fsutil::replace_volatile(spec_path, &json).map_err(|e| Error::Internal(e.to_string()))
 }
 
 /// Attaches a detached tree on `target`, created as a file or a directory like its root.

@@ -8,8 +8,6 @@ pub mod oci;
 mod pod_init;
 pub mod proto;
 pub mod server;
-#[cfg(test)]
-mod stream_tests;
 
 pub use client::{spawn, wait_gone, MonitorClient};
 pub use server::main;

@@ -24,12 +24,24 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::container::ExitInfo;
-
 /// The newest version this side speaks.
 pub const VERSION: u32 = 4;
 /// The oldest version a monitor still answers.
 pub const MIN_VERSION: u32 = 1;
+
+/// How a container ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitInfo {
+    /// The exit status, or 128 + the signal that killed it.
+    pub exit_code: i32,
+    /// The signal that killed it, if one did.
+    pub signal: Option<i32>,
+    pub finished_at_nanos: i64,
+    /// The kernel's OOM killer killed a process of the container.
+    pub oom_killed: bool,
+    /// Why it ended when not by itself ("the monitor is gone", "failed to start: …").
+    pub message: String,
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RequestLine {

@@ -105,7 +105,7 @@ pub fn hosts(host_network: bool, hostname: &str, ips: &[String]) -> Result<Strin
 /// Writes a pod file. 0644, as containerd makes them: containers bind-mount them and a
 /// container running as any user must read its own resolv.conf and hosts.
 pub fn write(dir: &Path, name: &str, content: &str) -> Result<()> {
-    berth_images::fsutil::atomic_write_mode(&dir.join(name), content.as_bytes(), 0o644)
+    berth_fsutil::atomic_write_mode(&dir.join(name), content.as_bytes(), 0o644)
         .map_err(|err| Error::Internal(err.to_string()))
 }
 

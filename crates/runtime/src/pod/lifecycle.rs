@@ -10,14 +10,15 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::cgroups::pod as cgroup;
 use crate::cgroups::CgroupLayout;
 use crate::cni::{Cni, PodNetworkRequest};
 use crate::error::{Error, Result};
 use crate::handlers::Handlers;
 use crate::monitor::{self, client::PodPidNamespace, proto::Request, MonitorClient};
 use crate::namespaces::{self, NamespaceRequest, NsKind, PodNamespaces};
+use crate::pod::files;
 use crate::pod::types::*;
-use crate::pod::{cgroup, files};
 use crate::store::{new_id, Store};
 use crate::util::{blocking, now_nanos, remove_dir};
 
@@ -514,7 +515,8 @@ impl Inner {
                 record.id
             )));
         }
-        let limits = crate::container::spec::limits(&cgroup::combine(resources, overhead))?;
+        let limits =
+            crate::container::spec::limits(&crate::pod::overhead::combine(resources, overhead))?;
         let (layout, path, nest) = (self.cgroups.clone(), record.cgroup.clone(), self.nest);
         blocking(move || cgroup::update(&layout, &path, nest, &limits)).await?;
         tracing::info!(pod_id = %record.id, ?resources, ?overhead, "pod sandbox resources updated");

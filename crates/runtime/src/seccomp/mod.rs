@@ -18,8 +18,8 @@ use std::path::Path;
 use oci_spec::runtime::{Arch, LinuxSeccomp};
 use seccompiler::TargetArch;
 
-use crate::container::SecurityProfile;
 use crate::error::{Error, Result};
+use crate::security::SecurityProfile;
 
 pub use compile::Filters;
 

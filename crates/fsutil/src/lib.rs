@@ -1,10 +1,35 @@
-//! Small file-system helpers every store here relies on.
+//! Small file-system helpers every store of berth relies on (image metadata, snapshots, pod and
+//! container records, exit files): writes that a crash leaves whole.
+//!
+//! A crate of its own so that `runtime` does not borrow it from `images`: atomic writing is no
+//! image concern.
 
 use std::fs::File;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use crate::error::{Error, Result};
+/// What went wrong, with the operation and the path, so that a message names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} has no parent", .0.display())]
+    NoParent(PathBuf),
+}
+
+impl Error {
+    fn io(what: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.into();
+        move |source| Error::Io { what, path, source }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Writes `bytes` to `path` so that readers (and a crash) see the old content or the new, never
 /// a torn file: a temp file in the same directory, fsync, rename, fsync of the directory.
@@ -29,9 +54,7 @@ pub fn replace_volatile(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Writes a temp file beside `path` and renames it over `path`; returns the directory.
 fn replace<'a>(path: &'a Path, bytes: &[u8], sync: bool, mode: Option<u32>) -> Result<&'a Path> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| Error::Internal(format!("{} has no parent", path.display())))?;
+    let dir = path.parent().ok_or_else(|| Error::NoParent(path.to_path_buf()))?;
     let mut temp = tempfile::Builder::new()
         .prefix(".tmp-")
         .tempfile_in(dir)

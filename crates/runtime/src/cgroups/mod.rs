@@ -15,6 +15,9 @@ use serde_json::json;
 
 use crate::error::{Error, Result};
 
+pub mod container;
+pub mod pod;
+
 const MOUNTINFO: &str = "/proc/self/mountinfo";
 const PROC_SELF_CGROUP: &str = "/proc/self/cgroup";
 
@@ -375,6 +378,35 @@ fn parse_proc_self_cgroup(text: &str) -> Result<Vec<Membership>> {
     Ok(members)
 }
 
+/// OOM kills counted in a memory cgroup directory, v1 or v2 (the monitor knows only the
+/// directory); 0 when the kernel does not say.
+pub fn oom_kills_in(dir: &Path) -> u64 {
+    ["memory.oom_control", "memory.events"]
+        .iter()
+        .find_map(|file| std::fs::read_to_string(dir.join(file)).ok())
+        .and_then(|text| oom_kill_count(&text))
+        .unwrap_or(0)
+}
+
+/// The `oom_kill N` line of memory.oom_control (v1) or memory.events (v2).
+fn oom_kill_count(text: &str) -> Option<u64> {
+    text.lines().find_map(|l| l.strip_prefix("oom_kill ")).and_then(|n| n.trim().parse().ok())
+}
+
+/// A new v1 cpuset cgroup has no CPUs and no memory nodes, and joining it fails until they
+/// are set: give it its parent's.
+pub(crate) fn inherit_cpuset(dir: &Path) -> Result<()> {
+    let parent =
+        dir.parent().ok_or_else(|| Error::Cgroup(format!("{} has no parent", dir.display())))?;
+    for file in ["cpuset.cpus", "cpuset.mems"] {
+        let from = parent.join(file);
+        let value = std::fs::read_to_string(&from).map_err(Error::io("reading", &from))?;
+        let to = dir.join(file);
+        std::fs::write(&to, value.trim()).map_err(Error::io("writing", &to))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -695,5 +727,12 @@ mod tests {
             let dir = l.dir_in(h, Path::new("/"), true).unwrap();
             assert!(dir.is_dir(), "{} of {} is missing", dir.display(), h.name());
         }
+    }
+
+    #[test]
+    fn oom_kill_lines() {
+        assert_eq!(oom_kill_count("oom_kill_disable 0\nunder_oom 0\noom_kill 12\n"), Some(12));
+        assert_eq!(oom_kill_count("oom_kill_disable 1\nunder_oom 0\n"), None);
+        assert_eq!(oom_kill_count("low 0\noom 2\noom_kill 2\noom_group_kill 1\n"), Some(2));
     }
 }

@@ -6,9 +6,8 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::LinuxResources;
 
-use crate::cgroups::{CgroupLayout, CgroupVersion, Hierarchy};
-use crate::container::cgroup::ContainerCgroup;
-use crate::container::Resources;
+use super::container::ContainerCgroup;
+use super::{inherit_cpuset, CgroupLayout, CgroupVersion, Hierarchy};
 use crate::error::{Error, Result};
 
 /// The parent of the pods that have no `cgroup_parent`: berth's own, shared by those pods.
@@ -37,7 +36,7 @@ pub fn create(layout: &CgroupLayout, path: &str, nest: bool) -> Result<Vec<Strin
 
 fn try_create(layout: &CgroupLayout, path: &str, nest: bool) -> Result<Vec<String>> {
     // The chain of cgroup paths from the top: "/a", "/a/b", "/a/b/c".
-    let clean = crate::cgroups::clean_cgroup_path(Path::new(path))?;
+    let clean = super::clean_cgroup_path(Path::new(path))?;
     let mut chain = Vec::new();
     let mut acc = PathBuf::from("/");
     for component in clean.components() {
@@ -131,62 +130,11 @@ pub fn update(
     cgroup.update(resources)
 }
 
-/// The pod's limits: `resources` (the sum of its containers', as the kubelet computes it) with
-/// `overhead` (what the runtime handler itself needs) added to each limit that is set. An
-/// unset limit (zero) stays unset: there is nothing to add the overhead to. CPU sets,
-/// hugepages and `unified` are the pod's own.
-pub fn combine(resources: &Resources, overhead: &Resources) -> Resources {
-    let plus = |limit: i64, extra: i64| {
-        if limit > 0 {
-            limit.saturating_add(extra.max(0))
-        } else {
-            limit
-        }
-    };
-    // The overhead's quota is per its own period; the sum is per the pod's.
-    let period = |p: i64| if p > 0 { p as i128 } else { DEFAULT_CFS_PERIOD };
-    let overhead_quota = if overhead.cpu_quota > 0 {
-        let scaled =
-            overhead.cpu_quota as i128 * period(resources.cpu_period) / period(overhead.cpu_period);
-        i64::try_from(scaled).unwrap_or(i64::MAX)
-    } else {
-        0
-    };
-    Resources {
-        memory_limit_in_bytes: plus(
-            resources.memory_limit_in_bytes,
-            overhead.memory_limit_in_bytes,
-        ),
-        memory_swap_limit_in_bytes: plus(
-            resources.memory_swap_limit_in_bytes,
-            overhead.memory_limit_in_bytes,
-        ),
-        cpu_shares: plus(resources.cpu_shares, overhead.cpu_shares),
-        cpu_quota: plus(resources.cpu_quota, overhead_quota),
-        ..resources.clone()
-    }
-}
-
-/// The kernel's CFS period when none is set, in microseconds.
-const DEFAULT_CFS_PERIOD: i128 = 100_000;
-
-/// A new v1 cpuset cgroup has no CPUs and no memory nodes, and joining it fails until they
-/// are set: give it its parent's.
-pub(crate) fn inherit_cpuset(dir: &Path) -> Result<()> {
-    let parent =
-        dir.parent().ok_or_else(|| Error::Cgroup(format!("{} has no parent", dir.display())))?;
-    for file in ["cpuset.cpus", "cpuset.mems"] {
-        let from = parent.join(file);
-        let value = std::fs::read_to_string(&from).map_err(Error::io("reading", &from))?;
-        let to = dir.join(file);
-        std::fs::write(&to, value.trim()).map_err(Error::io("writing", &to))?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    // The limits as the lifecycle computes them from the CRI's resources.
+    use crate::container::Resources;
 
     /// A fake host: a v1 cpuset and memory hierarchy, or a v2 one, mounted in a temp dir, with
     /// berthd in `/berthd` of each.
@@ -259,43 +207,6 @@ mod tests {
             }
             remove(&layout, &created, true).unwrap();
         }
-    }
-
-    #[test]
-    fn overhead_adds_to_the_limits_that_are_set() {
-        let resources = Resources {
-            memory_limit_in_bytes: 100 << 20,
-            memory_swap_limit_in_bytes: 200 << 20,
-            cpu_shares: 1024,
-            cpu_quota: 50_000,
-            cpu_period: 100_000,
-            cpuset_cpus: "0".into(),
-            ..Default::default()
-        };
-        let overhead = Resources {
-            memory_limit_in_bytes: 10 << 20,
-            cpu_shares: 128,
-            cpu_quota: 5_000,
-            cpu_period: 50_000,
-            cpuset_cpus: "1".into(),
-            ..Default::default()
-        };
-        let pod = combine(&resources, &overhead);
-        assert_eq!(pod.memory_limit_in_bytes, 110 << 20);
-        assert_eq!(pod.memory_swap_limit_in_bytes, 210 << 20);
-        assert_eq!(pod.cpu_shares, 1152);
-        // 5 ms per 50 ms is 10 ms per 100 ms.
-        assert_eq!((pod.cpu_quota, pod.cpu_period), (60_000, 100_000));
-        assert_eq!(pod.cpuset_cpus, "0");
-
-        // Unset (or unlimited) limits stay so; no overhead leaves the resources as they are.
-        let unset = Resources { memory_swap_limit_in_bytes: -1, ..Default::default() };
-        assert_eq!(combine(&unset, &overhead), unset);
-        assert_eq!(combine(&resources, &Resources::default()), resources);
-        // The default period on either side.
-        let one_cpu = Resources { cpu_quota: 100_000, ..Default::default() };
-        let tenth = Resources { cpu_quota: 10_000, ..Default::default() };
-        assert_eq!(combine(&one_cpu, &tenth).cpu_quota, 110_000);
     }
 
     /// What a v1 memory limit file holds when there is no limit.

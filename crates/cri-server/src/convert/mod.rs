@@ -1,0 +1,41 @@
+//! Conversions between the CRI's messages and the plain types of `berth_runtime` that more than
+//! one RPC file needs: ids, maps, id mappings, and the status of a container or a pod (which
+//! the events and the stats RPCs show too). RPC files use this module and never one another.
+
+use std::collections::{BTreeMap, HashMap};
+
+use berth_runtime::userns::IdMapping;
+
+use crate::error::{CriError, CriResult};
+use crate::proto;
+
+pub mod container;
+pub mod pod;
+
+/// Ids are matched by prefix below, so an empty one would name any container there is.
+pub(crate) fn required_id<'a>(id: &'a str, what: &str) -> CriResult<&'a str> {
+    if id.is_empty() {
+        return Err(CriError::InvalidRequest(format!("{what} is empty")));
+    }
+    Ok(id)
+}
+
+pub(crate) fn id_mappings(list: &[proto::IdMapping]) -> Vec<IdMapping> {
+    list.iter()
+        .map(|m| IdMapping { container_id: m.container_id, host_id: m.host_id, length: m.length })
+        .collect()
+}
+
+pub(crate) fn proto_id_mappings(list: &[IdMapping]) -> Vec<proto::IdMapping> {
+    list.iter()
+        .map(|m| proto::IdMapping {
+            host_id: m.host_id,
+            container_id: m.container_id,
+            length: m.length,
+        })
+        .collect()
+}
+
+pub(crate) fn to_map(map: &BTreeMap<String, String>) -> HashMap<String, String> {
+    map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
