@@ -66,6 +66,14 @@ pub struct OciRuntime {
     pub runtime_user_namespaces: bool,
     /// Whether it could idmap mounts itself (`mountExtensions.idmap`); berth does not need it.
     pub runtime_idmap: bool,
+    /// Whether a relative `linux.cgroupsPath` is taken from the runtime's own cgroup in each
+    /// hierarchy (runc), which is how a container nests under berthd's cgroup. crun 1.8 takes
+    /// it from each hierarchy's root instead, so berth shows it hierarchies rooted at its own
+    /// cgroup and names the cgroup absolutely (see `monitor::oci`).
+    pub nests_relative_cgroups: bool,
+    /// Whether it makes a mount's missing target behind a symlink of the image, inside the
+    /// root (runc). crun 1.8 fails with ENOENT there, so berth makes such targets for it.
+    pub makes_targets_behind_symlinks: bool,
 }
 
 /// What a pod's handler name stands for.
@@ -237,6 +245,8 @@ fn probe_one(
     let root = config.root.clone().unwrap_or_else(|| state.join("runtimes").join(name));
     std::fs::create_dir_all(&root).map_err(|e| format!("creating {}: {e}", root.display()))?;
     Ok(OciRuntime {
+        nests_relative_cgroups: is_runc(&version),
+        makes_targets_behind_symlinks: is_runc(&version),
         name: name.to_string(),
         binary,
         root,
@@ -249,6 +259,15 @@ fn probe_one(
         runtime_user_namespaces: features.user_namespaces,
         runtime_idmap: features.idmap,
     })
+}
+
+/// What runc does and crun 1.8 does not: runc joins a relative cgroups path to its own cgroup
+/// (libcontainer's cgroupfs manager), and makes a missing mount target behind a symlink inside
+/// the root. Other runtimes are not known to; they get an absolute cgroups path in a view
+/// rooted where berth nests (which runc would misread: it subtracts the mount's root from the
+/// path), and their mount targets made by berth.
+fn is_runc(version: &str) -> bool {
+    version.starts_with("runc ")
 }
 
 /// An absolute path as it is; a bare name from `PATH`, as a shell would find it.
@@ -431,6 +450,8 @@ mod tests {
         let Handler::Oci(old) = handlers.get("old").unwrap() else { panic!("not an OCI runtime") };
         assert_eq!(old.version, "old 0.1");
         assert_eq!(old.features, HandlerFeatures::default());
+        // Not runc: shown its hierarchies rooted where berth nests, as crun must be.
+        assert!(!old.nests_relative_cgroups && !old.makes_targets_behind_symlinks);
         assert_eq!(old.root, state.path().join("runtimes/old"));
         assert!(old.root.is_dir());
         let listed = handlers.list();
@@ -453,6 +474,7 @@ mod tests {
         assert!(runc.version.starts_with("runc version"), "{}", runc.version);
         assert!(runc.features.recursive_read_only_mounts);
         assert!(runc.runtime_user_namespaces);
+        assert!(runc.nests_relative_cgroups && runc.makes_targets_behind_symlinks);
         let node = crate::userns::probe(state.path()).is_ok();
         assert_eq!(runc.features.user_namespaces, node);
         assert_eq!(handlers.user_namespaces("runc").is_ok(), node);

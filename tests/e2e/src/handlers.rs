@@ -1,11 +1,12 @@
 //! The runtime handlers the per-handler suites run on, and whether each can run containers on
-//! this host at all: crun 1.8 refuses a hybrid cgroup layout, for one. A handler that cannot
-//! has its cases skipped with the reason printed; the embedded executor never is.
+//! this host at all (crun 1.8 refuses a hybrid cgroup layout, which the nodes therefore go
+//! without). A handler that cannot has its cases skipped with the reason printed; the embedded
+//! executor never is.
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use crate::cri::{container, pod};
+use crate::cri::{container, pod, Cri, Pod};
 use crate::{images, Berthd, Node, Registry};
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
@@ -60,6 +61,33 @@ async fn probe(handler: &'static str) -> Option<String> {
     cri.stop_pod(&pod_id).await.expect("StopPodSandbox");
     cri.remove_pod(&pod_id).await.expect("RemovePodSandbox");
     reason
+}
+
+/// Whether `handler` refuses pods in a user namespace of their own on this node, as its Status
+/// says: then `userns_pod` must be refused with the reason and leave no pod, and the caller's
+/// case ends there. crun 1.8 has no `features` command, so berth cannot know that it joins a
+/// user namespace, and neither claims it in Status (on which the kubelet admits such pods) nor
+/// runs such a pod on it.
+pub async fn refuses_user_namespaces(cri: &mut Cri, handler: &str, userns_pod: &Pod) -> bool {
+    let request = berth_cri_server::proto::StatusRequest { verbose: false };
+    let status = cri.runtime.status(request).await.expect("Status").into_inner();
+    let claimed = status
+        .runtime_handlers
+        .iter()
+        .find(|h| h.name == handler)
+        .and_then(|h| h.features.as_ref())
+        .is_some_and(|f| f.user_namespaces);
+    if claimed {
+        return false;
+    }
+    let err = cri.run_pod(userns_pod).await.expect_err("a user namespace on a handler without");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    for word in [format!("{handler:?}").as_str(), "user namespace", "features"] {
+        assert!(err.message().contains(word), "{word}: {}", err.message());
+    }
+    assert!(cri.list_pods(None).await.is_empty());
+    eprintln!("{handler} refuses user namespaces, as expected: {}", err.message());
+    true
 }
 
 /// One `#[tokio::test]` per case in a module per handler: `embedded::<case>`, `runc::<case>`,

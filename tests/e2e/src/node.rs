@@ -19,6 +19,9 @@ use nix::unistd::Pid;
 
 static NODES: AtomicUsize = AtomicUsize::new(0);
 
+/// Where a hybrid cgroup host mounts its cgroup2 hierarchy beside the v1 ones.
+const HYBRID_CGROUP2: &str = "/sys/fs/cgroup/unified";
+
 // Fields drop in order: the namespace handles go before the scratch directory, so that nothing
 // of the node pins a mount over it when it is deleted.
 pub struct Node {
@@ -87,6 +90,23 @@ impl Node {
                     MsFlags::MS_REC | MsFlags::MS_PRIVATE,
                     None::<&str>,
                 )?;
+                // A hybrid host's cgroup2 mount holds no controller berth manages (at most
+                // hugetlb), and crun refuses to run beside it: the node, like a v1 node with
+                // no cgroup2 mount, goes without it. (EINVAL: no such mount here.) crun still
+                // makes each container's directory under it for the `0::` line of
+                // /proc/self/cgroup: a tmpfs of the node's own takes those, which would
+                // otherwise stay in the host's /sys/fs/cgroup under its cgroup2 mount.
+                match nix::mount::umount2(HYBRID_CGROUP2, nix::mount::MntFlags::MNT_DETACH) {
+                    Ok(()) => mount(
+                        Some("tmpfs"),
+                        HYBRID_CGROUP2,
+                        Some("tmpfs"),
+                        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                        Some("size=1m,mode=755"),
+                    )?,
+                    Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) => {}
+                    Err(err) => return Err(err.into()),
+                }
                 Ok(())
             });
         }

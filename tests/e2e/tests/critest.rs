@@ -4,8 +4,9 @@
 //! critest pulls public images; here they are stand-ins ([`berth_e2e::critest_images`]) on the
 //! node's loopback registry, which berthd mirrors every upstream host to. Only specs this
 //! host cannot run are skipped, each by name with its reason ([`skips`]); of the specs that
-//! skip themselves, only the NRI ones are accepted ([`SELF_SKIP_ACCEPTED`]); any failed spec
-//! fails the test, with every failure listed by name and message from critest's JSON report.
+//! skip themselves, only the NRI ones are accepted ([`SELF_SKIP_ACCEPTED`]), and those for a
+//! feature the handler does not claim in Status ([`feature_self_skips`]); any failed spec fails
+//! the test, with every failure listed by name and message from critest's JSON report.
 //!
 //! Run one handler alone: `cargo test -p berth-e2e --test critest -- embedded --nocapture`.
 //! `BERTH_CRITEST_FOCUS=<regex>` runs only the matching specs (for chasing one failure).
@@ -14,6 +15,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use berth_cri_server::proto::{RuntimeHandlerFeatures, StatusRequest};
 use berth_e2e::berthd::Options;
 use berth_e2e::cni::BridgeNetwork;
 use berth_e2e::critest_images::{self, CritestImages, UPSTREAM_HOSTS};
@@ -35,13 +37,35 @@ struct Skip {
     reason: String,
 }
 
-/// The only skip critest decides itself that is accepted: the NRI specs skip themselves unless
+/// A skip critest decides itself that is accepted: the NRI specs skip themselves unless
 /// critest is given the runtime's NRI socket, and berth serves no NRI yet (its own issue: NRI
-/// plugins). Any other spec that skips itself at run time fails the test.
+/// plugins). Any other spec that skips itself at run time fails the test, but for those of
+/// [`feature_self_skips`].
 const SELF_SKIP_ACCEPTED: (&str, &str) = (
     "NRI socket not configured",
     "berth has no NRI socket to give critest (-nri-socket): NRI is not built yet",
 );
+
+/// The specs critest skips itself for a feature the handler does not claim in Status, each
+/// accepted only when Status says so: crun 1.8 has no `features` command, so berth claims
+/// neither recursive read-only mounts nor user namespaces for it (and refuses pods that need
+/// them), as the kubelet's admission relies on those flags.
+fn feature_self_skips(features: &RuntimeHandlerFeatures) -> Vec<(&'static str, &'static str)> {
+    let mut accepted = vec![SELF_SKIP_ACCEPTED];
+    if !features.recursive_read_only_mounts {
+        accepted.push((
+            "runtime does not implement recursive readonly mounts",
+            "the handler does not claim recursive read-only mounts in Status",
+        ));
+    }
+    if !features.user_namespaces {
+        accepted.push((
+            "no runtime handler found which supports user namespaces",
+            "the handler does not claim user namespaces in Status",
+        ));
+    }
+    accepted
+}
 
 /// The specs skipped on this host, each with its reason; nothing else is skipped.
 fn skips() -> Vec<Skip> {
@@ -154,6 +178,16 @@ async fn critest(handler: &'static str) {
     let options = Options { extra_config: mirrors(&addr), ..Options::default() };
     let daemon = Berthd::start_with(&node, options).await;
     BridgeNetwork::for_daemon(&daemon).install(&daemon);
+    let status = daemon.client().await.runtime.status(StatusRequest { verbose: false }).await;
+    let features = status
+        .expect("Status")
+        .into_inner()
+        .runtime_handlers
+        .into_iter()
+        .find(|h| h.name == handler)
+        .and_then(|h| h.features)
+        .unwrap_or_else(|| panic!("Status lists no handler {handler:?} with its features"));
+    let accepted_self_skips = feature_self_skips(&features);
 
     let skips = skips();
     for skip in &skips {
@@ -215,17 +249,20 @@ async fn critest(handler: &'static str) {
     // A spec that skipped itself at run time (critest's own Skip(), with a message) is a skip
     // nobody decided on here: it fails the run like a failed spec. Those the skip regex left
     // out have no message.
-    let (accepted_message, accepted_reason) = SELF_SKIP_ACCEPTED;
-    let self_skipped_accepted =
-        |s: &Spec| s.state == "skipped" && s.message.contains(accepted_message);
-    let accepted: Vec<&Spec> = specs.iter().filter(|s| self_skipped_accepted(s)).collect();
-    if !accepted.is_empty() {
-        eprintln!(
-            "critest[{name}]: {} spec(s) skipped themselves, accepted: {accepted_reason}",
-            accepted.len()
-        );
-        for spec in &accepted {
-            eprintln!("critest[{name}]:   {}", spec.name);
+    let self_skipped_accepted = |s: &Spec| {
+        s.state == "skipped" && accepted_self_skips.iter().any(|(m, _)| s.message.contains(m))
+    };
+    for (message, reason) in &accepted_self_skips {
+        let accepted: Vec<&Spec> =
+            specs.iter().filter(|s| s.state == "skipped" && s.message.contains(message)).collect();
+        if !accepted.is_empty() {
+            eprintln!(
+                "critest[{name}]: {} spec(s) skipped themselves, accepted: {reason}",
+                accepted.len()
+            );
+            for spec in &accepted {
+                eprintln!("critest[{name}]:   {}", spec.name);
+            }
         }
     }
     let mut failed: Vec<&Spec> = specs

@@ -4,9 +4,10 @@
 //! under such a pod.
 //!
 //! The cases run once per runtime handler, with the same expectations, as the container suite
-//! does (`cases!` at the end): the embedded executor and runc; crun, which cannot run a
-//! container on this host, has its cases skipped with the reason printed. What a handler says
-//! in Status and the refusals that do not depend on it are tested once.
+//! does (`cases!` at the end): the embedded executor and runc; crun 1.8, which does not claim
+//! user namespaces, has them refused (`handlers::refuses_user_namespaces`) except where the
+//! pod keeps the node's. What a handler says in Status and the refusals that do not depend on
+//! it are tested once.
 //!
 //! Such pods cannot share the node's network, so they get the bridge network of `cni.rs`.
 
@@ -54,6 +55,18 @@ impl Env {
         let image = format!("{addr}/{}", images::OCI_REF);
         cri.pull(&image).await.unwrap_or_else(|err| panic!("pulling {image}: {err}"));
         Env { cri, daemon, _registry: registry, net, node, image, handler }
+    }
+
+    /// The environment, for a handler that claims user namespaces; for one that does not
+    /// (crun 1.8, see `handlers::refuses_user_namespaces`), None once a pod in a user namespace
+    /// was refused on it with the reason.
+    async fn start_claimed(handler: &'static str) -> Option<Env> {
+        let mut env = Env::start(handler).await;
+        let pod = env.pod("refused", 26 * RANGE);
+        match berth_e2e::handlers::refuses_user_namespaces(&mut env.cri, handler, &pod).await {
+            true => None,
+            false => Some(env),
+        }
     }
 
     /// A pod of the test's handler in a user namespace of its own: the node's uids and gids
@@ -188,7 +201,7 @@ fn owner(path: &Path) -> (u32, u32) {
 /// says what the container sees; /proc, /sys and /dev work for it; the image's files are its
 /// root's, its own writes too, and the image's layers are left as they were.
 async fn root_inside_is_the_mapped_user_outside(handler: &'static str) {
-    let mut env = Env::start(handler).await;
+    let Some(mut env) = Env::start_claimed(handler).await else { return };
     let base = 7 * RANGE;
     let pod = env.pod("mapped", base);
     let pod_id = env.run_pod(&pod).await;
@@ -261,7 +274,7 @@ fn walk_owners(dir: &Path) -> Vec<u32> {
 /// the node's root's files are the container's root's, and what it writes lands as the node's
 /// root's, so another pod with another range sees it the same.
 async fn files_on_plain_and_idmapped_binds(handler: &'static str) {
-    let mut env = Env::start(handler).await;
+    let Some(mut env) = Env::start_claimed(handler).await else { return };
     let base = 9 * RANGE;
     let (plain, mapped) = (env.dir("plain", 0o777), env.dir("mapped", 0o755));
     std::fs::write(mapped.join("from-node"), "node\n").unwrap();
@@ -337,7 +350,7 @@ fn root_block_device() -> Option<String> {
 /// renames its pod, but cannot load a kernel module, mount the node's file systems, make
 /// device nodes or unmount what hides the node's /proc files.
 async fn capabilities_stop_at_the_pod(handler: &'static str) {
-    let mut env = Env::start(handler).await;
+    let Some(mut env) = Env::start_claimed(handler).await else { return };
     let pod = env.pod("caps", 13 * RANGE);
     let pod_id = env.run_pod(&pod).await;
     let mut spec = env
@@ -394,7 +407,7 @@ async fn capabilities_stop_at_the_pod(handler: &'static str) {
 /// Mappings that are not one range each or leave out the pod's id 0, and namespaces the node
 /// would have to share: INVALID_ARGUMENT, naming the fault, and nothing is left.
 async fn bad_mappings_fail_clearly(handler: &'static str) {
-    let mut env = Env::start(handler).await;
+    let Some(mut env) = Env::start_claimed(handler).await else { return };
     let range = IdMapping { host_id: 15 * RANGE, container_id: 0, length: RANGE };
     let second = IdMapping { host_id: 17 * RANGE, container_id: RANGE, length: RANGE };
     let base = env.pod("bad", 15 * RANGE);
@@ -449,7 +462,7 @@ async fn bad_mappings_fail_clearly(handler: &'static str) {
 /// the pod's root; what is the node's stays out of reach; and stopping the pod leaves no
 /// process of it.
 async fn a_shared_pid_namespace_belongs_to_the_pod(handler: &'static str) {
-    let mut env = Env::start(handler).await;
+    let Some(mut env) = Env::start_claimed(handler).await else { return };
     let base = 19 * RANGE;
     let pod = env.pod("shared-pid", base).pid(NamespaceMode::Pod);
     let pod_id = env.run_pod(&pod).await;
@@ -562,7 +575,7 @@ fn set_container_userns(spec: &mut ContainerSpec, options: UserNamespace) {
 /// is still held, ContainerStatus and ExecSync work as before, a new container joins the same
 /// namespace, and stop and remove leave nothing.
 async fn a_restart_keeps_the_mappings(handler: &'static str) {
-    let mut env = Env::start(handler).await;
+    let Some(mut env) = Env::start_claimed(handler).await else { return };
     let base = 23 * RANGE;
     let mapped = env.dir("kept", 0o755);
     let pod = env.pod("restart", base);

@@ -64,6 +64,8 @@ impl Pod {
                 handler: "runc".into(),
                 binary: RUNC.into(),
                 root: base.join("runc-root"),
+                cgroup_roots: vec![],
+                prepare_mount_targets: false,
             }),
         };
         let create = CreateRequest {

@@ -287,6 +287,40 @@ pub fn mount_bundle(rootfs: &Rootfs, target: &Path, spec: &Spec, spec_path: &Pat
     Ok(())
 }
 
+/// Makes the target of each of the spec's mounts in the mounted root `target`, following
+/// symlinks inside it as the container will see them, for a runtime that cannot make a
+/// target behind a dangling symlink itself (crun 1.8 fails with ENOENT where runc and the
+/// embedded executor create it inside the root). Only paths already there are resolved: a
+/// destination under an earlier mount's is left to the runtime, since what it resolves
+/// through is not mounted yet. What cannot be made is left too, for the runtime to report
+/// in its own words.
+pub fn prepare_mount_targets(target: &Path, spec: &Spec) -> Result<()> {
+    let root = nix::fcntl::open(
+        target,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| Error::Internal(format!("opening the rootfs {}: {e}", target.display())))?;
+    let mut earlier: Vec<PathBuf> = Vec::new();
+    for m in spec.mounts().iter().flatten() {
+        let destination = m.destination().clone();
+        let covered = earlier.iter().any(|e| destination.starts_with(e));
+        earlier.push(destination.clone());
+        if covered {
+            continue;
+        }
+        let options = m.options().as_deref().unwrap_or_default();
+        let bind = m.typ().as_deref() == Some("bind")
+            || options.iter().any(|o| o == "bind" || o == "rbind");
+        let kind = match (bind, m.source()) {
+            (true, Some(source)) if !source.is_dir() => mounts::Create::File,
+            _ => mounts::Create::Dir,
+        };
+        let _ = mounts::open_in_root(root.as_fd(), &destination, Some(kind));
+    }
+    Ok(())
+}
+
 /// Mounts the overlay on `target` in the caller's own mount namespace, for an OCI runtime,
 /// which expects a mounted root. The lower layers are given relative to `lower_base`, entered
 /// for the call, so the caller must be single-threaded (the monitor).

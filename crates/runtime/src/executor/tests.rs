@@ -1193,3 +1193,37 @@ fn a_container_in_a_user_namespace() {
         no_host_mounts(&f)
     });
 }
+
+/// For a runtime that cannot make targets behind a dangling symlink: they are made inside the
+/// root, as the symlink resolves there; a destination under an earlier mount's is left alone.
+#[test]
+fn mount_targets_are_made_inside_the_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("rootfs");
+    fs::create_dir_all(root.join("etc")).unwrap();
+    symlink("/inside/dir", root.join("abs")).unwrap();
+    symlink("../../../../up", root.join("rel")).unwrap();
+    let source_file = dir.path().join("file");
+    fs::write(&source_file, "x").unwrap();
+    let mount = |destination: &str, typ: &str, source: &Path, options: &[&str]| {
+        let mut m = oci_spec::runtime::Mount::default();
+        m.set_destination(PathBuf::from(destination))
+            .set_typ(Some(typ.to_string()))
+            .set_source(Some(source.to_path_buf()))
+            .set_options(Some(options.iter().map(|o| o.to_string()).collect()));
+        m
+    };
+    let mut spec = Spec::default();
+    spec.set_mounts(Some(vec![
+        mount("/abs", "bind", dir.path(), &["rbind"]),
+        mount("/abs/under", "tmpfs", Path::new("tmpfs"), &[]),
+        mount("/rel", "none", dir.path(), &["bind"]),
+        mount("/etc/file", "bind", &source_file, &["rbind", "ro"]),
+    ]));
+    prepare_mount_targets(&root, &spec).unwrap();
+    assert!(root.join("inside/dir").is_dir());
+    assert!(!root.join("inside/dir/under").exists());
+    assert!(root.join("up").is_dir());
+    assert!(root.join("etc/file").is_file());
+    assert!(!dir.path().join("inside").exists() && !Path::new("/up").exists());
+}

@@ -20,10 +20,18 @@
 //! host's process of the same number for its container. Each runtime command of such a pod
 //! runs in a mount namespace of its own where a fresh `/proc` is mounted, and the spec names
 //! the pod's PID namespace as `/proc/1/ns/pid` (its pid 1, in that `/proc`).
+//!
+//! A runtime that takes `linux.cgroupsPath` from each hierarchy's root (crun) cannot nest under
+//! berthd's cgroup, which may lie at a different path in each hierarchy: its commands run in a
+//! mount namespace of their own where each hierarchy's mount shows berthd's cgroup as its root
+//! (`OciExecutor::cgroup_roots`), and the spec's absolute path lands where berth made the
+//! cgroup. Every command gets the same view, so that `exec` joins and `delete` removes that
+//! cgroup too.
 
-use std::ffi::OsStr;
+use std::ffi::{CString, OsStr};
 use std::io::{ErrorKind as IoKind, IoSliceMut, Read, Seek, SeekFrom};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -59,6 +67,8 @@ pub struct Cli {
     id: String,
     /// The monitor is in the pod's PID namespace (see the module doc).
     pod_pid_ns: bool,
+    /// (mountpoint, cgroup shown as its root), as C strings for the forked child.
+    cgroup_roots: Vec<(CString, CString)>,
 }
 
 /// The container's stdio for `create`.
@@ -101,15 +111,26 @@ impl Exec {
 }
 
 impl Cli {
-    pub fn new(executor: &OciExecutor, bundle: &Path, id: &str, pod_pid_ns: bool) -> Cli {
-        Cli {
+    pub fn new(executor: &OciExecutor, bundle: &Path, id: &str, pod_pid_ns: bool) -> Result<Cli> {
+        let c_path = |path: &Path| {
+            CString::new(path.as_os_str().as_bytes()).map_err(|_| {
+                Error::Internal(format!("cgroup path {} contains a NUL byte", path.display()))
+            })
+        };
+        let cgroup_roots = executor
+            .cgroup_roots
+            .iter()
+            .map(|r| Ok((c_path(&r.mountpoint)?, c_path(&r.cgroup)?)))
+            .collect::<Result<_>>()?;
+        Ok(Cli {
             handler: executor.handler.clone(),
             binary: executor.binary.clone(),
             root: executor.root.clone(),
             bundle: bundle.to_path_buf(),
             id: id.to_string(),
             pod_pid_ns,
-        }
+            cgroup_roots,
+        })
     }
 
     fn log_file(&self) -> PathBuf {
@@ -133,10 +154,11 @@ impl Cli {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        if self.pod_pid_ns {
+        if self.pod_pid_ns || !self.cgroup_roots.is_empty() {
+            let (own_proc, roots) = (self.pod_pid_ns, self.cgroup_roots.clone());
             // SAFETY: the monitor is single-threaded, so the forked child holds no lock another
-            // thread took; the closure makes plain syscalls on static strings.
-            unsafe { command.pre_exec(own_proc) };
+            // thread took; the closure makes plain syscalls on strings made before the fork.
+            unsafe { command.pre_exec(move || own_mounts(own_proc, &roots)) };
         }
         command
     }
@@ -471,24 +493,40 @@ fn last_log_error(path: &Path, start: u64) -> Option<String> {
     last
 }
 
-/// In the child of a runtime command of a pod with its own PID namespace: a mount namespace
-/// with a `/proc` of that PID namespace. Only `/proc` is made private: the rest keeps its
+/// In the child of a runtime command: a mount namespace of its own with, for a pod with its
+/// own PID namespace, a `/proc` of that PID namespace, and each of `cgroup_roots` bound over
+/// its hierarchy's mount. Only the mounts covered are made private: the rest keeps its
 /// propagation, so that the container's bidirectional mounts still reach the host.
-fn own_proc() -> std::io::Result<()> {
-    // SAFETY: plain syscalls with static C strings.
+fn own_mounts(own_proc: bool, cgroup_roots: &[(CString, CString)]) -> std::io::Result<()> {
+    let check = |result: libc::c_int| match result {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    };
+    let none = std::ptr::null();
+    // SAFETY: plain syscalls with C strings that outlive them.
     unsafe {
-        if libc::unshare(libc::CLONE_NEWNS) != 0 {
-            return Err(std::io::Error::last_os_error());
+        check(libc::unshare(libc::CLONE_NEWNS))?;
+        if own_proc {
+            check(libc::mount(none, c"/proc".as_ptr(), none, libc::MS_PRIVATE, none.cast()))?;
+            let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+            check(libc::mount(
+                c"proc".as_ptr(),
+                c"/proc".as_ptr(),
+                c"proc".as_ptr(),
+                flags,
+                none.cast(),
+            ))?;
         }
-        let none = std::ptr::null();
-        if libc::mount(none, c"/proc".as_ptr(), none, libc::MS_PRIVATE, std::ptr::null()) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
-        if libc::mount(c"proc".as_ptr(), c"/proc".as_ptr(), c"proc".as_ptr(), flags, none.cast())
-            != 0
-        {
-            return Err(std::io::Error::last_os_error());
+        for (mountpoint, cgroup) in cgroup_roots {
+            // Private first, or the bind would propagate to the node's own mount namespace.
+            check(libc::mount(none, mountpoint.as_ptr(), none, libc::MS_PRIVATE, none.cast()))?;
+            check(libc::mount(
+                cgroup.as_ptr(),
+                mountpoint.as_ptr(),
+                none,
+                libc::MS_BIND,
+                none.cast(),
+            ))?;
         }
     }
     Ok(())

@@ -7,7 +7,8 @@
 //! a monitor answers every version from [`MIN_VERSION`] to [`VERSION`]: so a monitor of an
 //! earlier berthd still takes what it always took, and refuses (rather than misreads) what it
 //! cannot do. Version 2 added [`Executor::Oci`]; version 3 the interactive streams,
-//! [`Request::ExecStream`] and [`Request::Attach`].
+//! [`Request::ExecStream`] and [`Request::Attach`]; version 4
+//! [`OciExecutor::cgroup_roots`] and [`OciExecutor::prepare_mount_targets`].
 //!
 //! Those two keep their connection after the answer:
 //! - `ExecStream` is answered by [`Reply::ExecStarted`] in one `sendmsg` that carries berthd's
@@ -24,7 +25,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 /// The newest version this side speaks.
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 /// The oldest version a monitor still answers.
 pub const MIN_VERSION: u32 = 1;
 
@@ -53,6 +54,7 @@ impl RequestLine {
     /// The request, marked with the lowest version that has everything it uses.
     pub fn new(request: Request) -> RequestLine {
         let v = match &request {
+            Request::Create(create) if create.executor.needs_version_4() => 4,
             Request::ExecStream(_) | Request::Attach { .. } => 3,
             Request::Create(create) if create.executor != Executor::Embedded => 2,
             _ => 1,
@@ -131,6 +133,10 @@ impl Executor {
     fn is_embedded(&self) -> bool {
         *self == Executor::Embedded
     }
+
+    fn needs_version_4(&self) -> bool {
+        matches!(self, Executor::Oci(oci) if !oci.cgroup_roots.is_empty() || oci.prepare_mount_targets)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,6 +147,25 @@ pub struct OciExecutor {
     pub binary: PathBuf,
     /// The runtime's `--root`.
     pub root: PathBuf,
+    /// Hierarchies the runtime is to see rooted at another of their cgroups (version 4): for
+    /// a runtime that takes `linux.cgroupsPath` from a hierarchy's root (crun), when berth
+    /// nests its cgroups under its own, which may lie at a different path in each hierarchy.
+    /// Each runtime command runs in a mount namespace of its own where `cgroup` is bound over
+    /// `mountpoint`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cgroup_roots: Vec<CgroupRoot>,
+    /// Whether the monitor makes the mounts' targets in the root before `create` (version 4),
+    /// for a runtime that cannot make one behind a symlink of the image (crun).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub prepare_mount_targets: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CgroupRoot {
+    /// Where the hierarchy is mounted, e.g. `/sys/fs/cgroup/memory`.
+    pub mountpoint: PathBuf,
+    /// The directory under it that the runtime sees as the hierarchy's root.
+    pub cgroup: PathBuf,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -394,6 +419,8 @@ mod tests {
             handler: "runc".into(),
             binary: "/usr/sbin/runc".into(),
             root: "/run/berth/runtimes/runc".into(),
+            cgroup_roots: vec![],
+            prepare_mount_targets: false,
         });
         let line = serde_json::to_string(&RequestLine::new(create(oci.clone()))).unwrap();
         let value: serde_json::Value = serde_json::from_str(&line).unwrap();
@@ -414,6 +441,29 @@ mod tests {
         let request: RequestLine = serde_json::from_str(line).unwrap();
         let Request::Create(create) = request.request else { panic!("not a create") };
         assert_eq!(create.executor, Executor::Embedded);
+    }
+
+    #[test]
+    fn a_runtime_with_cgroup_roots_is_version_4() {
+        let oci = OciExecutor {
+            handler: "crun".into(),
+            binary: "/usr/bin/crun".into(),
+            root: "/run/berth/runtimes/crun".into(),
+            cgroup_roots: vec![CgroupRoot {
+                mountpoint: "/sys/fs/cgroup/memory".into(),
+                cgroup: "/sys/fs/cgroup/memory/berthd".into(),
+            }],
+            prepare_mount_targets: false,
+        };
+        let targets =
+            OciExecutor { cgroup_roots: vec![], prepare_mount_targets: true, ..oci.clone() };
+        assert_eq!(RequestLine::new(create(Executor::Oci(targets))).v, 4);
+        let line = RequestLine::new(create(Executor::Oci(oci.clone())));
+        assert_eq!(line.v, 4);
+        let back: RequestLine =
+            serde_json::from_str(&serde_json::to_string(&line).unwrap()).unwrap();
+        let Request::Create(back) = back.request else { panic!("not a create") };
+        assert_eq!(back.executor, Executor::Oci(oci));
     }
 
     #[test]

@@ -9,9 +9,9 @@
 //! executor (module `embedded`), runc (`runc`) and crun (`crun`). Each case is an `async fn`
 //! taking the handler, in a module by concern (`process`, `mounts`, `logs_exec`,
 //! `namespaces`, `lifecycle`, `security`); `berth_e2e::handler_cases!` here makes one test per
-//! (handler, case). A handler that cannot run a container on this host (crun refuses hybrid
-//! cgroup hosts) has its cases skipped, with the reason printed. Status and refused handlers
-//! are tested once.
+//! (handler, case). A handler that cannot run a container on this host has its cases skipped,
+//! with the reason printed (the nodes go without a hybrid host's cgroup2 mount, which crun 1.8
+//! refuses, so that crun runs). Status and refused handlers are tested once.
 //!
 //! Containers report back through their CRI log (see `berth_e2e::cri::read_log`), so that
 //! most tests depend on nothing but Create/Start/Status and the log writer.

@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::events::ContainerEventKind;
 use crate::handlers::Handler;
 use crate::monitor::proto::{
-    CgroupView, CreateRequest, Executor, OciExecutor, Reply, Request, RootfsPlan,
+    CgroupRoot, CgroupView, CreateRequest, Executor, OciExecutor, Reply, Request, RootfsPlan,
 };
 use crate::monitor::MonitorClient;
 use crate::pod::{NamespaceMode, PodForContainer};
@@ -126,12 +126,24 @@ impl Inner {
                 )));
             }
         }
+        // Nested under berthd's cgroup, a runtime that does not take a relative cgroups path
+        // from its own cgroup sees the hierarchies rooted there, and gets an absolute path.
+        let runtime_nests = self.nest
+            && match handler {
+                Handler::Embedded(_) => true,
+                Handler::Oci(runtime) => runtime.nests_relative_cgroups,
+            };
         let executor = match handler {
             Handler::Embedded(_) => Executor::Embedded,
             Handler::Oci(runtime) => Executor::Oci(OciExecutor {
                 handler: runtime.name.clone(),
                 binary: runtime.binary.clone(),
                 root: runtime.root.clone(),
+                cgroup_roots: match self.nest && !runtime_nests {
+                    true => cgroup_roots(&self.cgroups)?,
+                    false => Vec::new(),
+                },
+                prepare_mount_targets: !runtime.makes_targets_behind_symlinks,
             }),
         };
         let oci = executor != Executor::Embedded;
@@ -147,7 +159,7 @@ impl Inner {
         };
         let stop_signal = spec::stop_signal(&config, &run)?;
         let cgroup_path = format!("{}/{id}", pod.record.cgroup.trim_end_matches('/'));
-        let spec_cgroup_path = runtime_cgroup_path(&cgroup_path, self.nest)?;
+        let spec_cgroup_path = runtime_cgroup_path(&cgroup_path, runtime_nests)?;
         let (root_dir, bundle) = (self.root_dir(id), self.bundle(id));
         let (upper, work, rootfs) =
             (root_dir.join("upper"), root_dir.join("work"), bundle.join("rootfs"));
@@ -523,4 +535,17 @@ pub(super) fn runtime_cgroup_path(path: &str, nest: bool) -> Result<String> {
         Error::InvalidArgument(format!("cgroup path {path:?} is not valid UTF-8"))
     })?;
     Ok(if nest { clean.to_string() } else { format!("/{clean}") })
+}
+
+/// Each managed hierarchy's mount, and berthd's own cgroup under it, which a runtime that
+/// cannot nest is shown as the hierarchy's root; hierarchies where berthd is at the root of
+/// the mount need no view.
+pub(super) fn cgroup_roots(layout: &CgroupLayout) -> Result<Vec<CgroupRoot>> {
+    let mut roots = Vec::new();
+    for (hierarchy, own) in layout.dirs(Path::new(""), true)? {
+        if own != hierarchy.mountpoint {
+            roots.push(CgroupRoot { mountpoint: hierarchy.mountpoint.clone(), cgroup: own });
+        }
+    }
+    Ok(roots)
 }

@@ -122,6 +122,31 @@ fn cgroup_paths_for_runtimes() {
     assert!(runtime_cgroup_path("/a/../c", true).is_err());
 }
 
+/// Where berthd's own cgroup differs between hierarchies (memory here), each is shown
+/// rooted at it; one where berthd is at the mount's root needs no view.
+#[test]
+fn cgroup_roots_are_berthds_own_cgroup_in_each_hierarchy() {
+    let mountinfo = "\
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+39 31 0:36 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
+";
+    let own = "9:name=systemd:/node\n4:memory:/job/7/node\n1:cpu:/\n0::/\n";
+    let layout = CgroupLayout::parse(mountinfo, own).unwrap();
+    let roots: Vec<(String, String)> = cgroup_roots(&layout)
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.mountpoint.display().to_string(), r.cgroup.display().to_string()))
+        .collect();
+    let expected = [
+        ("/sys/fs/cgroup/systemd", "/sys/fs/cgroup/systemd/node"),
+        ("/sys/fs/cgroup/memory", "/sys/fs/cgroup/memory/job/7/node"),
+    ];
+    let expected: Vec<(String, String)> =
+        expected.iter().map(|(m, c)| (m.to_string(), c.to_string())).collect();
+    assert_eq!(roots, expected);
+}
+
 #[test]
 fn log_paths() {
     assert_eq!(log_path("/var/log/pods/x", "").unwrap(), None);

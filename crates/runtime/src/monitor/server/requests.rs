@@ -99,7 +99,16 @@ impl Monitor {
         })?;
         executor::mount_bundle(&rootfs_of(request), &target, spec, &request.spec)
             .map_err(executor_error)?;
-        let cli = oci::Cli::new(executor, bundle, &request.id, self.pid_ns);
+        if executor.prepare_mount_targets {
+            if let Err(err) = executor::prepare_mount_targets(&target, spec) {
+                if let Err(undo) = executor::unmount_rootfs(&target) {
+                    note(&format!("unmounting the rootfs of {}: {undo}", request.id));
+                }
+                return Err(executor_error(err));
+            }
+        }
+        let cli =
+            oci::Cli::new(executor, bundle, &request.id, self.pid_ns).map_err(executor_error)?;
         let launched = if request.tty {
             cli.create(oci::CreateStdio::Console).and_then(|mut created| {
                 let master = created
