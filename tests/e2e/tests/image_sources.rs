@@ -287,17 +287,9 @@ async fn a_layer_with_too_many_entries_is_refused() {
 #[tokio::test]
 async fn a_registry_that_stops_sending_fails_the_pull_after_the_stall_timeout() {
     let node = Node::start();
-    let registry = Registry::start(&node);
+    let (_registry, proxy) = stalling_registry(&node);
     let oci = &TestImages::get().oci;
-    push(&node, &registry.addr, oci);
-    // The base layer (busybox, about a megabyte) stops after 64 KiB.
     let base = &oci.layers[0];
-    let proxy = berth_e2e::stall::StallingProxy::start(
-        &node,
-        "127.0.0.1:5004",
-        &registry.addr,
-        &base.digest,
-    );
     let daemon = Berthd::start_with(
         &node,
         Options {
@@ -319,21 +311,25 @@ async fn a_registry_that_stops_sending_fails_the_pull_after_the_stall_timeout() 
     assert!(!snapshot_entries(&daemon.root).iter().any(|n| n.starts_with(".tmp")));
 }
 
+/// A registry with the OCI test image behind a proxy whose base layer (busybox, about a
+/// megabyte) stops after 64 KiB.
+fn stalling_registry(node: &Node) -> (Registry, berth_e2e::stall::StallingProxy) {
+    let registry = Registry::start(node);
+    let oci = &TestImages::get().oci;
+    push(node, &registry.addr, oci);
+    let base = &oci.layers[0].digest;
+    let proxy =
+        berth_e2e::stall::StallingProxy::start(node, "127.0.0.1:5004", &registry.addr, base);
+    (registry, proxy)
+}
+
 /// A pull that outlives the client's gRPC deadline is answered DEADLINE_EXCEEDED, as critest's
 /// "public image should timeout if requested" and the kubelet expect (not CANCELLED).
 #[tokio::test]
 async fn a_pull_past_the_clients_deadline_is_deadline_exceeded() {
     let node = Node::start();
-    let registry = Registry::start(&node);
+    let (_registry, proxy) = stalling_registry(&node);
     let oci = &TestImages::get().oci;
-    push(&node, &registry.addr, oci);
-    let base = &oci.layers[0];
-    let proxy = berth_e2e::stall::StallingProxy::start(
-        &node,
-        "127.0.0.1:5004",
-        &registry.addr,
-        &base.digest,
-    );
     let daemon = Berthd::start(&node).await;
     let started = std::time::Instant::now();
     let (code, message) =
