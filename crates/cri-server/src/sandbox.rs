@@ -4,10 +4,12 @@
 
 use std::collections::HashMap;
 
+use berth_runtime::container::ContainerFilter;
 use berth_runtime::pod::{self, PodFilter, PodState};
 use berth_runtime::userns::UserNamespace;
 
 use crate::clock::now_nanos;
+use crate::convert::container::container_status;
 use crate::convert::pod::{metadata, pod_status, state};
 use crate::convert::{id_mappings, to_map};
 use crate::cri::Cri;
@@ -70,11 +72,17 @@ pub async fn status(
         info.insert("info".to_string(), verbose.to_string());
     }
     let status = pod_status(record);
+    // With the evented PLEG the kubelet takes the pod's containers from here (the timestamp
+    // says the list is there) instead of listing them: an empty list would have it start
+    // every container again. As containerd, always all of the pod's.
+    let timestamp = now_nanos();
+    let filter = ContainerFilter { pod_id: Some(record.id.clone()), ..Default::default() };
+    let containers = cri.runtime.containers().list(&filter).await;
     Ok(PodSandboxStatusResponse {
         status: Some(status),
         info,
-        containers_statuses: Vec::new(),
-        timestamp: now_nanos(),
+        containers_statuses: containers.iter().map(container_status).collect(),
+        timestamp,
     })
 }
 

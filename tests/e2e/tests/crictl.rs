@@ -392,6 +392,24 @@ async fn readme_walk_through() {
     let log_path = status["status"]["logPath"].as_str().unwrap_or_default().to_string();
     assert!(log_path.ends_with("/logs/pods/default_busybox/busybox/0.log"), "{status:#}");
     assert!(Path::new(&log_path).is_file(), "{log_path}");
+    // The image by its tag, as the kubelet copies it into the pod's status.
+    assert_eq!(status["status"]["image"]["image"], "docker.io/library/busybox:latest");
+    // Created as the kubelet does, by the image's id with the pod spec's reference beside it:
+    // the status shows the tag, and the reference as it came.
+    let image_id = status["status"]["imageId"].as_str().unwrap_or_default().to_string();
+    let by_id = env.create(&pod, "container.json", |c| {
+        c["metadata"]["name"] = "by-id".into();
+        // Its own log: removing it removes its log file.
+        c["log_path"] = "by-id/0.log".into();
+        c["image"] = serde_json::json!({ "image": image_id, "user_specified_image": "busybox" });
+    });
+    let shown: serde_json::Value =
+        serde_json::from_str(&env.ok(&["inspect", "-o", "json", &by_id])).unwrap();
+    let image = &shown["status"]["image"];
+    assert_eq!(image["image"], "docker.io/library/busybox:latest", "{shown:#}");
+    assert_eq!(image["userSpecifiedImage"], "busybox", "{shown:#}");
+    env.ok(&["stop", &by_id]);
+    env.ok(&["rm", &by_id]);
     // pid 1 of the pod's PID namespace (its monitor) shows the containers no node path.
     let init = env.ok(&["exec", "-s", &ctr, "cat", "/proc/1/cmdline"]).replace('\0', " ");
     // crictl ends what it prints with newlines of its own.

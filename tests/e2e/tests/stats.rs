@@ -192,8 +192,15 @@ async fn pod_network_counts_what_it_receives() {
     let p = env.pod("net");
     let pod_id = env.cri.run_pod(&p).await.unwrap();
     let spec = env.container("idle", "sleep 1000");
-    env.cri.run_container(&pod_id, &p, &spec).await.unwrap();
-    let status = env.cri.pod_status(&pod_id, false).await.unwrap().status.unwrap();
+    let id = env.cri.run_container(&pod_id, &p, &spec).await.unwrap();
+    let response = env.cri.pod_status(&pod_id, false).await.unwrap();
+    // With a timestamp, the kubelet's evented PLEG takes the pod's containers from here.
+    assert!(response.timestamp > 0);
+    let containers: Vec<(&str, i32)> =
+        response.containers_statuses.iter().map(|c| (c.id.as_str(), c.state)).collect();
+    let running = berth_cri_server::proto::ContainerState::ContainerRunning as i32;
+    assert_eq!(containers, [(id.as_str(), running)]);
+    let status = response.status.unwrap();
     let ip = status.network.unwrap().ip;
     assert!(ip.starts_with("10.88."), "{ip} not in {}", cni::SUBNET);
 

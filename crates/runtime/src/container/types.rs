@@ -180,6 +180,10 @@ pub struct ContainerConfig {
     pub metadata: ContainerMetadata,
     /// The image as the client named it (`ImageSpec.image`).
     pub image: String,
+    /// `ImageSpec.user_specified_image`: the kubelet names the image by its id in `image` and
+    /// gives the pod spec's reference here; reported back as it came.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub user_specified_image: String,
     pub command: Vec<String>,
     pub args: Vec<String>,
     pub working_dir: String,
@@ -238,7 +242,8 @@ impl ContainerState {
 /// The image a container was created from, as ContainerStatus reports it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerImage {
-    /// The image as named in the request.
+    /// The image's name as ContainerStatus shows it: as named in the request, or the image's
+    /// first tag when the request named it otherwise (by its id, as the kubelet does).
     pub name: String,
     /// `sha256:<config digest>`.
     pub id: String,

@@ -45,6 +45,11 @@ pub(crate) fn container_config(config: proto::ContainerConfig) -> CriResult<rt::
     let linux = config.linux.unwrap_or_default();
     Ok(rt::ContainerConfig {
         metadata: rt::ContainerMetadata { name: meta.name, attempt: meta.attempt },
+        user_specified_image: config
+            .image
+            .as_ref()
+            .map(|spec| spec.user_specified_image.clone())
+            .unwrap_or_default(),
         image: config.image.map(|spec| spec.image).unwrap_or_default(),
         command: config.command,
         args: config.args,
@@ -485,7 +490,11 @@ pub(crate) fn metadata(record: &ContainerRecord) -> proto::ContainerMetadata {
 }
 
 fn image_spec(record: &ContainerRecord) -> ImageSpec {
-    ImageSpec { image: record.image.name.clone(), ..Default::default() }
+    ImageSpec {
+        image: record.image.name.clone(),
+        user_specified_image: record.config.user_specified_image.clone(),
+        ..Default::default()
+    }
 }
 
 #[cfg(test)]

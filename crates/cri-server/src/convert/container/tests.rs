@@ -263,7 +263,11 @@ fn listed_containers_carry_the_record() {
 fn full_config() -> proto::ContainerConfig {
     proto::ContainerConfig {
         metadata: Some(proto::ContainerMetadata { name: "app".into(), attempt: 1 }),
-        image: Some(ImageSpec { image: "registry.test/app:1".into(), ..Default::default() }),
+        image: Some(ImageSpec {
+            image: "registry.test/app:1".into(),
+            user_specified_image: "app:1".into(),
+            ..Default::default()
+        }),
         command: vec!["/bin/sh".into()],
         args: vec!["-c".into(), "echo hi".into()],
         working_dir: "/work".into(),
@@ -369,6 +373,7 @@ fn create_translates_the_whole_config() {
     let expected = rt::ContainerConfig {
         metadata: rt::ContainerMetadata { name: "app".into(), attempt: 1 },
         image: "registry.test/app:1".into(),
+        user_specified_image: "app:1".into(),
         command: vec!["/bin/sh".into()],
         args: vec!["-c".into(), "echo hi".into()],
         working_dir: "/work".into(),

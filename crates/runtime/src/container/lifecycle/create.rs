@@ -285,7 +285,7 @@ impl Inner {
             name: name.to_string(),
             pod_id: pod.record.id.clone(),
             image: ContainerImage {
-                name: config.image.clone(),
+                name: shown_name(&config.image, &image.record.repo_tags),
                 id: image.record.id.to_string(),
                 reference: image
                     .record
@@ -413,6 +413,16 @@ impl Inner {
 pub(super) struct Images {
     pub(super) own: berth_images::ContainerImage,
     pub(super) volumes: Vec<(usize, berth_images::ContainerImage)>,
+}
+
+/// The image's name as ContainerStatus shows it (the kubelet copies it into the pod's status):
+/// the name asked for when it is one of the image's tags, else the image's first tag (the
+/// kubelet asks by the image's id), else the name asked for. containerd answers the first tag.
+pub(super) fn shown_name(requested: &str, repo_tags: &[String]) -> String {
+    match repo_tags.first() {
+        Some(first) if !repo_tags.iter().any(|tag| tag == requested) => first.clone(),
+        _ => requested.to_string(),
+    }
 }
 
 /// What a create has taken so far, for its rollback.

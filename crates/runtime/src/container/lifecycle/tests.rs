@@ -148,6 +148,15 @@ fn cgroup_roots_are_berthds_own_cgroup_in_each_hierarchy() {
 }
 
 #[test]
+fn the_shown_name_is_a_tag_of_the_image() {
+    let tags = ["docker.io/library/busybox:latest".to_string(), "x.io/b:1".to_string()];
+    assert_eq!(shown_name("x.io/b:1", &tags), "x.io/b:1", "the tag asked for");
+    assert_eq!(shown_name("sha256:abc", &tags), "docker.io/library/busybox:latest", "by id");
+    assert_eq!(shown_name("busybox", &tags), "docker.io/library/busybox:latest", "short form");
+    assert_eq!(shown_name("sha256:abc", &[]), "sha256:abc", "an image with no tag");
+}
+
+#[test]
 fn log_paths() {
     assert_eq!(log_path("/var/log/pods/x", "").unwrap(), None);
     assert_eq!(
