@@ -278,8 +278,8 @@ async fn critest(handler: &'static str) {
     let mut slowest: Vec<&Spec> = specs.iter().filter(|s| s.state == "passed").collect();
     slowest.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
     eprintln!(
-        "critest[{name}]: {} specs: {} passed, {} failed, {} skipped ({} of them at run \
-         time) in {:.1?} (whole test {:.1?}; report {}, log {})",
+        "critest[{name}]: {} specs: {} passed, {} failed, {} skipped ({} of them skipped \
+         themselves and were not accepted) in {:.1?} (whole test {:.1?}; report {}, log {})",
         specs.len(),
         count("passed"),
         failed.iter().filter(|s| s.state != "skipped").count(),
