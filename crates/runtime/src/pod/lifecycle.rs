@@ -515,8 +515,10 @@ impl Inner {
                 record.id
             )));
         }
-        let limits =
-            crate::container::spec::limits(&crate::pod::overhead::combine(resources, overhead))?;
+        let limits = crate::container::spec::limits(
+            &crate::pod::overhead::combine(resources, overhead),
+            self.cgroups.has_hugetlb(self.nest),
+        )?;
         let (layout, path, nest) = (self.cgroups.clone(), record.cgroup.clone(), self.nest);
         blocking(move || cgroup::update(&layout, &path, nest, &limits)).await?;
         tracing::info!(pod_id = %record.id, ?resources, ?overhead, "pod sandbox resources updated");

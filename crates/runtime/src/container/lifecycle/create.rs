@@ -193,7 +193,7 @@ impl Inner {
                 volumes.iter().map(|(index, image)| (*index, image.layers.clone())).collect();
             let (id, rootfs) = (id.to_string(), rootfs.clone());
             let (upper, work, bundle) = (upper.clone(), work.clone(), bundle.clone());
-            let (layout, oom_floor) = (self.cgroups.clone(), self.oom_floor);
+            let (layout, oom_floor, nest) = (self.cgroups.clone(), self.oom_floor, self.nest);
             blocking(move || {
                 // The spec binds what is mounted here: its config names it as the host path.
                 let mut config = config;
@@ -236,6 +236,7 @@ impl Inner {
                     rootfs: &rootfs,
                     cgroup_path: &spec_cgroup_path,
                     oom_score_adj_floor: oom_floor,
+                    hugetlb: layout.has_hugetlb(nest),
                 })?;
                 default_home(&mut spec, &user::home(user.uid, &layers)?);
                 spec::prepare_host_paths(&config.mounts)?;
