@@ -6,13 +6,23 @@
 //!   on the cgroup2 mount of its hybrid layout, which the nodes go without), the zero limits
 //!   stay out of the OCI spec and the container runs; a non-zero one is refused with the
 //!   reason.
+//! - A pod in a user namespace of its own (`hostUsers: false`): the kubelet puts the pod's
+//!   id mappings on every mount, image volumes included. Both run, with the files as the pod
+//!   expects them; mappings that are not the pod's are refused on an image volume.
 
+use std::os::unix::fs::PermissionsExt;
+
+use berth_cri_server::proto::{IdMapping, NamespaceMode};
 use berth_e2e::berthd::Options;
 use berth_e2e::cni::BridgeNetwork;
+use berth_e2e::cri::pod;
 use berth_e2e::images;
 use berth_e2e::upstream::Crictl;
 use berth_e2e::{Berthd, Node, Registry};
 use serde_json::{json, Value};
+
+/// The size of a pod's id range, as the kubelet allocates it.
+const RANGE: u32 = 65536;
 
 /// Drop order: daemon, registry, network, node.
 struct Env {
@@ -42,6 +52,10 @@ impl Env {
 
     fn ok(&self, args: &[&str]) -> String {
         self.crictl.ok(&self.node, args)
+    }
+
+    fn fails(&self, args: &[&str]) -> String {
+        self.crictl.fails(&self.node, args)
     }
 
     /// A pod config as the kubelet sends it, with `linux` as given.
@@ -175,4 +189,89 @@ async fn hugepage_limits_of_the_node(handler: &'static str) {
     env.remove_pod(&pod_id);
 }
 
-berth_e2e::handler_cases!(hugepage_limits_of_the_node);
+fn mapping(base: u32) -> Value {
+    json!([{ "host_id": base, "container_id": 0, "length": RANGE }])
+}
+
+/// A `hostUsers: false` pod whose container has a hostPath-like bind and an image volume, each
+/// with the pod's mappings as the kubelet sends them: the bind is idmapped (the node's root's
+/// files are the pod's root's), the image volume shows the image's owners, and both are
+/// readable; an image volume with mappings of another range is refused.
+async fn user_namespace_mounts_carry_the_pods_mappings(handler: &'static str) {
+    let env = Env::start(handler).await;
+    let base = 13 * RANGE;
+    let userns = json!({ "mode": 0, "uids": mapping(base), "gids": mapping(base) });
+    let namespaces = json!({ "network": 0, "pid": 1, "ipc": 0, "userns_options": userns });
+    let pod_config = env
+        .pod_config("userns", json!({ "security_context": { "namespace_options": namespaces } }));
+
+    // crun 1.8 does not claim user namespaces: such a pod is refused there, with the reason
+    // (as the userns suite checks through the harness).
+    let mut cri = env.daemon.client().await;
+    let range = [IdMapping { host_id: base, container_id: 0, length: RANGE }];
+    let logs = env.node.dir().join("logs/refused");
+    std::fs::create_dir_all(&logs).unwrap();
+    let probe = pod("refused").log_directory(logs).runtime_handler(handler);
+    let probe = probe.pid(NamespaceMode::Container).userns(&range, &range);
+    if berth_e2e::handlers::refuses_user_namespaces(&mut cri, handler, &probe).await {
+        let file = env.crictl.file("pod-userns", &pod_config);
+        let stderr = env.fails(&env.runp_args(&file));
+        assert!(stderr.contains("user namespace"), "{stderr}");
+        return;
+    }
+
+    let pod_id = env.runp(&pod_config);
+    let volume = env.node.dir().join("volume");
+    std::fs::create_dir(&volume).unwrap();
+    std::fs::set_permissions(&volume, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(volume.join("from-node"), "node\n").unwrap();
+    let volume = volume.display().to_string();
+    let mounts = |image_mappings: u32| {
+        json!([
+            {
+                "container_path": "/volume",
+                "host_path": volume,
+                "uidMappings": mapping(base),
+                "gidMappings": mapping(base),
+            },
+            {
+                "container_path": "/image",
+                "readonly": true,
+                "image": { "image": env.image },
+                "uidMappings": mapping(image_mappings),
+                "gidMappings": mapping(image_mappings),
+            },
+        ])
+    };
+    let linux = json!({
+        "resources": kubelet_resources(kubelet_hugepage_limits()),
+        "security_context": { "namespace_options": namespaces },
+    });
+    let config = container_config("mounts", &env.image, linux.clone(), mounts(base));
+    let id = env.run(&pod_id, &config, &pod_config);
+    assert_eq!(env.sh(&id, "id -u"), "0");
+    let seen = env.sh(
+        &id,
+        "cat /volume/from-node; stat -c %u:%g /volume/from-node /image/bin/busybox /image/etc/passwd; \
+         /image/bin/busybox echo from-image; head -c5 /image/etc/passwd",
+    );
+    assert_eq!(seen, "node\n0:0\n0:0\n0:0\nfrom-image\nroot:", "{seen}");
+    // What the pod's root writes on the idmapped bind is the node's root's.
+    env.sh(&id, "echo pod > /volume/from-pod");
+    let meta = std::fs::metadata(std::path::Path::new(&volume).join("from-pod")).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 0);
+
+    let other = container_config("other", &env.image, linux, mounts(base + RANGE));
+    let output = env.create(&pod_id, &other, &pod_config);
+    assert!(!output.status.success(), "an image volume with another pod's mappings was taken");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for word in ["InvalidArgument", "/image", "not the pod's"] {
+        assert!(stderr.contains(word), "{word}: {stderr}");
+    }
+    env.remove_pod(&pod_id);
+}
+
+berth_e2e::handler_cases!(
+    hugepage_limits_of_the_node,
+    user_namespace_mounts_carry_the_pods_mappings
+);

@@ -37,7 +37,7 @@ impl Inner {
             .ok_or_else(|| {
                 Error::NotFound(format!("image {:?} is not present on this node", config.image))
             })?;
-        let volumes = self.volume_images(&config)?;
+        let volumes = self.volume_images(&config, &pod)?;
         let meta = &pod.record.config.metadata;
         let name = format!(
             "{}_{}_{}_{}_{}",
@@ -65,15 +65,18 @@ impl Inner {
     }
 
     /// The images of the config's image volumes, by the index of their mount, each checked
-    /// first; one not on the node is NotFound, as the kubelet pulls them before it creates.
+    /// first (against the mappings of `pod`'s user namespace); one not on the node is
+    /// NotFound, as the kubelet pulls them before it creates.
     pub(super) fn volume_images(
         &self,
         config: &ContainerConfig,
+        pod: &PodForContainer,
     ) -> Result<Vec<(usize, berth_images::ContainerImage)>> {
+        let pod_userns = pod.record.config.namespaces.user.as_ref();
         let mut volumes = Vec::new();
         for (index, m) in config.mounts.iter().enumerate() {
             let Some(volume) = &m.image else { continue };
-            image_volume::check(m, volume)?;
+            image_volume::check(m, volume, pod_userns)?;
             let image = self
                 .images
                 .for_container(&volume.image)
