@@ -9,6 +9,8 @@
 //! - A pod in a user namespace of its own (`hostUsers: false`): the kubelet puts the pod's
 //!   id mappings on every mount, image volumes included. Both run, with the files as the pod
 //!   expects them; mappings that are not the pod's are refused on an image volume.
+//! - The kubelet's PodSandboxStats("") probe (crictl never sends an empty id, so our client
+//!   does): NOT_FOUND, as every lookup of the empty id, not UNIMPLEMENTED.
 
 use std::os::unix::fs::PermissionsExt;
 
@@ -269,6 +271,60 @@ async fn user_namespace_mounts_carry_the_pods_mappings(handler: &'static str) {
         assert!(stderr.contains(word), "{word}: {stderr}");
     }
     env.remove_pod(&pod_id);
+}
+
+/// With PodAndContainerStatsFromCRI the kubelet calls PodSandboxStats("") at start and looks
+/// only for UNIMPLEMENTED. Lookups (status, stats) of the empty id answer NOT_FOUND, as for
+/// any id nothing has; actions on it stay INVALID_ARGUMENT (a removal of "" must not succeed
+/// as the removal of something gone).
+#[tokio::test]
+async fn lookups_of_the_empty_id_are_not_found() {
+    use berth_cri_server::proto::{
+        ContainerStatsRequest, ContainerStatusRequest, PodSandboxStatsRequest,
+        PodSandboxStatusRequest, RemovePodSandboxRequest, StopContainerRequest,
+    };
+    use tonic::Code;
+    let node = Node::start();
+    let daemon = Berthd::start_with(&node, Options::default()).await;
+    let mut cri = daemon.client().await;
+    let rt = &mut cri.runtime;
+    let pod_id = String::new();
+    let container_id = String::new();
+    let lookups = [
+        rt.pod_sandbox_stats(PodSandboxStatsRequest { pod_sandbox_id: pod_id.clone() })
+            .await
+            .map(drop),
+        rt.pod_sandbox_status(PodSandboxStatusRequest {
+            pod_sandbox_id: pod_id.clone(),
+            verbose: false,
+        })
+        .await
+        .map(drop),
+        rt.container_stats(ContainerStatsRequest { container_id: container_id.clone() })
+            .await
+            .map(drop),
+        rt.container_status(ContainerStatusRequest {
+            container_id: container_id.clone(),
+            verbose: false,
+        })
+        .await
+        .map(drop),
+    ];
+    for (n, answer) in lookups.into_iter().enumerate() {
+        let err = answer.expect_err("a lookup of the empty id");
+        assert_eq!(err.code(), Code::NotFound, "lookup {n}: {err:?}");
+        assert!(err.message().contains("empty id"), "{}", err.message());
+    }
+    let err = rt
+        .remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod_id })
+        .await
+        .expect_err("removing the empty id");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    let err = rt
+        .stop_container(StopContainerRequest { container_id, timeout: 0 })
+        .await
+        .expect_err("stopping the empty id");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
 }
 
 berth_e2e::handler_cases!(

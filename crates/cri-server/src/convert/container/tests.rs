@@ -1,5 +1,5 @@
 use super::*;
-use crate::convert::required_id;
+use crate::convert::{lookup_id, required_id};
 use berth_runtime::container::{ContainerImage, ExitInfo, ResolvedUser, RECORD_VERSION};
 use std::path::PathBuf;
 
@@ -705,4 +705,8 @@ fn create_refuses_what_it_cannot_honour() {
     assert!(bad_request(container_config(odd_signal)).contains("99"));
 
     assert!(bad_request(required_id("", "container id")).contains("container id"));
+    let status = tonic::Status::from(lookup_id("", "container").unwrap_err());
+    assert_eq!(status.code(), tonic::Code::NotFound);
+    assert_eq!(status.message(), "no container has an empty id");
+    assert_eq!(lookup_id("abc", "container").unwrap(), "abc");
 }
