@@ -9,6 +9,8 @@
 //! - A pod in a user namespace of its own (`hostUsers: false`): the kubelet puts the pod's
 //!   id mappings on every mount, image volumes included. Both run, with the files as the pod
 //!   expects them; mappings that are not the pod's are refused on an image volume.
+//! - An ephemeral container of `kubectl debug --target`: PID namespace mode TARGET, in the
+//!   namespace of the running container it names.
 //! - The kubelet's PodSandboxStats("") probe (crictl never sends an empty id, so our client
 //!   does): NOT_FOUND, as every lookup of the empty id, not UNIMPLEMENTED.
 
@@ -263,6 +265,16 @@ async fn user_namespace_mounts_carry_the_pods_mappings(handler: &'static str) {
     let meta = std::fs::metadata(std::path::Path::new(&volume).join("from-pod")).unwrap();
     assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 0);
 
+    // `kubectl debug --target` in such a pod: the PID namespace the target's runtime made in
+    // the pod's user namespace, joined from it.
+    let mut debug_linux = linux.clone();
+    debug_linux["security_context"]["namespace_options"]["pid"] = json!(3);
+    debug_linux["security_context"]["namespace_options"]["target_id"] = json!(id);
+    let debug = container_config("debug", &env.image, debug_linux, json!([]));
+    let debug_id = env.run(&pod_id, &debug, &pod_config);
+    let ns = "readlink /proc/self/ns/pid; id -u";
+    assert_eq!(env.sh(&debug_id, ns), env.sh(&id, ns), "one PID namespace, root inside");
+
     let other = container_config("other", &env.image, linux, mounts(base + RANGE));
     let output = env.create(&pod_id, &other, &pod_config);
     assert!(!output.status.success(), "an image volume with another pod's mappings was taken");
@@ -270,6 +282,81 @@ async fn user_namespace_mounts_carry_the_pods_mappings(handler: &'static str) {
     for word in ["InvalidArgument", "/image", "not the pod's"] {
         assert!(stderr.contains(word), "{word}: {stderr}");
     }
+    env.remove_pod(&pod_id);
+}
+
+/// `kubectl debug --target=app`: the kubelet creates the ephemeral container with PID mode
+/// TARGET and the id of `app`, in a pod whose containers each have their own PID namespace.
+/// It sees `app`'s processes (its pid 1 is `app`'s), in the same namespace; a target that is
+/// not running, of another pod or unknown is refused with the reason.
+async fn a_debug_container_joins_its_targets_pid_namespace(handler: &'static str) {
+    let env = Env::start(handler).await;
+    let pod_linux =
+        json!({ "security_context": { "namespace_options": { "network": 2, "pid": 1 } } });
+    let pod = env.pod_config("debugged", pod_linux.clone());
+    let pod_id = env.runp(&pod);
+    let namespaces = |pid: u8, target: &str| {
+        json!({ "security_context": { "namespace_options": {
+            "network": 2, "pid": pid, "target_id": target,
+        } } })
+    };
+    let mut app = container_config("app", &env.image, namespaces(1, ""), json!([]));
+    app["command"] = json!(["sh", "-c", "exec sleep 1001"]);
+    let app_id = env.run(&pod_id, &app, &pod);
+    let debug = container_config("debug", &env.image, namespaces(3, &app_id), json!([]));
+    let debug_id = env.run(&pod_id, &debug, &pod);
+
+    let ps = env.sh(&debug_id, "ps");
+    assert!(ps.contains("sleep 1001"), "the target's process: {ps}");
+    assert_eq!(env.sh(&debug_id, "tr '\\0' ' ' < /proc/1/cmdline"), "sleep 1001", "{ps}");
+    let ns = "readlink /proc/self/ns/pid";
+    assert_eq!(env.sh(&debug_id, ns), env.sh(&app_id, ns), "one PID namespace");
+    let status: Value =
+        serde_json::from_str(&env.ok(&["inspect", "-o", "json", &debug_id])).unwrap();
+    let security = &status["info"]["config"]["security"];
+    assert_eq!((&security["pid"], &security["target_id"]), (&json!("Target"), &json!(app_id)));
+
+    // In a pod sharing one PID namespace (`shareProcessNamespace`), a target in it names it.
+    let shared_linux = json!({ "security_context": { "namespace_options": { "network": 2 } } });
+    let shared = env.pod_config("shared", shared_linux);
+    let shared_id = env.runp(&shared);
+    let in_pod = |pid: u8, target: &str| {
+        json!({ "security_context": { "namespace_options": {
+            "network": 2, "pid": pid, "target_id": target,
+        } } })
+    };
+    let mut app = container_config("app", &env.image, in_pod(0, ""), json!([]));
+    app["command"] = json!(["sh", "-c", "exec sleep 1002"]);
+    let shared_app = env.run(&shared_id, &app, &shared);
+    let debug = container_config("debug", &env.image, in_pod(3, &shared_app), json!([]));
+    let shared_debug = env.run(&shared_id, &debug, &shared);
+    assert!(env.sh(&shared_debug, "ps").contains("sleep 1002"));
+    assert_eq!(env.sh(&shared_debug, ns), env.sh(&shared_app, ns), "the pod's PID namespace");
+    env.remove_pod(&shared_id);
+
+    // A target that is not running, of another pod, or unknown.
+    let idle = container_config("idle", &env.image, namespaces(1, ""), json!([]));
+    let file = env.crictl.file("ctr-idle", &idle);
+    let pod_file = env.crictl.file("pod-debugged", &pod);
+    let idle_id = env.ok(&["create", &pod_id, &file, &pod_file]);
+    let other_pod = env.pod_config("other", pod_linux);
+    let other_pod_id = env.runp(&other_pod);
+    let elsewhere = container_config("elsewhere", &env.image, namespaces(1, ""), json!([]));
+    let elsewhere_id = env.run(&other_pod_id, &elsewhere, &other_pod);
+    for (target, words) in [
+        (idle_id.as_str(), ["FailedPrecondition", "created", "running"]),
+        (elsewhere_id.as_str(), ["InvalidArgument", "pod sandbox", &other_pod_id]),
+        ("0123456789abcdef", ["NotFound", "0123456789abcdef", "TARGET"]),
+    ] {
+        let config = container_config("refused", &env.image, namespaces(3, target), json!([]));
+        let output = env.create(&pod_id, &config, &pod);
+        assert!(!output.status.success(), "target {target} was taken");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        for word in words {
+            assert!(stderr.contains(word), "{word}: {stderr}");
+        }
+    }
+    env.remove_pod(&other_pod_id);
     env.remove_pod(&pod_id);
 }
 
@@ -329,5 +416,6 @@ async fn lookups_of_the_empty_id_are_not_found() {
 
 berth_e2e::handler_cases!(
     hugepage_limits_of_the_node,
-    user_namespace_mounts_carry_the_pods_mappings
+    user_namespace_mounts_carry_the_pods_mappings,
+    a_debug_container_joins_its_targets_pid_namespace,
 );
