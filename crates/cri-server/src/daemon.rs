@@ -125,6 +125,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             state: config.state.clone(),
             cgroup: config.cgroup.clone(),
             cni: config.cni.clone(),
+            cdi: config.cdi.clone(),
             runtimes: config.runtimes.clone(),
             monitor_exe: monitor_exe(),
         },
