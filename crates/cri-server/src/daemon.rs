@@ -133,7 +133,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     )?;
     let runtime = Arc::new(runtime);
     let streaming = StreamingServer::start(&config.streaming, runtime.clone()).await?;
-    let cri = Cri::new(config.clone(), runtime, images, streaming);
+    let cri = Cri::new(config.clone(), runtime.clone(), images, streaming);
     let address = &config.metrics.address;
     crate::metrics::start(&cri, address)
         .await
@@ -186,6 +186,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         }
     };
     remove_socket(&socket_path);
+    if let Err(err) = runtime.close() {
+        tracing::warn!(error = %err, "cleaning up the state directory");
+    }
     match outcome {
         Some(Ok(())) | None => {
             tracing::info!("berthd stopped");

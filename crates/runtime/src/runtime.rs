@@ -247,6 +247,11 @@ impl Runtime {
             .collect())
     }
 
+    /// What a clean stop leaves behind: nothing of berth's own when no pod is left.
+    pub fn close(&self) -> Result<()> {
+        self.pods.close()
+    }
+
     pub fn pods(&self) -> &Pods {
         &self.pods
     }
