@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::*;
+use crate::cdi;
 use crate::cgroups::container::ContainerCgroup;
 use crate::cgroups::CgroupMode;
 use crate::container::image_volume;
@@ -112,6 +113,14 @@ impl Inner {
             ))
         })?;
         let user_namespace = pod_user_namespace(&config, pod)?;
+        let cdi_devices = cdi::requested(&config.cdi_devices, &config.annotations)?;
+        if !cdi_devices.is_empty() && !self.cdi.enabled {
+            return Err(Error::FailedPrecondition(format!(
+                "CDI devices {} asked for, and CDI is disabled in berthd's configuration \
+                 ([cdi] enabled = false)",
+                cdi_devices.join(", ")
+            )));
+        }
         if let Some(m) = config.mounts.iter().find(|m| m.recursive_read_only) {
             if !handler.features().recursive_read_only_mounts {
                 return Err(Error::InvalidArgument(format!(
@@ -191,6 +200,7 @@ impl Inner {
             let (id, rootfs) = (id.to_string(), rootfs.clone());
             let (upper, work, bundle) = (upper.clone(), work.clone(), bundle.clone());
             let (layout, oom_floor, nest) = (self.cgroups.clone(), self.oom_floor, self.nest);
+            let cdi_dirs = self.cdi.spec_dirs.clone();
             blocking(move || {
                 // The spec binds what is mounted here: its config names it as the host path.
                 let mut config = config;
@@ -235,6 +245,9 @@ impl Inner {
                     hugetlb: layout.has_hugetlb(nest),
                 })?;
                 default_home(&mut spec, &user::home(user.uid, &layers)?);
+                // After berth's own choices: a device's edits may replace a variable or a
+                // mount of the config's, as with containerd.
+                cdi::inject(&mut spec, &cdi_dirs, &cdi_devices)?;
                 spec::prepare_host_paths(&config.mounts)?;
                 spec::check_mounts(&config.mounts)?;
                 for dir in [&upper, &work, &rootfs] {
