@@ -217,8 +217,17 @@ pub fn rolling_update(c: &Cluster) -> Res {
     ensure_web(c)?;
     c.kubectl(&["set", "image", &format!("deployment/{WEB}"), &format!("{WEB}=busybox:2")])?;
     c.kubectl(&["rollout", "status", &format!("deployment/{WEB}"), "--timeout=240s"])?;
-    wait_until("the old pods to go", Duration::from_secs(60), || {
-        Ok((web_pods(c)?.len() == REPLICAS).then_some(()))
+    // The rollout is complete by the Deployment's status; the old pods' deletion may still be
+    // on its way to the pod list.
+    wait_until("only pods of the new template, all running", Duration::from_secs(60), || {
+        let list = c.kubectl_json(&["get", "pods", "-l", &format!("app={WEB}")])?;
+        let pods = at(&list, "items").as_array().cloned().unwrap_or_default();
+        let new = pods
+            .iter()
+            .filter(|p| str_at(p, "spec.containers.0.image") == "busybox:2")
+            .filter(|p| str_at(p, "status.phase") == "Running")
+            .count();
+        Ok((pods.len() == REPLICAS && new == REPLICAS).then_some(()))
     })?;
     check_spread(c, "busybox:2")
 }
@@ -229,13 +238,10 @@ pub fn scale_to_zero_and_back(c: &Cluster) -> Res {
     wait_until("the web pods to go", Duration::from_secs(120), || {
         Ok(web_pods(c)?.is_empty().then_some(()))
     })?;
-    // The kubelet has removed their sandboxes from berth too.
+    // The kubelet has stopped their sandboxes in berth too (it removes them later, in its
+    // garbage collection once a minute).
     for node in NODES {
-        wait_until(&format!("no web sandbox on {node}"), Duration::from_secs(60), || {
-            let pods = c.crictl_json(node, &["pods", "--label", &format!("app={WEB}")])?;
-            let left = at(&pods, "items").as_array().map(Vec::len).unwrap_or(0);
-            Ok((left == 0).then_some(()))
-        })?;
+        no_ready_sandbox(c, node, &format!("app={WEB}"))?;
     }
     c.kubectl(&["scale", &format!("deployment/{WEB}"), &format!("--replicas={REPLICAS}")])?;
     c.kubectl(&["rollout", "status", &format!("deployment/{WEB}"), "--timeout=240s"])?;
@@ -284,8 +290,13 @@ spec:
     wait_until("the mirror pod to go", Duration::from_secs(60), || {
         Ok((!c.kubectl_out(&["get", "pod", &mirror])?.status.success()).then_some(()))
     })?;
-    wait_until("its sandbox to go from berth", Duration::from_secs(60), || {
-        let pods = c.crictl_json(node, &["pods", "--label", "app=static-web"])?;
+    no_ready_sandbox(c, node, "app=static-web")
+}
+
+/// Waits until berthd on the node has no ready sandbox with the label.
+fn no_ready_sandbox(c: &Cluster, node: &str, label: &str) -> Res {
+    wait_until(&format!("no ready sandbox {label} on {node}"), Duration::from_secs(60), || {
+        let pods = c.crictl_json(node, &["pods", "--label", label, "--state", "ready"])?;
         Ok(at(&pods, "items").as_array().is_none_or(Vec::is_empty).then_some(()))
     })
 }
