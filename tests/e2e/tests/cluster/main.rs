@@ -30,6 +30,12 @@ const FEATURE_GATES: &str = "EventedPLEG=true,PodAndContainerStatsFromCRI=true,\
 UserNamespacesSupport=true,ImageVolume=true,KubeletCgroupDriverFromCRI=true,\
 RecursiveReadOnlyMounts=true,SupplementalGroupsPolicy=true,InPlacePodVerticalScaling=true";
 
+/// Whether the RuntimeClass case (pods on runc and crun) runs. Off: with kubelet pods, runc
+/// and crun fail every container on this host (berth puts the kubelet's zero hugepage limits
+/// in the OCI spec, and no cgroup v1 hierarchy has the hugetlb controller; kubelet-findings.md
+/// no. 6). Turn on once that is fixed; the case shows as ignored meanwhile.
+const RUNTIME_CLASS_CASES: bool = false;
+
 type Case = fn(&Cluster) -> Res;
 
 /// Every case, in the order they run.
@@ -54,6 +60,7 @@ const CASES: &[(&str, Case)] = &[
     ("gate_recursive_read_only_mounts", gates::recursive_read_only),
     ("gate_supplemental_groups_policy_strict", gates::supplemental_groups_strict),
     ("gate_in_place_pod_vertical_scaling", gates::in_place_resize),
+    ("runtime_classes_runc_and_crun", workloads::runtime_classes),
     ("rolling_update", workloads::rolling_update),
     ("scale_to_zero_and_back", workloads::scale_to_zero_and_back),
     ("kubelet_log_no_cri_errors", restarts::no_cri_errors),
@@ -93,6 +100,7 @@ fn main() {
     let trials = CASES
         .iter()
         .map(|&(name, case)| {
+            let ignored = name == "runtime_classes_runc_and_crun" && !RUNTIME_CLASS_CASES;
             let cluster = cluster.clone();
             let up_error = up_error.clone();
             Trial::test(name, move || {
@@ -121,6 +129,7 @@ fn main() {
                     Err(panic) => std::panic::resume_unwind(panic),
                 }
             })
+            .with_ignored_flag(ignored)
         })
         .collect();
     let conclusion = libtest_mimic::run(&args, trials);

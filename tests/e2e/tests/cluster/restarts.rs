@@ -195,12 +195,15 @@ pub fn no_cri_errors(c: &Cluster) -> Res {
         let text =
             String::from_utf8_lossy(bytes.get(mark as usize..).unwrap_or_default()).into_owned();
         let errors: Vec<&str> = text.lines().filter(|l| is_error_line(l)).collect();
+        let mut others = std::collections::BTreeMap::new();
         for line in &errors {
             if !(line.contains("remote_runtime.go")
                 || line.contains("remote_image.go")
                 || line.contains("rpc error:"))
             {
-                println!("{node}: other error line (not a CRI error): {line}");
+                // "E1208 01:55:12.526538   15507 kubelet_pods.go:2214] ..." -> the source line
+                let source = line.split_whitespace().nth(3).unwrap_or("?").trim_end_matches(']');
+                *others.entry(source.to_string()).or_insert(0usize) += 1;
             } else if removed_by_kubelet(&whole, line) {
                 println!("{node}: NotFound for a container the kubelet had removed itself: {line}");
             } else {
@@ -208,7 +211,7 @@ pub fn no_cri_errors(c: &Cluster) -> Res {
             }
         }
         println!(
-            "{node}: {} lines since the mark, {} error lines",
+            "{node}: {} lines since the mark, {} error lines; not about the CRI: {others:?}",
             text.lines().count(),
             errors.len()
         );

@@ -307,3 +307,27 @@ fn config_source(pod: &Value) -> &str {
         .and_then(Value::as_str)
         .unwrap_or("")
 }
+
+/// Pods on the OCI runtime handlers berth configures by default (RuntimeClasses `runc` and
+/// `crun`), beside the embedded executor every other case uses.
+pub fn runtime_classes(c: &Cluster) -> Res {
+    let mut pods = Vec::new();
+    for handler in ["runc", "crun"] {
+        let pod = format!("on-{handler}");
+        c.apply(&format!(
+            "apiVersion: node.k8s.io/v1\nkind: RuntimeClass\nmetadata: {{name: {handler}}}\n\
+             handler: {handler}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {pod}}}\n\
+             spec:\n  runtimeClassName: {handler}\n  terminationGracePeriodSeconds: 5\n  \
+             containers:\n  - name: main\n    image: busybox\n    \
+             command: [sh, -c, 'trap \"exit 0\" TERM; sleep 3600 & wait']\n"
+        ))?;
+        pods.push(pod);
+    }
+    let names: Vec<&str> = pods.iter().map(String::as_str).collect();
+    c.wait_ready(&names, Duration::from_secs(90))?;
+    for pod in &names {
+        let out = c.exec(pod, "echo hi from $(hostname)")?;
+        ensure(out.trim() == format!("hi from {pod}"), || format!("{pod}: {out:?}"))?;
+    }
+    c.delete_pods(&names)
+}
