@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use berth_images::config::{ImagesConfig, RegistryConfig};
-use berth_runtime::config::{CgroupConfig, CniConfig, OciRuntimeConfig};
+use berth_runtime::config::{CdiConfig, CgroupConfig, CniConfig, OciRuntimeConfig};
 use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/berth/config.toml";
@@ -27,6 +27,7 @@ pub struct Config {
     pub grpc: GrpcConfig,
     pub cgroup: CgroupConfig,
     pub cni: CniConfig,
+    pub cdi: CdiConfig,
     /// External OCI runtimes offered as runtime handlers, by handler name. A file that lists
     /// any replaces the default list.
     pub runtimes: BTreeMap<String, OciRuntimeConfig>,
@@ -46,6 +47,7 @@ impl Default for Config {
             grpc: GrpcConfig::default(),
             cgroup: CgroupConfig::default(),
             cni: CniConfig::default(),
+            cdi: CdiConfig::default(),
             runtimes: berth_runtime::config::default_runtimes(),
             registry: RegistryConfig::default(),
             images: ImagesConfig::default(),

@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::convert::container::{
     container, container_config, container_filter, resources, status_response,
 };
-use crate::convert::required_id;
+use crate::convert::{lookup_id, required_id};
 use crate::cri::Cri;
 use crate::error::{CriError, CriResult};
 use crate::proto::{
@@ -70,7 +70,7 @@ pub async fn status(
     cri: &Cri,
     request: ContainerStatusRequest,
 ) -> CriResult<ContainerStatusResponse> {
-    let id = required_id(&request.container_id, "container id")?;
+    let id = lookup_id(&request.container_id, "container")?;
     record_container(id);
     let details = cri.runtime.containers().status(id, request.verbose).await?;
     record_pod(&details.record.pod_id);

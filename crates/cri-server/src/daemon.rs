@@ -125,6 +125,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             state: config.state.clone(),
             cgroup: config.cgroup.clone(),
             cni: config.cni.clone(),
+            cdi: config.cdi.clone(),
             runtimes: config.runtimes.clone(),
             monitor_exe: monitor_exe(),
         },
@@ -132,7 +133,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     )?;
     let runtime = Arc::new(runtime);
     let streaming = StreamingServer::start(&config.streaming, runtime.clone()).await?;
-    let cri = Cri::new(config.clone(), runtime, images, streaming);
+    let cri = Cri::new(config.clone(), runtime.clone(), images, streaming);
     let address = &config.metrics.address;
     crate::metrics::start(&cri, address)
         .await
@@ -185,6 +186,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         }
     };
     remove_socket(&socket_path);
+    if let Err(err) = runtime.close() {
+        tracing::warn!(error = %err, "cleaning up the state directory");
+    }
     match outcome {
         Some(Ok(())) | None => {
             tracing::info!("berthd stopped");

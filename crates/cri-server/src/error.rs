@@ -12,6 +12,9 @@ pub enum CriError {
     /// A request that is malformed before it reaches the domain crates.
     #[error("{0}")]
     InvalidRequest(String),
+    /// A lookup (a status or stats query) by an id that cannot name anything: the empty one.
+    #[error("{0}")]
+    NoSuchId(String),
     /// The streaming server holds as many unused URLs as it will.
     #[error(transparent)]
     Streaming(#[from] crate::streaming::CacheError),
@@ -25,6 +28,7 @@ impl CriError {
         use berth_runtime::ErrorKind as R;
         match self {
             CriError::InvalidRequest(_) => Code::InvalidArgument,
+            CriError::NoSuchId(_) => Code::NotFound,
             CriError::Streaming(crate::streaming::CacheError::Full) => Code::ResourceExhausted,
             CriError::Streaming(crate::streaming::CacheError::Random(_)) => Code::Internal,
             CriError::Runtime(err) => match err.kind() {
@@ -97,5 +101,7 @@ mod tests {
         let status = Status::from(CriError::InvalidRequest("pod id is empty".into()));
         assert_eq!(status.code(), Code::InvalidArgument);
         assert_eq!(status.message(), "pod id is empty");
+        let status = Status::from(CriError::NoSuchId("no pod sandbox has an empty id".into()));
+        assert_eq!(status.code(), Code::NotFound);
     }
 }

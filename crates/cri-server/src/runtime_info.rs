@@ -53,7 +53,8 @@ pub async fn status(cri: &Cri, request: StatusRequest) -> CriResult<StatusRespon
     let mut info = HashMap::new();
     if request.verbose {
         info.insert("config".into(), json(&*cri.config));
-        info.insert("cgroups".into(), cri.runtime.cgroup_layout().summary().to_string());
+        let nest = cri.runtime.options().cgroup.nest_under_self;
+        info.insert("cgroups".into(), cri.runtime.cgroup_layout().summary(nest).to_string());
         info.insert("runtimeHandlers".into(), cri.runtime.handlers_summary().to_string());
     }
     Ok(StatusResponse {

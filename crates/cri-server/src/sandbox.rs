@@ -11,7 +11,7 @@ use berth_runtime::userns::UserNamespace;
 use crate::clock::now_nanos;
 use crate::convert::container::container_status;
 use crate::convert::pod::{metadata, pod_status, state};
-use crate::convert::{id_mappings, to_map};
+use crate::convert::{id_mappings, lookup_id, to_map};
 use crate::cri::Cri;
 use crate::error::{CriError, CriResult};
 use crate::proto::{
@@ -55,8 +55,9 @@ pub async fn status(
     cri: &Cri,
     request: PodSandboxStatusRequest,
 ) -> CriResult<PodSandboxStatusResponse> {
-    record_pod(&request.pod_sandbox_id);
-    let details = cri.runtime.pods().status(&request.pod_sandbox_id).await?;
+    let id = lookup_id(&request.pod_sandbox_id, "pod sandbox")?;
+    record_pod(id);
+    let details = cri.runtime.pods().status(id).await?;
     let record = &details.record;
     let mut info = HashMap::new();
     if request.verbose {

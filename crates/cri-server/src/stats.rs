@@ -15,7 +15,7 @@ use berth_runtime::pod::PodFilter;
 use berth_runtime::stats::{self as rt, CgroupStats};
 
 use crate::clock::now_nanos;
-use crate::convert::{self, container, pod};
+use crate::convert::{self, container, lookup_id, pod};
 use crate::cri::Cri;
 use crate::error::CriResult;
 use crate::proto::{
@@ -38,8 +38,9 @@ pub async fn container_stats(
     cri: &Cri,
     request: ContainerStatsRequest,
 ) -> CriResult<ContainerStatsResponse> {
-    record_container(&request.container_id);
-    let stats = cri.runtime.container_stats(&request.container_id).await?;
+    let id = lookup_id(&request.container_id, "container")?;
+    record_container(id);
+    let stats = cri.runtime.container_stats(id).await?;
     Ok(ContainerStatsResponse { stats: Some(container_stats_of(&stats)) })
 }
 
@@ -65,8 +66,9 @@ pub async fn pod_stats(
     cri: &Cri,
     request: PodSandboxStatsRequest,
 ) -> CriResult<PodSandboxStatsResponse> {
-    record_pod(&request.pod_sandbox_id);
-    let stats = cri.runtime.pod_stats(&request.pod_sandbox_id).await?;
+    let id = lookup_id(&request.pod_sandbox_id, "pod sandbox")?;
+    record_pod(id);
+    let stats = cri.runtime.pod_stats(id).await?;
     Ok(PodSandboxStatsResponse { stats: Some(pod_stats_of(&stats)) })
 }
 

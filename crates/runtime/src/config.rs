@@ -48,6 +48,25 @@ impl Default for CniConfig {
     }
 }
 
+/// `[cdi]`: where the spec files of CDI devices are (the Container Device Interface).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CdiConfig {
+    /// Off: a container asking for a CDI device is refused, never run without it.
+    pub enabled: bool,
+    /// Read in order; a device defined in a later directory overrides an earlier one's.
+    pub spec_dirs: Vec<PathBuf>,
+}
+
+impl Default for CdiConfig {
+    fn default() -> Self {
+        CdiConfig {
+            enabled: true,
+            spec_dirs: vec![PathBuf::from("/etc/cdi"), PathBuf::from("/var/run/cdi")],
+        }
+    }
+}
+
 /// `[runtimes.<name>]`: an external OCI runtime (runc, crun, …) offered as the runtime handler
 /// `<name>`, beside the embedded executor (`""` / `default`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -3,6 +3,7 @@
 //! Architecture invariant: this crate knows nothing of gRPC or protobuf. cri-server translates
 //! CRI messages into the plain types here and [`Error`]s back into status codes.
 
+pub mod cdi;
 pub mod cgroups;
 pub mod cni;
 pub mod config;

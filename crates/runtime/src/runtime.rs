@@ -8,7 +8,7 @@ use berth_images::ImageService;
 
 use crate::cgroups::CgroupLayout;
 use crate::cni::{self, Cni, NetworkLookup};
-use crate::config::{CgroupConfig, CgroupDriver, CniConfig, OciRuntimeConfig};
+use crate::config::{CdiConfig, CgroupConfig, CgroupDriver, CniConfig, OciRuntimeConfig};
 use crate::container::{
     ContainerFilter, ContainerRecord, ContainerState, Containers, ContainersOptions,
 };
@@ -27,6 +27,7 @@ pub struct RuntimeOptions {
     pub state: PathBuf,
     pub cgroup: CgroupConfig,
     pub cni: CniConfig,
+    pub cdi: CdiConfig,
     /// The external OCI runtimes offered as handlers beside the embedded executor.
     pub runtimes: BTreeMap<String, OciRuntimeConfig>,
     /// The binary whose `monitor` subcommand runs a pod's monitor: `berth-monitor`, or berthd's
@@ -84,6 +85,7 @@ impl Runtime {
                 nest: options.cgroup.nest_under_self,
                 handlers: handlers.clone(),
                 events: Arc::new(Events::default()),
+                cdi: options.cdi.clone(),
             },
             images,
             pods.clone(),
@@ -243,6 +245,11 @@ impl Runtime {
                 containers: container_stats.by_ref().take(n).collect(),
             })
             .collect())
+    }
+
+    /// What a clean stop leaves behind: nothing of berth's own when no pod is left.
+    pub fn close(&self) -> Result<()> {
+        self.pods.close()
     }
 
     pub fn pods(&self) -> &Pods {

@@ -518,26 +518,24 @@ async fn readme_walk_through() {
     assert_eq!(env.ok(&["ps", "-a", "-q"]).trim(), "");
 }
 
-/// `kubectl debug --target` asks for another container's PID namespace (TARGET), which berth
-/// does not build yet: the create is refused, naming it, rather than the debug container
-/// silently getting a PID namespace of its own.
+/// `kubectl debug --target` asks for another container's PID namespace (TARGET): the debug
+/// container of the README's pod (which shares one PID namespace) sees the example's loop.
 #[tokio::test]
-async fn a_target_pid_namespace_is_refused_not_ignored() {
+async fn a_debug_container_sees_its_targets_processes() {
     let env = Env::start().await;
     let (pod, ctr) = env.run_example();
-    let example = std::fs::read_to_string(env.files.join("container.json")).unwrap();
-    let mut value: serde_json::Value = serde_json::from_str(&example).unwrap();
-    value["metadata"]["name"] = "debug".into();
-    // NamespaceMode TARGET is 3.
-    value["linux"]["security_context"] =
-        serde_json::json!({ "namespace_options": { "pid": 3, "target_id": ctr } });
-    let path = env.files.join("debug.json");
-    std::fs::write(&path, value.to_string()).unwrap();
-    let output = env.run(&["create", &pod, &path.display().to_string(), &env.file("pod.json")]);
-    assert!(!output.status.success(), "{}", text(&output.stdout));
-    let stderr = text(&output.stderr);
-    assert!(stderr.contains("TARGET") && stderr.contains(&ctr), "{stderr}");
-    assert!(!env.ok(&["ps", "-a"]).contains("debug"), "nothing is left of it");
+    let debug = env.create(pod.as_str(), "container.json", |value| {
+        value["metadata"]["name"] = "debug".into();
+        value["command"] = serde_json::json!(["sleep", "3600"]);
+        // NamespaceMode TARGET is 3.
+        value["linux"]["security_context"] =
+            serde_json::json!({ "namespace_options": { "pid": 3, "target_id": ctr } });
+    });
+    env.expect_running(&debug);
+    let ps = env.ok(&["exec", &debug, "ps"]);
+    assert!(ps.contains("echo hello from busybox") || ps.contains("trap"), "{ps}");
+    let ns = |id: &str| env.ok(&["exec", id, "sh", "-c", "readlink /proc/self/ns/pid"]);
+    assert_eq!(ns(&debug), ns(&ctr), "one PID namespace");
     env.ok(&["stopp", &pod]);
     env.ok(&["rmp", &pod]);
 }

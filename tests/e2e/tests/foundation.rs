@@ -241,6 +241,53 @@ async fn sigterm_and_sigint_stop_berthd_cleanly() {
     }
 }
 
+/// The node's mount points under `dir`, as the node's mount namespace has them.
+fn mounts_under(node: &Node, dir: &std::path::Path) -> Vec<String> {
+    let output = node.command("cat").arg("/proc/self/mountinfo").output().unwrap();
+    let prefix = format!("{}/", dir.display());
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .filter(|point| point.starts_with(&prefix) || *point == dir.to_str().unwrap())
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_clean_stop_with_no_pod_left_leaves_no_mount() {
+    let node = Node::start();
+    let mut daemon = Berthd::start(&node).await;
+    let mut cri = daemon.client().await;
+    // A pod with namespaces of its own and /dev/shm: everything berth mounts for a pod.
+    let id = cri.run_pod(&berth_e2e::cri::pod("gone").host_network()).await.unwrap();
+    assert!(!mounts_under(&node, &daemon.state).is_empty());
+    cri.stop_pod(&id).await.unwrap();
+    cri.remove_pod(&id).await.unwrap();
+    daemon.signal(Signal::SIGTERM);
+    assert!(daemon.wait_exit(Duration::from_secs(15)).await.success(), "{}", daemon.log_text());
+    let left = mounts_under(&node, &daemon.state);
+    assert!(left.is_empty(), "left mounted: {left:?}\n{}", daemon.log_text());
+    assert!(mounts_under(&node, &daemon.root).is_empty());
+
+    // With a pod left, its namespaces stay held for the next berthd, under the shared mount.
+    let options = Options {
+        root: Some(daemon.root.clone()),
+        state: Some(daemon.state.clone()),
+        ..Default::default()
+    };
+    let mut daemon = Berthd::start_with(&node, options.clone()).await;
+    let mut cri = daemon.client().await;
+    let id = cri.run_pod(&berth_e2e::cri::pod("kept").host_network()).await.unwrap();
+    daemon.signal(Signal::SIGTERM);
+    assert!(daemon.wait_exit(Duration::from_secs(15)).await.success());
+    let pods_dir = daemon.state.join("pods");
+    assert!(mounts_under(&node, &daemon.state).contains(&pods_dir.display().to_string()));
+    let again = Berthd::start_with(&node, options).await;
+    let mut cri = again.client().await;
+    cri.stop_pod(&id).await.unwrap();
+    cri.remove_pod(&id).await.unwrap();
+}
+
 #[tokio::test]
 async fn config_default_prints_the_documented_defaults() {
     let output =

@@ -12,10 +12,23 @@ use crate::proto;
 pub mod container;
 pub mod pod;
 
-/// Ids are matched by prefix below, so an empty one would name any container there is.
+/// The id of an object a request acts on (start, stop, exec, update…). Ids are matched by
+/// prefix below, so an empty one would name any container there is: INVALID_ARGUMENT.
 pub(crate) fn required_id<'a>(id: &'a str, what: &str) -> CriResult<&'a str> {
     if id.is_empty() {
         return Err(CriError::InvalidRequest(format!("{what} is empty")));
+    }
+    Ok(id)
+}
+
+/// The id of an object a query looks up (its status or stats): an empty one names nothing,
+/// NOT_FOUND, as any id no object has. The kubelet (PodAndContainerStatsFromCRI) calls
+/// PodSandboxStats with "" at start only to learn whether it is UNIMPLEMENTED, and logs any
+/// other answer as an error; containerd and CRI-O give this lookup no kind of its own (their
+/// "prefix can't be empty" / "PodSandboxId should not be empty" reach the client as UNKNOWN).
+pub(crate) fn lookup_id<'a>(id: &'a str, what: &str) -> CriResult<&'a str> {
+    if id.is_empty() {
+        return Err(CriError::NoSuchId(format!("no {what} has an empty id")));
     }
     Ok(id)
 }

@@ -193,6 +193,24 @@ impl CgroupLayout {
         self.hierarchies.iter().filter(move |h| h.version == version)
     }
 
+    /// Whether the cgroups berth makes can hold hugepage limits: a managed v1 hierarchy has the
+    /// hugetlb controller, or (unified) the v2 hierarchy offers it where berth's cgroups live
+    /// (`cgroup.controllers` of the mount's root, or of berthd's own cgroup when `nest`). On a
+    /// hybrid host whose hugetlb sits only on the cgroup2 mount, it does not: neither berth nor
+    /// runc nor crun write limits there.
+    pub fn has_hugetlb(&self, nest: bool) -> bool {
+        match self.mode {
+            CgroupMode::Legacy | CgroupMode::Hybrid => {
+                self.managed().any(|h| h.controllers.iter().any(|c| c == "hugetlb"))
+            }
+            CgroupMode::Unified => self.managed().any(|h| {
+                let Ok(dir) = self.dir_in(h, Path::new(""), nest) else { return false };
+                std::fs::read_to_string(dir.join("cgroup.controllers"))
+                    .is_ok_and(|text| text.split_whitespace().any(|c| c == "hugetlb"))
+            }),
+        }
+    }
+
     /// The directory of cgroup `path` in hierarchy `h`: under the root the mount exposes, or
     /// under berthd's own cgroup when `nest`. Absolute and relative `path`s mean the same.
     pub fn dir_in(&self, h: &Hierarchy, path: &Path, nest: bool) -> Result<PathBuf> {
@@ -216,8 +234,8 @@ impl CgroupLayout {
         self.managed().map(|h| Ok((h, self.dir_in(h, path, nest)?))).collect()
     }
 
-    /// The layout for berthd's verbose Status.
-    pub fn summary(&self) -> serde_json::Value {
+    /// The layout for berthd's verbose Status; `nest` as for [`CgroupLayout::has_hugetlb`].
+    pub fn summary(&self, nest: bool) -> serde_json::Value {
         let hierarchies: Vec<serde_json::Value> = self
             .hierarchies
             .iter()
@@ -233,7 +251,11 @@ impl CgroupLayout {
                 })
             })
             .collect();
-        json!({ "mode": self.mode.as_str(), "hierarchies": hierarchies })
+        json!({
+            "mode": self.mode.as_str(),
+            "hierarchies": hierarchies,
+            "hugetlb": self.has_hugetlb(nest),
+        })
     }
 }
 
@@ -572,6 +594,29 @@ mod tests {
     }
 
     #[test]
+    fn hugetlb_only_where_a_managed_hierarchy_has_it() {
+        // This host: hugetlb is on the cgroup2 mount of the hybrid layout only.
+        assert!(!layout(HYBRID_MOUNTINFO, HYBRID_CGROUP).has_hugetlb(false));
+        assert!(!layout(LEGACY_MOUNTINFO, LEGACY_CGROUP).has_hugetlb(true));
+        let with_hugetlb = layout(
+            &format!("{LEGACY_MOUNTINFO}33 25 0:30 / /sys/fs/cgroup/hugetlb rw - cgroup cgroup rw,hugetlb\n"),
+            &format!("6:hugetlb:/\n{LEGACY_CGROUP}"),
+        );
+        assert!(with_hugetlb.has_hugetlb(false));
+
+        // v2: what cgroup.controllers offers where the cgroups are made.
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().display().to_string();
+        let l = layout(&format!("30 1 0:26 / {root} rw - cgroup2 cgroup2 rw\n"), "0::/berthd\n");
+        assert!(!l.has_hugetlb(false), "no cgroup.controllers to read");
+        std::fs::create_dir(dir.path().join("berthd")).unwrap();
+        std::fs::write(dir.path().join("cgroup.controllers"), "cpu memory hugetlb pids\n").unwrap();
+        std::fs::write(dir.path().join("berthd/cgroup.controllers"), "cpu memory\n").unwrap();
+        assert!(l.has_hugetlb(false));
+        assert!(!l.has_hugetlb(true), "not offered to berthd's own cgroup");
+    }
+
+    #[test]
     fn kind_node_mount_of_a_sub_tree() {
         let l = layout(KIND_MOUNTINFO, KIND_CGROUP);
         let memory = hierarchy(&l, "memory");
@@ -706,7 +751,7 @@ mod tests {
 
     #[test]
     fn summary_lists_mode_and_hierarchies() {
-        let s = layout(HYBRID_MOUNTINFO, HYBRID_CGROUP).summary();
+        let s = layout(HYBRID_MOUNTINFO, HYBRID_CGROUP).summary(false);
         assert_eq!(s["mode"], "hybrid");
         let hierarchies = s["hierarchies"].as_array().unwrap();
         assert_eq!(hierarchies.len(), 10);
@@ -716,6 +761,7 @@ mod tests {
         assert_eq!(memory["managed"], true);
         let v2 = hierarchies.iter().find(|h| h["version"] == "v2").unwrap();
         assert_eq!(v2["managed"], false);
+        assert_eq!(s["hugetlb"], false);
     }
 
     #[test]

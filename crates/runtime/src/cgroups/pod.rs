@@ -217,7 +217,7 @@ mod tests {
         for v2 in [false, true] {
             let (_dir, layout) = fake(v2);
             let path = "/berth/pod-1";
-            let limits = |r: Resources| crate::container::spec::limits(&r).unwrap();
+            let limits = |r: Resources| crate::container::spec::limits(&r, true).unwrap();
             let memory =
                 |bytes: i64| Resources { memory_limit_in_bytes: bytes, ..Default::default() };
             let err = update(&layout, path, true, &limits(memory(1 << 20))).unwrap_err();

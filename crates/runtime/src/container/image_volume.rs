@@ -21,6 +21,7 @@ use nix::sys::stat::Mode;
 
 use crate::container::types::{ImageVolume, Mount, Propagation};
 use crate::error::{Error, Result};
+use crate::userns::{IdMapping, UserNamespace};
 
 /// Under the bundle: one directory per image volume, by its index among the config's mounts.
 const DIR: &str = "image-volumes";
@@ -28,10 +29,17 @@ const DIR: &str = "image-volumes";
 const EMPTY: &str = "empty";
 
 /// What the CRI allows of an image mount, checked before anything is taken: read-only (an
-/// image is shared by every container that mounts it), no host path, no mappings of its own
-/// (the pod's apply), private propagation (nothing is ever mounted under it), and a sub path
-/// that stays inside the image.
-pub fn check(m: &Mount, volume: &ImageVolume) -> Result<()> {
+/// image is shared by every container that mounts it), no host path, no mappings but the
+/// pod's, private propagation (nothing is ever mounted under it), and a sub path that stays
+/// inside the image.
+///
+/// The kubelet puts the pod's own mappings (`pod_userns`, those of the sandbox's user
+/// namespace) on every mount of a `hostUsers: false` pod, image volumes included. The layers
+/// of an image volume are idmapped through the pod's user namespace already (see `prepare`),
+/// which is what those mappings ask for: the image's owners inside the pod. Other mappings
+/// would need the layers idmapped through a namespace the pod does not have, so they are
+/// refused rather than ignored.
+pub fn check(m: &Mount, volume: &ImageVolume, pod_userns: Option<&UserNamespace>) -> Result<()> {
     let at = &m.container_path;
     let refuse = |why: &str| Err(Error::InvalidArgument(format!("image volume at {at:?}: {why}")));
     if volume.image.is_empty() {
@@ -44,7 +52,29 @@ pub fn check(m: &Mount, volume: &ImageVolume) -> Result<()> {
         return refuse("an image volume has no host path");
     }
     if !m.uid_mappings.is_empty() || !m.gid_mappings.is_empty() {
-        return refuse("an image volume takes the pod's id mappings, not mappings of its own");
+        let pods = |ns: &&UserNamespace| m.uid_mappings == [ns.uids] && m.gid_mappings == [ns.gids];
+        match pod_userns {
+            Some(ns) if pods(&ns) => {}
+            Some(ns) => {
+                let list = |l: &[IdMapping]| {
+                    l.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                };
+                return refuse(&format!(
+                    "its id mappings (uids [{}], gids [{}]) are not the pod's (uids {}, gids {}): \
+                     an image volume shows the image through the pod's own mappings only",
+                    list(&m.uid_mappings),
+                    list(&m.gid_mappings),
+                    ns.uids,
+                    ns.gids
+                ));
+            }
+            None => {
+                return refuse(
+                    "it has id mappings, but the pod has no user namespace of its own whose \
+                     mappings they could be",
+                );
+            }
+        }
     }
     if m.propagation != Propagation::Private {
         return refuse("an image volume only has private propagation");
@@ -240,7 +270,7 @@ mod tests {
     fn checks_what_an_image_mount_may_ask() {
         let ok = |readonly, sub| {
             let (m, v) = image_mount(readonly, sub);
-            check(&m, &v)
+            check(&m, &v, None)
         };
         ok(true, "").unwrap();
         ok(true, "etc").unwrap();
@@ -253,11 +283,39 @@ mod tests {
         }
         let (mut m, v) = image_mount(true, "");
         m.host_path = "/x".into();
-        assert!(check(&m, &v).is_err());
+        assert!(check(&m, &v, None).is_err());
         let (mut m, v) = image_mount(true, "");
         m.propagation = Propagation::HostToContainer;
-        assert!(check(&m, &v).is_err());
+        assert!(check(&m, &v, None).is_err());
         assert_eq!(sub_path("./a//b/").unwrap(), PathBuf::from("a/b"));
+    }
+
+    /// The kubelet's `hostUsers: false` pods put the pod's mappings on every mount: an image
+    /// volume takes exactly those, and refuses others, or any without a pod user namespace.
+    #[test]
+    fn mappings_are_the_pods_or_refused() {
+        let range = |host_id| IdMapping { container_id: 0, host_id, length: 65536 };
+        let pod = UserNamespace::new(&[range(1 << 20)], &[range(1 << 20)]).unwrap();
+        let with = |uids: Vec<IdMapping>, gids: Vec<IdMapping>| {
+            let (m, v) = image_mount(true, "");
+            (Mount { uid_mappings: uids, gid_mappings: gids, ..m }, v)
+        };
+        let (m, v) = with(vec![range(1 << 20)], vec![range(1 << 20)]);
+        check(&m, &v, Some(&pod)).unwrap();
+        let refused = |m: &Mount, v: &ImageVolume, ns: Option<&UserNamespace>, why: &str| {
+            let err = check(m, v, ns).unwrap_err();
+            assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+            assert!(err.to_string().contains(why), "{why}: {err}");
+        };
+        refused(&m, &v, None, "no user namespace");
+        for (uids, gids) in [
+            (vec![range(2 << 20)], vec![range(2 << 20)]),
+            (vec![range(1 << 20)], vec![]),
+            (vec![range(1 << 20), range(2 << 20)], vec![range(1 << 20)]),
+        ] {
+            let (m, v) = with(uids, gids);
+            refused(&m, &v, Some(&pod), "not the pod's");
+        }
     }
 
     /// Mounts in a private mount namespace of a thread of its own, so that nothing reaches the

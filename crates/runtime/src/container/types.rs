@@ -191,6 +191,10 @@ pub struct ContainerConfig {
     pub envs: Vec<(String, String)>,
     pub mounts: Vec<Mount>,
     pub devices: Vec<Device>,
+    /// CDI devices by qualified name (`vendor.com/class=name`), as the CRI's `CDI_devices`
+    /// lists them; those of `cdi.k8s.io/*` annotations are added when the spec is built.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cdi_devices: Vec<String>,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
     /// Relative to the pod's `log_directory`; empty: no log.

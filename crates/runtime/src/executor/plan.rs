@@ -189,6 +189,41 @@ fn cstring(what: &str, bytes: &[u8]) -> Result<CString> {
     CString::new(bytes).map_err(|_| invalid(format!("{what} contains a NUL byte")))
 }
 
+/// What a spec may ask for (a CDI device's edits put it there) that the embedded executor does
+/// not do: refused, so that the container does not run without it. OCI runtime handlers do all
+/// of it.
+#[allow(deprecated)] // prestart: deprecated by the OCI spec, still checked
+fn unsupported(spec: &Spec) -> Result<()> {
+    let refuse = |what: &str| {
+        Err(Error::FailedPrecondition(format!(
+            "the embedded executor does not support {what}; run the pod with an OCI runtime \
+             handler (runc or crun)"
+        )))
+    };
+    if let Some(hooks) = spec.hooks() {
+        let lists = [
+            hooks.prestart(),
+            hooks.create_runtime(),
+            hooks.create_container(),
+            hooks.start_container(),
+            hooks.poststart(),
+            hooks.poststop(),
+        ];
+        if lists.iter().any(|list| list.as_ref().is_some_and(|l| !l.is_empty())) {
+            return refuse("OCI hooks");
+        }
+    }
+    if let Some(linux) = spec.linux() {
+        if linux.intel_rdt().is_some() {
+            return refuse("Intel RDT (linux.intelRdt)");
+        }
+        if linux.net_devices().as_ref().is_some_and(|d| !d.is_empty()) {
+            return refuse("moving network devices into the container (linux.netDevices)");
+        }
+    }
+    Ok(())
+}
+
 /// Checks `spec` and turns it into the plan the container's init follows.
 pub(super) fn container(
     spec: &Spec,
@@ -202,6 +237,7 @@ pub(super) fn container(
     }
     let process = spec.process().as_ref().ok_or_else(|| invalid("the spec has no process"))?;
     let linux = spec.linux().as_ref().ok_or_else(|| invalid("the spec has no linux section"))?;
+    unsupported(spec)?;
 
     let mut clone_flags = CloneFlags::empty();
     let mut new_cgroup_ns = false;

@@ -182,6 +182,10 @@ impl NamespaceRequest {
 /// to every peer of, say, `/`. It is made private first, then shared, to be a peer group of
 /// its own. An existing mount point is only made shared: making it private would cut off the
 /// copies other mount namespaces took while an earlier berthd ran.
+///
+/// The bind mount berth makes is recorded beside the directory (`<dir>.berth-bind`), so that
+/// whichever berthd stops last with no pod left takes it away again ([`release_state_dir`]);
+/// a mount point berth found there is left alone.
 pub fn prepare_state_dir(dir: &Path) -> Result<()> {
     fs::create_dir_all(dir).map_err(Error::io("creating", dir))?;
     let dir = fs::canonicalize(dir).map_err(Error::io("resolving", dir))?;
@@ -190,6 +194,8 @@ pub fn prepare_state_dir(dir: &Path) -> Result<()> {
         Some(top) if top.shared => return Ok(()),
         Some(_) => {}
         None => {
+            let marker = bind_marker(&dir);
+            fs::write(&marker, b"").map_err(Error::io("writing", &marker))?;
             // Recursive, so that mounts already below (left by a berthd that ran without this
             // step) stay reachable instead of being hidden under the new mount.
             mount(Some(&dir), &dir, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
@@ -201,6 +207,29 @@ pub fn prepare_state_dir(dir: &Path) -> Result<()> {
     mount(None::<&str>, &dir, None::<&str>, MsFlags::MS_SHARED, None::<&str>)
         .map_err(errno_io("making shared the mount at", &dir))?;
     Ok(())
+}
+
+fn bind_marker(dir: &Path) -> PathBuf {
+    let mut name = dir.as_os_str().to_owned();
+    name.push(".berth-bind");
+    PathBuf::from(name)
+}
+
+/// Takes away the bind mount [`prepare_state_dir`] made on `dir`, when it made one: for a clean
+/// stop with no pod left, which should leave the node's mount table as it found it.
+pub fn release_state_dir(dir: &Path) -> Result<()> {
+    let Ok(dir) = fs::canonicalize(dir) else { return Ok(()) };
+    let dir = dir.as_path();
+    let marker = bind_marker(dir);
+    if !marker.exists() {
+        return Ok(());
+    }
+    let mountinfo = fs::read_to_string(MOUNTINFO).map_err(Error::io("reading", MOUNTINFO))?;
+    if top_mount_at(&mountinfo, dir).is_some() {
+        nix::mount::umount2(dir, nix::mount::MntFlags::MNT_DETACH)
+            .map_err(errno_io("unmounting", dir))?;
+    }
+    fs::remove_file(&marker).map_err(Error::io("removing", &marker))
 }
 
 /// Creates the namespaces `request` asks for and holds each with a bind mount on

@@ -91,6 +91,15 @@ impl Pods {
         Ok(Pods { inner: Arc::new(pods) })
     }
 
+    /// For a clean stop: with no pod left (none recorded, so none a later berthd must find
+    /// again), the state directory's own mount goes too.
+    pub fn close(&self) -> Result<()> {
+        if self.inner.store.all().is_empty() {
+            namespaces::release_state_dir(&self.inner.state_dir)?;
+        }
+        Ok(())
+    }
+
     pub fn set_pod_cidr(&self, cidr: &str) {
         self.inner.set_pod_cidr(cidr)
     }
@@ -515,8 +524,10 @@ impl Inner {
                 record.id
             )));
         }
-        let limits =
-            crate::container::spec::limits(&crate::pod::overhead::combine(resources, overhead))?;
+        let limits = crate::container::spec::limits(
+            &crate::pod::overhead::combine(resources, overhead),
+            self.cgroups.has_hugetlb(self.nest),
+        )?;
         let (layout, path, nest) = (self.cgroups.clone(), record.cgroup.clone(), self.nest);
         blocking(move || cgroup::update(&layout, &path, nest, &limits)).await?;
         tracing::info!(pod_id = %record.id, ?resources, ?overhead, "pod sandbox resources updated");

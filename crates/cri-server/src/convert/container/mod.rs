@@ -65,6 +65,7 @@ pub(crate) fn container_config(config: proto::ContainerConfig) -> CriResult<rt::
                 permissions: d.permissions,
             })
             .collect(),
+        cdi_devices: config.cdi_devices.into_iter().map(|d| d.name).collect(),
         labels: config.labels.into_iter().collect(),
         annotations: config.annotations.into_iter().collect(),
         log_path: config.log_path,

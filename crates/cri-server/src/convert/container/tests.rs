@@ -1,5 +1,5 @@
 use super::*;
-use crate::convert::required_id;
+use crate::convert::{lookup_id, required_id};
 use berth_runtime::container::{ContainerImage, ExitInfo, ResolvedUser, RECORD_VERSION};
 use std::path::PathBuf;
 
@@ -302,6 +302,7 @@ fn full_config() -> proto::ContainerConfig {
             host_path: "/dev/fuse".into(),
             permissions: "rwm".into(),
         }],
+        cdi_devices: vec![proto::CdiDevice { name: "vendor.com/gpu=0".into() }],
         labels: [("tier".to_string(), "web".to_string())].into(),
         annotations: [("note".to_string(), "x".to_string())].into(),
         log_path: "app/1.log".into(),
@@ -409,6 +410,7 @@ fn create_translates_the_whole_config() {
             host_path: "/dev/fuse".into(),
             permissions: "rwm".into(),
         }],
+        cdi_devices: vec!["vendor.com/gpu=0".into()],
         labels: [("tier".to_string(), "web".to_string())].into(),
         annotations: [("note".to_string(), "x".to_string())].into(),
         log_path: "app/1.log".into(),
@@ -705,4 +707,8 @@ fn create_refuses_what_it_cannot_honour() {
     assert!(bad_request(container_config(odd_signal)).contains("99"));
 
     assert!(bad_request(required_id("", "container id")).contains("container id"));
+    let status = tonic::Status::from(lookup_id("", "container").unwrap_err());
+    assert_eq!(status.code(), tonic::Code::NotFound);
+    assert_eq!(status.message(), "no container has an empty id");
+    assert_eq!(lookup_id("abc", "container").unwrap(), "abc");
 }

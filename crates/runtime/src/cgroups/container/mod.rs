@@ -75,7 +75,7 @@ impl ContainerCgroup {
     ) -> Result<ContainerCgroup> {
         let cgroup = Self::open(layout, path, nest)?;
         // Refusing a bad spec before anything is made leaves nothing to undo.
-        check(resources, cgroup.version())?;
+        cgroup.check(resources)?;
         let mut made = Vec::new();
         let result = cgroup.make(&mut made).and_then(|()| cgroup.update(resources));
         if let Err(err) = result {
@@ -139,7 +139,7 @@ impl ContainerCgroup {
     /// Device rules cannot be undone (their files are write-only, and a rule is an addition,
     /// not a value); an update leaves them out.
     pub fn apply(&self, resources: &LinuxResources) -> Result<Applied> {
-        check(resources, self.version())?;
+        self.check(resources)?;
         // A dry run first names every file the update will write, so that all of them are
         // read before the first write.
         let mut plan = Writer::plan();
@@ -166,6 +166,24 @@ impl ContainerCgroup {
                 ))),
             },
         }
+    }
+
+    /// Refuses what these hierarchies cannot take. Hugepage limits with no hugetlb controller
+    /// among the v1 hierarchies would otherwise be skipped unsaid (the spec builder leaves the
+    /// kubelet's zero limits out on such a node; whatever arrives here was meant to hold).
+    fn check(&self, resources: &LinuxResources) -> Result<()> {
+        check(resources, self.version())?;
+        let limits = resources.hugepage_limits().as_ref().filter(|l| !l.is_empty());
+        if let (CgroupVersion::V1, Some(limits)) = (self.version(), limits) {
+            if !self.members.iter().any(|m| m.has("hugetlb")) {
+                return Err(Error::FailedPrecondition(format!(
+                    "hugepage limits {:?} cannot be held: no cgroup hierarchy berth manages has \
+                     the hugetlb controller",
+                    limits.iter().map(|l| l.page_size().as_str()).collect::<Vec<_>>()
+                )));
+            }
+        }
+        Ok(())
     }
 
     fn write_all(&self, resources: &LinuxResources, w: &mut Writer) -> Result<()> {

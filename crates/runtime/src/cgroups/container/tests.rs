@@ -274,6 +274,18 @@ fn v1_refuses_unified_and_bad_hugepage_sizes() {
         .build()
         .unwrap();
     assert_eq!(cg.update(&hugepages).unwrap_err().kind(), ErrorKind::InvalidArgument);
+    // A good size, but no hugetlb hierarchy to hold it: refused, not skipped.
+    let hugepages = LinuxResourcesBuilder::default()
+        .hugepage_limits(vec![LinuxHugepageLimitBuilder::default()
+            .page_size("2MB")
+            .limit(0)
+            .build()
+            .unwrap()])
+        .build()
+        .unwrap();
+    let err = cg.update(&hugepages).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::FailedPrecondition, "{err}");
+    assert!(err.to_string().contains("hugetlb"), "{err}");
 }
 
 const V2_FILES: &[(&str, &str)] = &[

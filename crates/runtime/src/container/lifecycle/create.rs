@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::*;
+use crate::cdi;
 use crate::cgroups::container::ContainerCgroup;
 use crate::cgroups::CgroupMode;
 use crate::container::image_volume;
@@ -37,7 +38,7 @@ impl Inner {
             .ok_or_else(|| {
                 Error::NotFound(format!("image {:?} is not present on this node", config.image))
             })?;
-        let volumes = self.volume_images(&config)?;
+        let volumes = self.volume_images(&config, &pod)?;
         let meta = &pod.record.config.metadata;
         let name = format!(
             "{}_{}_{}_{}_{}",
@@ -65,15 +66,18 @@ impl Inner {
     }
 
     /// The images of the config's image volumes, by the index of their mount, each checked
-    /// first; one not on the node is NotFound, as the kubelet pulls them before it creates.
+    /// first (against the mappings of `pod`'s user namespace); one not on the node is
+    /// NotFound, as the kubelet pulls them before it creates.
     pub(super) fn volume_images(
         &self,
         config: &ContainerConfig,
+        pod: &PodForContainer,
     ) -> Result<Vec<(usize, berth_images::ContainerImage)>> {
+        let pod_userns = pod.record.config.namespaces.user.as_ref();
         let mut volumes = Vec::new();
         for (index, m) in config.mounts.iter().enumerate() {
             let Some(volume) = &m.image else { continue };
-            image_volume::check(m, volume)?;
+            image_volume::check(m, volume, pod_userns)?;
             let image = self
                 .images
                 .for_container(&volume.image)
@@ -109,12 +113,12 @@ impl Inner {
             ))
         })?;
         let user_namespace = pod_user_namespace(&config, pod)?;
-        // Joining another container's PID namespace (`kubectl debug --target`) is not built:
-        // refused, rather than the container silently getting a namespace of its own.
-        if config.security.pid == NamespaceMode::Target {
-            return Err(Error::InvalidArgument(format!(
-                "PID namespace mode TARGET (joining container {:?}) is not supported yet",
-                config.security.target_id
+        let cdi_devices = cdi::requested(&config.cdi_devices, &config.annotations)?;
+        if !cdi_devices.is_empty() && !self.cdi.enabled {
+            return Err(Error::FailedPrecondition(format!(
+                "CDI devices {} asked for, and CDI is disabled in berthd's configuration \
+                 ([cdi] enabled = false)",
+                cdi_devices.join(", ")
             )));
         }
         if let Some(m) = config.mounts.iter().find(|m| m.recursive_read_only) {
@@ -147,6 +151,7 @@ impl Inner {
             }),
         };
         let oci = executor != Executor::Embedded;
+        let pid_ns = self.pid_namespace(&config, pod, oci)?;
         self.store.reserve_name(name, id)?;
         taken.name = Some(name.to_string());
         let run = ImageRunConfig {
@@ -189,11 +194,13 @@ impl Inner {
         let prepared = {
             let (config, pod, run, layers) =
                 (config.clone(), pod.clone(), run.clone(), image.layers.clone());
+            let pid = pid_ns;
             let volumes: Vec<(usize, Vec<PathBuf>)> =
                 volumes.iter().map(|(index, image)| (*index, image.layers.clone())).collect();
             let (id, rootfs) = (id.to_string(), rootfs.clone());
             let (upper, work, bundle) = (upper.clone(), work.clone(), bundle.clone());
-            let (layout, oom_floor) = (self.cgroups.clone(), self.oom_floor);
+            let (layout, oom_floor, nest) = (self.cgroups.clone(), self.oom_floor, self.nest);
+            let cdi_dirs = self.cdi.spec_dirs.clone();
             blocking(move || {
                 // The spec binds what is mounted here: its config names it as the host path.
                 let mut config = config;
@@ -212,7 +219,6 @@ impl Inner {
                     m.host_path = source.display().to_string();
                 }
                 let user = user::resolve(&config.security, &run.user, &layers)?;
-                let pid = pid_namespace(&config, &pod, oci);
                 let context = PodContext {
                     hostname: pod.hostname.clone(),
                     net: pod.net.clone(),
@@ -236,8 +242,12 @@ impl Inner {
                     rootfs: &rootfs,
                     cgroup_path: &spec_cgroup_path,
                     oom_score_adj_floor: oom_floor,
+                    hugetlb: layout.has_hugetlb(nest),
                 })?;
                 default_home(&mut spec, &user::home(user.uid, &layers)?);
+                // After berth's own choices: a device's edits may replace a variable or a
+                // mount of the config's, as with containerd.
+                cdi::inject(&mut spec, &cdi_dirs, &cdi_devices)?;
                 spec::prepare_host_paths(&config.mounts)?;
                 spec::check_mounts(&config.mounts)?;
                 for dir in [&upper, &work, &rootfs] {
@@ -366,6 +376,65 @@ impl Inner {
         }
     }
 
+    /// The PID namespace the container gets. TARGET (`kubectl debug --target`, an ephemeral
+    /// container beside the one it debugs) is that of another container of the same pod,
+    /// running, named by `target_id`. In a pod whose containers each have their own (what the
+    /// kubelet sends TARGET in) it is joined as containerd joins it, through
+    /// `/proc/<its pid>/ns/pid`, which the embedded executor (in the monitor) and runc or crun
+    /// (run from the node's `/proc` in such a pod) all open as the node sees it. In a pod that
+    /// shares one, a target in it means that one; a target with a namespace of its own there
+    /// is refused, since the runtime of such a pod sees only the pod's `/proc`.
+    pub(super) fn pid_namespace(
+        &self,
+        config: &ContainerConfig,
+        pod: &PodForContainer,
+        oci: bool,
+    ) -> Result<PidNamespace> {
+        if config.security.pid != NamespaceMode::Target {
+            return Ok(pid_namespace(config, pod, oci));
+        }
+        let target_id = &config.security.target_id;
+        if target_id.is_empty() {
+            return Err(Error::InvalidArgument(
+                "PID namespace mode TARGET needs the target container's id (target_id)".into(),
+            ));
+        }
+        let entry = self.store.get(target_id).map_err(|err| match err {
+            Error::NotFound(_) => Error::NotFound(format!(
+                "target container {target_id:?} of PID namespace mode TARGET not found"
+            )),
+            other => other,
+        })?;
+        let target = self.refreshed(&entry.record());
+        if target.pod_id != pod.record.id {
+            return Err(Error::InvalidArgument(format!(
+                "target container {} of PID namespace mode TARGET is in pod sandbox {}, not in \
+                 {}",
+                target.id, target.pod_id, pod.record.id
+            )));
+        }
+        let ContainerState::Running { pid } = target.state else {
+            return Err(Error::FailedPrecondition(format!(
+                "target container {} of PID namespace mode TARGET is {}: only a running \
+                 container's PID namespace can be joined",
+                target.id,
+                target.state.name()
+            )));
+        };
+        if pod.record.config.namespaces.pid != NamespaceMode::Pod {
+            return Ok(PidNamespace::Join(PathBuf::from(format!("/proc/{pid}/ns/pid"))));
+        }
+        match target.config.security.pid {
+            NamespaceMode::Pod => Ok(pods_pid_namespace(pod, oci)),
+            mode => Err(Error::InvalidArgument(format!(
+                "target container {} of PID namespace mode TARGET has a PID namespace of its \
+                 own ({mode:?}) in pod sandbox {}, which shares one: only that one can be \
+                 joined there",
+                target.id, pod.record.id
+            ))),
+        }
+    }
+
     pub(super) async fn start(&self, id: &str) -> Result<()> {
         let entry = self.store.get(id)?;
         let _step = entry.step.lock().await;
@@ -439,6 +508,8 @@ pub(super) struct Taken {
 /// The PID namespace a container gets: the pod's (its monitor is in it) when the pod has
 /// one, a new one, the node's, or another container's. An OCI runtime of such a pod sees the
 /// pod's own `/proc`, where the monitor is pid 1 (see `monitor/oci.rs`).
+/// The PID namespace of a container of mode POD, CONTAINER or NODE (TARGET:
+/// [`Inner::pid_namespace`]).
 pub(super) fn pid_namespace(
     config: &ContainerConfig,
     pod: &PodForContainer,
@@ -446,14 +517,19 @@ pub(super) fn pid_namespace(
 ) -> PidNamespace {
     let pod_has_one = pod.record.config.namespaces.pid == NamespaceMode::Pod;
     match config.security.pid {
-        NamespaceMode::Pod if pod_has_one && oci => {
-            PidNamespace::Join(PathBuf::from("/proc/1/ns/pid"))
-        }
-        NamespaceMode::Pod if pod_has_one => {
-            PidNamespace::Join(PathBuf::from(format!("/proc/{}/ns/pid", pod.monitor_pid)))
-        }
+        NamespaceMode::Pod if pod_has_one => pods_pid_namespace(pod, oci),
         NamespaceMode::Node => PidNamespace::Host,
         _ => PidNamespace::New,
+    }
+}
+
+/// The PID namespace a pod shares among its containers, by the path its runtime opens: an OCI
+/// runtime of such a pod runs in it, with its `/proc`, where the monitor is pid 1; the
+/// embedded executor opens it as the node sees the monitor.
+fn pods_pid_namespace(pod: &PodForContainer, oci: bool) -> PidNamespace {
+    match oci {
+        true => PidNamespace::Join(PathBuf::from("/proc/1/ns/pid")),
+        false => PidNamespace::Join(PathBuf::from(format!("/proc/{}/ns/pid", pod.monitor_pid))),
     }
 }
 

@@ -19,6 +19,7 @@ use std::time::Duration;
 use berth_images::ImageService;
 
 use crate::cgroups::CgroupLayout;
+use crate::config::CdiConfig;
 use crate::container::stream::{StdioSession, StreamOptions};
 use crate::container::types::*;
 use crate::error::{Error, Result};
@@ -70,6 +71,7 @@ pub struct ContainersOptions {
     pub nest: bool,
     pub handlers: Arc<Handlers>,
     pub events: Arc<Events>,
+    pub cdi: CdiConfig,
 }
 
 /// The container service: a cheap handle on shared state. Mutating calls run in tasks of their
@@ -92,6 +94,7 @@ struct Inner {
     /// so it is raised to it (as containerd's `restrict_oom_score_adj` does).
     oom_floor: i64,
     events: Arc<Events>,
+    cdi: CdiConfig,
 }
 
 impl Containers {
@@ -116,6 +119,7 @@ impl Containers {
             handlers: options.handlers,
             oom_floor,
             events: options.events,
+            cdi: options.cdi,
         };
         inner.recover();
         let inner = Arc::new(inner);

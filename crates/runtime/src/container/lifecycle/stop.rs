@@ -179,7 +179,8 @@ impl Inner {
                 record.state.name()
             )));
         }
-        let limits = spec::limits(&requested)?;
+        let hugetlb = self.cgroups.has_hugetlb(self.nest);
+        let limits = spec::limits(&requested, hugetlb)?;
         let merged = merge_resources(&record.config.resources, &requested);
         let spec_path = self.bundle(&record.id).join("config.json");
         record.config.resources = merged.clone();
@@ -188,7 +189,7 @@ impl Inner {
         let spec_file = spec_path.clone();
         let (applied, old_spec) = blocking(move || {
             let old_spec = std::fs::read(&spec_file).map_err(Error::io("reading", &spec_file))?;
-            let new_spec = respec(&old_spec, &merged)?;
+            let new_spec = respec(&old_spec, &merged, hugetlb)?;
             let cgroup = ContainerCgroup::open(&layout, &path, nest)?;
             let applied = cgroup.apply(&limits)?;
             if let Err(err) = berth_fsutil::atomic_write(&spec_file, &new_spec) {
@@ -265,10 +266,10 @@ pub(super) fn merge_resources(old: &Resources, new: &Resources) -> Resources {
 
 /// The OCI spec `spec` (JSON) with the limits of `resources`; its device rules (and anything
 /// else of `linux.resources` the CRI does not set) stay.
-pub(super) fn respec(spec: &[u8], resources: &Resources) -> Result<Vec<u8>> {
+pub(super) fn respec(spec: &[u8], resources: &Resources, hugetlb: bool) -> Result<Vec<u8>> {
     let mut spec: oci_spec::runtime::Spec = serde_json::from_slice(spec)
         .map_err(|err| Error::Internal(format!("reading the container's OCI spec: {err}")))?;
-    let built = spec::limits(resources)?;
+    let built = spec::limits(resources, hugetlb)?;
     let mut linux = spec.linux().clone().unwrap_or_default();
     let mut current = linux.resources().clone().unwrap_or_default();
     current

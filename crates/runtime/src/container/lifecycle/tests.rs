@@ -87,7 +87,7 @@ fn the_spec_gets_the_new_limits_and_keeps_its_devices() {
         ..Default::default()
     };
     let updated: oci_spec::runtime::Spec =
-        serde_json::from_slice(&respec(&bytes, &r).unwrap()).unwrap();
+        serde_json::from_slice(&respec(&bytes, &r, true).unwrap()).unwrap();
     let got = updated.linux().as_ref().unwrap().resources().clone().unwrap();
     let memory = got.memory().unwrap();
     assert_eq!((memory.limit(), memory.swap()), (Some(32 << 20), Some(32 << 20)));
@@ -97,7 +97,28 @@ fn the_spec_gets_the_new_limits_and_keeps_its_devices() {
     assert_eq!(got.pids().as_ref().unwrap().limit(), 10);
     // A bad value is refused before anything is written.
     let bad = Resources { cpu_shares: -2, ..Default::default() };
-    assert_eq!(respec(&bytes, &bad).unwrap_err().kind(), crate::error::ErrorKind::InvalidArgument);
+    assert_eq!(
+        respec(&bytes, &bad, true).unwrap_err().kind(),
+        crate::error::ErrorKind::InvalidArgument
+    );
+    // Without a hugetlb controller the kubelet's zero limits stay out of the spec, and a limit
+    // that nothing could hold is refused.
+    let zeros = Resources {
+        hugepage_limits: vec![
+            HugepageLimit { page_size: "2MB".into(), limit: 0 },
+            HugepageLimit { page_size: "1GB".into(), limit: 0 },
+        ],
+        ..r.clone()
+    };
+    let updated: oci_spec::runtime::Spec =
+        serde_json::from_slice(&respec(&bytes, &zeros, false).unwrap()).unwrap();
+    let got = updated.linux().as_ref().unwrap().resources().clone().unwrap();
+    assert_eq!(got.hugepage_limits(), &None);
+    let mut asked = zeros.clone();
+    asked.hugepage_limits[0].limit = 2 << 20;
+    let err = respec(&bytes, &asked, false).unwrap_err();
+    assert_eq!(err.kind(), crate::error::ErrorKind::FailedPrecondition, "{err}");
+    assert!(err.to_string().contains("hugetlb"), "{err}");
 }
 
 #[test]

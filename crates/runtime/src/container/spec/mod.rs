@@ -179,6 +179,9 @@ pub struct SpecInputs<'a> {
     /// berthd's own `oom_score_adj`: a container may not ask for less, which only a more
     /// privileged process could grant.
     pub oom_score_adj_floor: i64,
+    /// The node's cgroups can hold hugepage limits (a hugetlb controller in a hierarchy berth
+    /// manages); without, the limits are left out or refused (`resources::hugepage_limits`).
+    pub hugetlb: bool,
 }
 
 /// Builds the container's spec. Reads the host only for device nodes (`config.devices`, and
@@ -215,7 +218,7 @@ pub fn build(inputs: &SpecInputs) -> Result<Spec> {
 
     let mut linux = Linux::default();
     linux
-        .set_resources(Some(resources(&config.resources, privileged, &devices)?))
+        .set_resources(Some(resources(&config.resources, privileged, &devices, inputs.hugetlb)?))
         .set_cgroups_path(Some(PathBuf::from(inputs.cgroup_path)))
         .set_namespaces(Some(namespaces(inputs.pod)))
         .set_devices((!devices.is_empty()).then(|| devices.into_iter().map(|d| d.0).collect()))

@@ -262,7 +262,9 @@ pub(super) fn cri_mount(m: &Mount) -> Result<OciMount> {
 
 /// An image volume: a read-only bind of what CreateContainer mounted on the node for it
 /// (`container::image_volume`), whose path it puts in `host_path` of the config the spec is
-/// built from. Its files are already idmapped for a pod's user namespace; the bind is not.
+/// built from. Its files are already idmapped for a pod's user namespace; the bind is not, and
+/// the mappings a kubelet puts on it (the pod's own, `image_volume::check`) are what that
+/// idmapping already gives.
 pub(super) fn image_volume_mount(m: &Mount, destination: PathBuf) -> Result<OciMount> {
     if m.host_path.is_empty() {
         return Err(Error::Internal(format!(

@@ -13,9 +13,10 @@ pub(super) fn non_negative(value: i64, what: &str) -> Result<u64> {
 }
 
 /// The cgroup limits of `r` alone, without device rules: what an update of a running
-/// container's (or a pod's) resources writes.
-pub(crate) fn limits(r: &Resources) -> Result<LinuxResources> {
-    let mut out = resources(r, false, &[])?;
+/// container's (or a pod's) resources writes. `hugetlb`: whether the node's cgroups can hold
+/// hugepage limits (see [`hugepage_limits`]).
+pub(crate) fn limits(r: &Resources, hugetlb: bool) -> Result<LinuxResources> {
+    let mut out = resources(r, false, &[], hugetlb)?;
     out.set_devices(None);
     Ok(out)
 }
@@ -24,6 +25,7 @@ pub(super) fn resources(
     r: &Resources,
     privileged: bool,
     devices: &[(LinuxDevice, String)],
+    hugetlb: bool,
 ) -> Result<LinuxResources> {
     let mut out = LinuxResources::default();
 
@@ -63,18 +65,7 @@ pub(super) fn resources(
         out.set_cpu(Some(cpu));
     }
 
-    if !r.hugepage_limits.is_empty() {
-        let mut limits = Vec::new();
-        for h in &r.hugepage_limits {
-            let limit = i64::try_from(h.limit).map_err(|_| {
-                Error::InvalidArgument(format!("hugepage limit {} is too large", h.limit))
-            })?;
-            let mut l = LinuxHugepageLimit::default();
-            l.set_page_size(h.page_size.clone()).set_limit(limit);
-            limits.push(l);
-        }
-        out.set_hugepage_limits(Some(limits));
-    }
+    out.set_hugepage_limits(hugepage_limits(r, hugetlb)?);
 
     if !r.unified.is_empty() {
         out.set_unified(Some(r.unified.iter().map(|(k, v)| (k.clone(), v.clone())).collect()));
@@ -100,4 +91,46 @@ pub(super) fn resources(
     }
     out.set_devices(Some(rules));
     Ok(out)
+}
+
+/// The spec's hugepage limits. Without a hugetlb controller berth manages (this host's hybrid
+/// layout keeps it on the cgroup2 mount only), no cgroup can hold them, and runc ("cannot set
+/// hugetlb limit") and crun (a missing `/sys/fs/cgroup/hugetlb`) would fail every container.
+/// The kubelet sends a limit for every page size the node has, 0 for those the pod did not
+/// ask for; so, as containerd (`tolerate_missing_hugetlb_controller`, on by default) and CRI-O
+/// (which checks for the controller) do, those are left out of the spec. A zero limit is not
+/// enforced then either, but neither runtime can do better, and refusing it would refuse
+/// every pod on such a node. A non-zero limit is a pod asking for hugepages: running it with
+/// nothing holding it to the limit would ignore the request silently, so it is refused, where
+/// containerd would only log a warning.
+fn hugepage_limits(r: &Resources, hugetlb: bool) -> Result<Option<Vec<LinuxHugepageLimit>>> {
+    if !hugetlb {
+        if let Some(h) = r.hugepage_limits.iter().find(|h| h.limit != 0) {
+            return Err(Error::FailedPrecondition(format!(
+                "hugepage limit {} for page size {} cannot be held: no cgroup hierarchy berth \
+                 manages on this node has the hugetlb controller",
+                h.limit, h.page_size
+            )));
+        }
+        if !r.hugepage_limits.is_empty() {
+            tracing::debug!(
+                limits = ?r.hugepage_limits,
+                "no hugetlb controller: zero hugepage limits left out of the spec"
+            );
+        }
+        return Ok(None);
+    }
+    if r.hugepage_limits.is_empty() {
+        return Ok(None);
+    }
+    let mut limits = Vec::new();
+    for h in &r.hugepage_limits {
+        let limit = i64::try_from(h.limit).map_err(|_| {
+            Error::InvalidArgument(format!("hugepage limit {} is too large", h.limit))
+        })?;
+        let mut l = LinuxHugepageLimit::default();
+        l.set_page_size(h.page_size.clone()).set_limit(limit);
+        limits.push(l);
+    }
+    Ok(Some(limits))
 }

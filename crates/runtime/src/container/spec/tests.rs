@@ -64,6 +64,7 @@ fn build_full(
         rootfs: Path::new("/run/berth/containers/c1/rootfs"),
         cgroup_path: "/kubepods/pod1/c1",
         oom_score_adj_floor: floor,
+        hugetlb: true,
     })
 }
 
@@ -912,6 +913,41 @@ fn resources_memory_and_cpu() {
         }
         assert_invalid(build_for(&config, &pod()), field);
     }
+}
+
+/// The kubelet's limits for every page size of the node: zero ones are left out where no
+/// hugetlb controller can hold them, a non-zero one is refused there; kept where one can.
+#[test]
+fn hugepage_limits_follow_the_hugetlb_controller() {
+    let user = ResolvedUser { uid: 0, gid: 0, additional_gids: vec![] };
+    let build_with = |limits: &[(&str, u64)], hugetlb: bool| {
+        let mut config = config();
+        config.resources.hugepage_limits = limits
+            .iter()
+            .map(|(size, limit)| HugepageLimit { page_size: size.to_string(), limit: *limit })
+            .collect();
+        build(&SpecInputs {
+            id: "c1",
+            config: &config,
+            image: &ImageRunConfig::default(),
+            user: &user,
+            pod: &pod(),
+            rootfs: Path::new("/rootfs"),
+            cgroup_path: "/kubepods/pod1/c1",
+            oom_score_adj_floor: 0,
+            hugetlb,
+        })
+        .map(|spec| spec.linux().as_ref().unwrap().resources().clone().unwrap())
+    };
+    let kubelet = [("2MB", 0), ("1GB", 0)];
+    assert_eq!(build_with(&kubelet, false).unwrap().hugepage_limits(), &None);
+    let kept = build_with(&kubelet, true).unwrap().hugepage_limits().clone().unwrap();
+    let kept: Vec<(&str, i64)> = kept.iter().map(|l| (l.page_size().as_str(), l.limit())).collect();
+    assert_eq!(kept, [("2MB", 0), ("1GB", 0)]);
+    let err = build_with(&[("2MB", 0), ("1GB", 1 << 30)], false).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::FailedPrecondition, "{err}");
+    assert!(err.to_string().contains("1GB") && err.to_string().contains("hugetlb"), "{err}");
+    assert!(build_with(&[("1GB", 1 << 30)], true).is_ok());
 }
 
 fn rules(spec: &Spec) -> Vec<String> {
