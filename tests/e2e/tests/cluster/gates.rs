@@ -154,14 +154,29 @@ pub fn user_namespaces(c: &Cluster) -> Res {
 
 /// ImageVolume: an OCI image mounted as a volume, its files readable (and read-only).
 pub fn image_volume(c: &Cluster) -> Res {
-    let pod = "imgvol";
-    let volumes =
-        "  volumes:\n  - name: img\n    image: {reference: busybox:2, pullPolicy: IfNotPresent}\n";
+    image_volume_in(c, "imgvol", "")
+}
+
+/// Both gates at once: the kubelet puts the pod's id mappings on every mount of a
+/// `hostUsers: false` pod, the image volume's included; its files are readable in the pod as
+/// they are in the image (root's, mapped).
+pub fn image_volume_user_namespace(c: &Cluster) -> Res {
+    image_volume_in(c, "imgvol-userns", "  hostUsers: false\n")?;
+    Ok(())
+}
+
+fn image_volume_in(c: &Cluster, pod: &str, pod_extra: &str) -> Res {
+    let volumes = format!(
+        "{pod_extra}  volumes:\n  - name: img\n    \
+         image: {{reference: busybox:2, pullPolicy: IfNotPresent}}\n"
+    );
     let mounts = "    volumeMounts: [{name: img, mountPath: /img}]\n";
-    c.apply(&pod_manifest(pod, NODES[0], volumes, mounts, SLEEPER))?;
+    c.apply(&pod_manifest(pod, NODES[0], &volumes, mounts, SLEEPER))?;
     c.wait_ready(&[pod], Duration::from_secs(90))?;
     let passwd = c.exec(pod, "cat /img/etc/passwd")?;
     ensure(passwd.starts_with("root:x:0:0:"), || format!("/img/etc/passwd: {passwd:?}"))?;
+    let owner = c.exec(pod, "stat -c %u:%g /img/etc/passwd")?;
+    ensure(owner.trim() == "0:0", || format!("/img/etc/passwd is owned by {owner:?} in the pod"))?;
     let out = c.kubectl_out(&["exec", pod, "--", "touch", "/img/new"])?;
     ensure(!out.status.success(), || "the image volume is writable".into())?;
     c.delete_pods(&[pod])

@@ -107,7 +107,8 @@ pub fn attach(c: &Cluster) -> Res {
 kind: Pod
 metadata: {name: attached}
 spec:
-  terminationGracePeriodSeconds: 5
+  # Its shell waits in `read` and takes TERM only after it: no grace to wait out.
+  terminationGracePeriodSeconds: 1
   containers:
   - name: main
     image: busybox
