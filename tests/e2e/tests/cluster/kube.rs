@@ -351,6 +351,38 @@ impl Cluster {
         run(cmd, None, Duration::from_secs(60))?.ok(&format!("on {node}: {script}"))
     }
 
+    /// The cluster's components (pids/<name>) that are no longer running, each with the end of
+    /// its log (from a Go panic's first line when there is one): a kubelet or berthd that died
+    /// fails the case it died in, by name, rather than leaving later waits to time out.
+    pub fn dead_components(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(self.dir.join("pids")) else { return Vec::new() };
+        let mut dead = Vec::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let pid = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            let status = std::fs::read_to_string(format!("/proc/{}/status", pid.trim()));
+            let alive = status
+                .is_ok_and(|s| !s.lines().any(|l| l.starts_with("State:") && l.contains('Z')));
+            if alive {
+                continue;
+            }
+            let log = std::fs::read_to_string(self.dir.join("logs").join(format!("{name}.log")));
+            let log = log.unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let from = lines
+                .iter()
+                .rposition(|l| l.starts_with("panic: "))
+                .unwrap_or(lines.len().saturating_sub(15));
+            let tail: Vec<&str> = lines[from..].iter().take(30).copied().collect();
+            dead.push(format!(
+                "{name} (pid {}) is not running; its log ends:\n{}",
+                pid.trim(),
+                tail.join("\n")
+            ));
+        }
+        dead
+    }
+
     /// Marks the kubelet logs' current ends as the start of a steady state.
     pub fn mark_logs(&self) -> Res {
         let mut marks = self.log_marks.lock().unwrap_or_else(|e| e.into_inner());

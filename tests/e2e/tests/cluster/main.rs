@@ -110,11 +110,30 @@ fn main() {
                 if let Some(err) = up_error {
                     return Err(Failed::from(format!("the cluster did not come up: {err}")));
                 }
+                // Not minutes of timeouts per case once a component is gone.
+                let dead = cluster.dead_components();
+                if !dead.is_empty() {
+                    let names: Vec<&str> =
+                        dead.iter().filter_map(|d| d.split(' ').next()).collect();
+                    return Err(Failed::from(format!(
+                        "not run: {} died in an earlier case",
+                        names.join(", ")
+                    )));
+                }
                 let start = Instant::now();
                 println!("--- case {name}");
                 let result =
                     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| case(&cluster)));
                 let took = start.elapsed();
+                // A component that died (a kubelet's panic, say) fails the case it died in.
+                let dead = cluster.dead_components();
+                let result = match result {
+                    Ok(Ok(())) if !dead.is_empty() => Ok(Err(dead.join("\n"))),
+                    Ok(Err(err)) if !dead.is_empty() => {
+                        Ok(Err(format!("{err}\n{}", dead.join("\n"))))
+                    }
+                    other => other,
+                };
                 let ok = matches!(result, Ok(Ok(())));
                 println!(
                     "--- case {name}: {} in {:.1}s",

@@ -107,7 +107,7 @@ pub fn attach(c: &Cluster) -> Res {
 kind: Pod
 metadata: {name: attached}
 spec:
-  # Its shell waits in `read` and takes TERM only after it: no grace to wait out.
+  # Its shell waits in `read` and takes TERM only after it: a second of grace, not five.
   terminationGracePeriodSeconds: 1
   containers:
   - name: main
