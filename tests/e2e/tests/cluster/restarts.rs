@@ -184,7 +184,9 @@ pub fn berthd_restart_kill(c: &Cluster) -> Res {
 /// mark are read (a kubelet's start-up has its own expected errors, e.g. the PodSandboxStats("")
 /// probe by which it detects CRI stats support); of those, an error line (klog level E) is a
 /// CRI error when it comes from the kubelet's CRI client (remote_runtime.go, remote_image.go)
-/// or carries a gRPC status ("rpc error:"). Other error lines are printed, not failed on.
+/// or carries a gRPC status ("rpc error:"), except the kubelet's own doing: a NotFound about a
+/// container it had just removed itself, and a call it cancelled itself (CANCELLED, "context
+/// canceled"). Other error lines are summed up by source, not failed on.
 pub fn no_cri_errors(c: &Cluster) -> Res {
     let marks = c.log_marks.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let mut cri_errors = Vec::new();
@@ -206,6 +208,11 @@ pub fn no_cri_errors(c: &Cluster) -> Res {
                 *others.entry(source.to_string()).or_insert(0usize) += 1;
             } else if removed_by_kubelet(&whole, line) {
                 println!("{node}: NotFound for a container the kubelet had removed itself: {line}");
+            } else if line.contains("code = Canceled desc = context canceled") {
+                // The kubelet gave up the call itself: its log stream for `kubectl logs -f`
+                // asks ContainerStatus under the request's context, which ends when the user
+                // stops following.
+                println!("{node}: a call the kubelet cancelled itself: {line}");
             } else {
                 cri_errors.push(format!("{node}: {line}"));
             }
