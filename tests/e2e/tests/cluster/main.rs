@@ -31,10 +31,10 @@ UserNamespacesSupport=true,ImageVolume=true,KubeletCgroupDriverFromCRI=true,\
 RecursiveReadOnlyMounts=true,SupplementalGroupsPolicy=true,InPlacePodVerticalScaling=true";
 
 /// Whether the RuntimeClass case (pods on runc and crun, beside the embedded executor every
-/// other case uses) runs. It needs berth to leave the kubelet's zero hugepage limits out of the
-/// spec on hosts without the hugetlb controller (kubelet-findings.md no. 6, fixed on main);
-/// set it to false to run the suite against a berthd from before that fix (the case then
-/// shows as ignored).
+/// other case uses) runs. It needs a berth that leaves the kubelet's zero hugepage limits out
+/// of the OCI spec where no cgroup v1 hierarchy has the hugetlb controller (before that, runc
+/// and crun failed every kubelet pod on such hosts); false runs the suite against an older
+/// berthd, the case showing as ignored.
 const RUNTIME_CLASS_CASES: bool = true;
 
 type Case = fn(&Cluster) -> Res;
