@@ -294,3 +294,54 @@ pub fn in_place_resize(c: &Cluster) -> Res {
     })?;
     c.delete_pods(&[pod])
 }
+
+/// PodAndContainerStatsFromCRI while pods stop: the kubelet's summary is asked for over and
+/// over as ten pods are deleted at once. Pod stats whose network lacks the default interface
+/// (a pod whose network is being torn down as its stats are read) make kubelet 1.37 panic: it
+/// dereferences the default interface unchecked. The race is narrow; this case only makes it
+/// likelier than the kubelet's own summary every 10 s does (the check after every case names
+/// a panic in whichever case it happens).
+pub fn stats_while_pods_stop(c: &Cluster) -> Res {
+    let node = NODES[0];
+    // The node as busy as in the other cases: a stats call takes longer with more pods.
+    crate::workloads::ensure_web(c)?;
+    let pods: Vec<String> = (0..10).map(|i| format!("churn-{i}")).collect();
+    let manifest: Vec<String> = pods
+        .iter()
+        .map(|p| {
+            pod_manifest(p, node, "", "", SLEEPER)
+                .replace("metadata: {name: ", "metadata: {labels: {app: churn}, name: ")
+        })
+        .collect();
+    c.apply(&manifest.join("---\n"))?;
+    let names: Vec<&str> = pods.iter().map(String::as_str).collect();
+    c.wait_ready(&names, Duration::from_secs(90))?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let asked = std::thread::scope(|scope| -> Res<usize> {
+        let askers: Vec<_> = (0..2)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut n = 0;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let path = format!("/api/v1/nodes/{node}/proxy/stats/summary");
+                        if c.kubectl(&["get", "--raw", &path]).is_ok() {
+                            n += 1;
+                        }
+                    }
+                    n
+                })
+            })
+            .collect();
+        let deleted = c.kubectl(&["delete", "pod", "-l", "app=churn", "--timeout=90s"]);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut n = 0;
+        for asker in askers {
+            n += asker.join().map_err(|_| "a summary loop panicked".to_string())?;
+        }
+        deleted?;
+        Ok(n)
+    })?;
+    println!("{asked} summaries read while 10 pods stopped");
+    let dead = c.dead_components();
+    ensure(dead.is_empty(), || dead.join("\n"))
+}

@@ -56,6 +56,7 @@ const CASES: &[(&str, Case)] = &[
     ("static_pod", workloads::static_pod),
     ("gate_evented_pleg", gates::evented_pleg),
     ("gate_pod_and_container_stats_from_cri", gates::stats_from_cri),
+    ("gate_pod_and_container_stats_while_pods_stop", gates::stats_while_pods_stop),
     ("gate_user_namespaces", gates::user_namespaces),
     ("gate_image_volume", gates::image_volume),
     ("gate_image_volume_in_user_namespace", gates::image_volume_user_namespace),
