@@ -101,3 +101,25 @@ impl Crictl {
         String::from_utf8_lossy(&output.stderr).into_owned()
     }
 }
+
+/// The directory holding the Kubernetes binaries (kubelet, kube-apiserver, ..., kubectl, etcd)
+/// that `tests/install-kube.sh` builds and caches by version, or `KUBE_BIN_DIR` when set.
+pub fn kube_bin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        if let Some(dir) = std::env::var_os("KUBE_BIN_DIR") {
+            return PathBuf::from(dir);
+        }
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../install-kube.sh");
+        let output = Command::new(&script)
+            .output()
+            .unwrap_or_else(|err| panic!("running {}: {err}", script.display()));
+        assert!(
+            output.status.success(),
+            "{} failed:\n{}",
+            script.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
+    })
+}
