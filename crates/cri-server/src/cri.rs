@@ -15,6 +15,10 @@ pub struct Cri {
     pub(crate) images: Arc<berth_images::ImageService>,
     pub(crate) streaming: Arc<StreamingServer>,
     pub(crate) metrics: Arc<Metrics>,
+    /// Turns true when berthd stops: calls that would otherwise never end (the container event
+    /// stream) end then, so that a stop does not wait out its grace period for them.
+    pub(crate) stopping: tokio::sync::watch::Receiver<bool>,
+    stop: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Cri {
@@ -24,7 +28,21 @@ impl Cri {
         images: Arc<berth_images::ImageService>,
         streaming: Arc<StreamingServer>,
     ) -> Self {
-        Cri { config, runtime, images, streaming, metrics: Arc::new(Metrics::new()) }
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        Cri {
+            config,
+            runtime,
+            images,
+            streaming,
+            metrics: Arc::new(Metrics::new()),
+            stopping,
+            stop: Arc::new(stop),
+        }
+    }
+
+    /// Ends the calls that only end with berthd (see `stopping`).
+    pub fn stop_streams(&self) {
+        self.stop.send_replace(true);
     }
 
     /// berthd's own metrics, which the RPC layer feeds.

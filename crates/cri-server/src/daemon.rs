@@ -175,6 +175,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         signal = stop.recv() => {
             tracing::info!(signal, "stopping: no new calls are accepted");
             let _ = stop_tx.send(());
+            cri.stop_streams();
             match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
                 Ok(served) => Some(served),
                 Err(_) => {

@@ -23,10 +23,21 @@ const CHANNEL: usize = 16;
 
 pub fn subscribe(cri: &Cri) -> ReceiverStream<Result<ContainerEventResponse, Status>> {
     let mut events = cri.runtime.containers().subscribe();
+    let stopping = cri.stopping.clone();
     let (tx, rx) = mpsc::channel(CHANNEL);
     tokio::spawn(async move {
+        let stop = stopped(stopping);
+        tokio::pin!(stop);
         loop {
-            let message = match events.recv().await {
+            let received = tokio::select! {
+                received = events.recv() => received,
+                // UNAVAILABLE: the kubelet subscribes again, to the next berthd.
+                () = &mut stop => {
+                    let _ = tx.send(Err(Status::unavailable("berthd is stopping"))).await;
+                    return;
+                }
+            };
+            let message = match received {
                 Ok(event) => Ok(response(&event)),
                 Err(RecvError::Closed) => return,
                 Err(RecvError::Lagged(missed)) => Err(Status::resource_exhausted(format!(
@@ -40,6 +51,20 @@ pub fn subscribe(cri: &Cri) -> ReceiverStream<Result<ContainerEventResponse, Sta
         }
     });
     ReceiverStream::new(rx)
+}
+
+/// Resolves once berthd is stopping.
+async fn stopped(mut stopping: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        let now = *stopping.borrow_and_update();
+        if now {
+            return;
+        }
+        if stopping.changed().await.is_err() {
+            // The sender is gone with the daemon: nothing will stop this stream but its reader.
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 fn response(event: &Arc<ContainerEvent>) -> ContainerEventResponse {

@@ -241,6 +241,25 @@ async fn sigterm_and_sigint_stop_berthd_cleanly() {
     }
 }
 
+#[tokio::test]
+async fn a_stop_ends_the_container_event_streams_at_once() {
+    let node = Node::start();
+    let mut daemon = Berthd::start(&node).await;
+    let mut cri = daemon.client().await;
+    let request = berth_cri_server::proto::GetEventsRequest {};
+    let mut events = cri.runtime.get_container_events(request).await.unwrap().into_inner();
+    let start = std::time::Instant::now();
+    daemon.signal(Signal::SIGTERM);
+    // The kubelet holds this stream open for good: a stop that waited for it would always take
+    // its whole grace period (5 s) and refuse the kubelet's calls meanwhile.
+    let ended = events.message().await;
+    assert_eq!(ended.unwrap_err().code(), Code::Unavailable);
+    assert!(daemon.wait_exit(Duration::from_secs(15)).await.success(), "{}", daemon.log_text());
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(3), "the stop took {took:?}\n{}", daemon.log_text());
+    assert!(!daemon.log_text().contains("cut off"), "{}", daemon.log_text());
+}
+
 /// The node's mount points under `dir`, as the node's mount namespace has them.
 fn mounts_under(node: &Node, dir: &std::path::Path) -> Vec<String> {
     let output = node.command("cat").arg("/proc/self/mountinfo").output().unwrap();
