@@ -229,6 +229,7 @@ mod tests {
             cgroup: "/berth/x".into(),
             cgroup_created: vec![],
             monitor_pid: None,
+            pod_init_pid: None,
         }
     }
 

@@ -201,7 +201,9 @@ async fn a_hook_runs_or_is_refused(handler: &'static str) {
         "devices": [{"name": "dev", "containerEdits": {"hooks": [{
             "hookName": "createRuntime",
             "path": "/bin/sh",
-            "args": ["sh", "-c", format!("echo ran > {}", marker.display())],
+            // A hook gets the container's state on stdin and must take it: crun fails the
+            // create when the hook exits before it has written it (EPIPE).
+            "args": ["sh", "-c", format!("cat >/dev/null; echo ran > {}", marker.display())],
         }]}}],
     });
     std::fs::write(env.cdi_dir.join("hooked.json"), spec.to_string()).unwrap();

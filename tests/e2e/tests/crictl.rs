@@ -410,7 +410,7 @@ async fn readme_walk_through() {
     assert_eq!(image["userSpecifiedImage"], "busybox", "{shown:#}");
     env.ok(&["stop", &by_id]);
     env.ok(&["rm", &by_id]);
-    // pid 1 of the pod's PID namespace (its monitor) shows the containers no node path.
+    // pid 1 of the pod's PID namespace (the pod init) shows the containers no node path.
     let init = env.ok(&["exec", "-s", &ctr, "cat", "/proc/1/cmdline"]).replace('\0', " ");
     // crictl ends what it prints with newlines of its own.
     let init = init.trim_end();

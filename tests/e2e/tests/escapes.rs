@@ -1,6 +1,7 @@
 //! Hostile containers and hostile input against the isolation berth promises: a container (or
-//! an image) that tries to reach the host through /proc (the pod's monitor is pid 1 of a
+//! an image) that tries to reach the host through /proc (berth's pod init is pid 1 of a
 //! pod-wide PID namespace, and the executor's children pass through it on their way to execve),
+//! also with CAP_SYS_PTRACE over the node (granted it, or privileged), on every handler,
 //! to overwrite the monitor's binary, to inherit a descriptor, to walk out of its root from an
 //! exec, to write the kernel's knobs in /proc and /sys, to make and use device nodes or mount,
 //! or to have berth follow an image's link to the node's files. Each case checks that the
@@ -65,9 +66,19 @@ impl Env {
 
     /// A host-network pod `name` whose log directory exists, with the PID namespace `pid`.
     async fn run_pod(&mut self, name: &str, pid: NamespaceMode) -> (String, Pod) {
+        self.run_pod_on(name, pid, "").await
+    }
+
+    /// [`Env::run_pod`] with the runtime handler `handler`.
+    async fn run_pod_on(&mut self, name: &str, pid: NamespaceMode, handler: &str) -> (String, Pod) {
         let logs = self.node.dir().join("logs").join(name);
         std::fs::create_dir_all(&logs).unwrap();
-        let pod = pod(name).hostname("").host_network().log_directory(logs).pid(pid);
+        let pod = pod(name)
+            .hostname("")
+            .host_network()
+            .log_directory(logs)
+            .pid(pid)
+            .runtime_handler(handler);
         let id = self.cri.run_pod(&pod).await.unwrap_or_else(|err| panic!("running {name}: {err}"));
         (id, pod)
     }
@@ -190,13 +201,13 @@ probe() {
 probe self /proc/self etc/passwd
 for d in /proc/[0-9]*; do
     read -r comm 2>/dev/null <$d/comm || continue
-    case $comm in berth-monitor|berthd) probe ${d#/proc/} $d etc/hostname;; esac
+    case $comm in berth-monitor|berth-pod-init|berthd) probe ${d#/proc/} $d etc/hostname;; esac
 done
 "#;
 
 /// What is wrong in the output of [`PROBE_MONITORS`]: a probe of `/proc/self` that failed, one
-/// of another process that got in, or other than two such processes in sight (the monitor as
-/// pid 1, and the process of a created container).
+/// of another process that got in, or other than two such processes in sight (the pod init as
+/// pid 1, and the process of a created container; the monitor is out of sight).
 fn probe_failures(report: &str) -> Vec<String> {
     let mut outcomes: BTreeMap<&str, Vec<(&str, &str)>> = BTreeMap::new();
     for line in report.lines() {
@@ -211,10 +222,14 @@ fn probe_failures(report: &str) -> Vec<String> {
     }
     for (who, probes) in &outcomes {
         for (what, outcome) in probes {
+            // The pod init holds no descriptor 0 to 2 (only its pipe to the monitor).
+            let no_stdio = *who == "1"
+                && what.starts_with("fd-")
+                && outcome.to_lowercase().contains("no such file");
             let right = if *who == "self" {
                 *outcome == "ok"
             } else {
-                outcome.contains("Permission denied")
+                outcome.contains("Permission denied") || no_stdio
             };
             if !right {
                 failures.push(format!("{who}: {what}: {outcome}"));
@@ -711,3 +726,72 @@ async fn an_image_passwd_linked_out_of_the_root_is_read_inside_the_image() {
     env.node.run(&["umount", "/etc/shadow"]);
     assert_eq!(sha256(Path::new("/etc/shadow")), shadow, "the host's /etc/shadow changed");
 }
+
+/// What a container finds of pid 1 (`key=<exit code> [<output>]` lines), through every way
+/// /proc offers into another process's files, and every process in sight whose root or working
+/// directory leads to the node's marker file `$1`.
+const PROBE_PID_1: &str = r#"
+m=$1
+try() {
+    what=$1; shift
+    out=$("$@" 2>&1); rc=$?
+    echo "$what=$rc [$(printf %s "$out" | tr '\n' ' ')]"
+}
+echo "comm=$(cat /proc/1/comm)"
+try root ls -A /proc/1/root/
+try root-up ls -A /proc/1/root/../../
+try cwd ls -A /proc/1/cwd/
+try environ cat /proc/1/environ
+try exe-dir ls /proc/1/exe/../
+for d in /proc/[0-9]*; do
+    [ -e $d/root$m ] && echo "LEAK the node's root through $d/root"
+    [ -e $d/cwd$m ] && echo "LEAK the node's root through $d/cwd"
+    [ -e $d/root/..$m ] && echo "LEAK the node's root through $d/root/.."
+    read -r comm 2>/dev/null <$d/comm &&
+        case $comm in berth-monitor|berthd) echo "LEAK $d is $comm";; esac
+done
+true
+"#;
+
+/// A container holding CAP_SYS_PTRACE over the node, granted it or privileged, in a pod-wide PID
+/// namespace without a user namespace of its own: the kernel's ptrace rule lets it into every
+/// process of its namespace, non-dumpable or not. Pid 1, berth's pod init, has only an empty
+/// read-only root and no environment to show it (a chroot would let `..` walk out, which the
+/// pod init's detached old root does not), and the monitor, whose root is the node's, is out of
+/// sight in the node's PID namespace.
+async fn pid_1_gives_a_container_with_cap_sys_ptrace_nothing_of_the_node(handler: &'static str) {
+    let mut env = Env::start().await;
+    let image = env.image(images::OCI_REF).await;
+    let marker = env.marker("ptrace-marker");
+    let (pod_id, pod) = env.run_pod_on("ptrace", NamespaceMode::Pod, handler).await;
+    let sleeper = |name: &str| {
+        container(name, &image).command(&["sleep", "3600"]).pid_mode(NamespaceMode::Pod)
+    };
+    let specs = [
+        ("granted", sleeper("granted").capabilities(&["SYS_PTRACE"], &[])),
+        ("privileged", sleeper("privileged").privileged()),
+    ];
+    for (who, spec) in specs {
+        let id = env.cri.run_container(&pod_id, &pod, &spec).await.unwrap();
+        let caps = values(&lines(&env.sh(&id, CAPS_AS_VALUES).await));
+        let effective = u64::from_str_radix(&caps["CapEff"], 16).unwrap();
+        assert!(effective & (1 << 19) != 0, "{who}: no CAP_SYS_PTRACE: {caps:?}");
+        let marker = marker.display().to_string();
+        let (report, stderr, code) =
+            env.exec(&id, &["sh", "-c", PROBE_PID_1, "probe", &marker]).await;
+        assert_eq!(code, 0, "{who}: {report} {stderr}");
+        let expected =
+            ["comm=berth-pod-init", "root=0 []", "root-up=0 []", "cwd=0 []", "environ=0 []"];
+        let report_lines: Vec<&str> = report.lines().collect();
+        for line in expected {
+            assert!(report_lines.contains(&line), "{who}: no {line:?} in\n{report}");
+        }
+        let exe_dir = report_lines.iter().find(|l| l.starts_with("exe-dir=")).unwrap();
+        assert!(!exe_dir.starts_with("exe-dir=0 "), "{who}: {exe_dir}");
+        assert!(!report.contains("LEAK"), "{who}:\n{report}");
+        assert!(!report.contains(SECRET.split_once('=').unwrap().1), "{who}:\n{report}");
+    }
+    env.stop_and_remove_pod(&pod_id).await;
+}
+
+berth_e2e::handler_cases!(pid_1_gives_a_container_with_cap_sys_ptrace_nothing_of_the_node);

@@ -458,9 +458,9 @@ async fn bad_mappings_fail_clearly(handler: &'static str) {
 
 /// `shareProcessNamespace` with `hostUsers: false`: the pod's PID namespace is owned by its
 /// user namespace (an OCI runtime, which enters the user namespace first, can join it only
-/// then), with berth's pod init as its pid 1. Its containers see each other's processes, as
-/// the pod's root; what is the node's stays out of reach; and stopping the pod leaves no
-/// process of it.
+/// then), with berth's pod init as its pid 1 and the monitor outside it. Its containers see
+/// each other's processes, as the pod's root; what is the node's stays out of reach; and
+/// stopping the pod leaves no process of it.
 async fn a_shared_pid_namespace_belongs_to_the_pod(handler: &'static str) {
     let Some(mut env) = Env::start_claimed(handler).await else { return };
     let base = 19 * RANGE;
@@ -480,19 +480,14 @@ async fn a_shared_pid_namespace_belongs_to_the_pod(handler: &'static str) {
     assert!(seen.starts_with("berth-pod-init\n"), "{seen}");
     assert!(seen.contains("sleep 2000"), "{seen}");
     // The pod init ignores the signals of its namespace (the kernel drops them for a pid 1
-    // without handlers); the monitor is the node's to signal, not the pod's root's.
+    // without handlers); the monitor is the node's, in the node's PID namespace, out of sight.
     let init = env.sh(&a, "kill -9 1; sleep 0.2; cat /proc/1/comm").await;
     assert_eq!(init, "berth-pod-init\n");
-    let monitor =
-        env.sh(&a, "grep -l berth /proc/[0-9]*/comm | grep -v '^/proc/1/' | head -1").await;
-    let monitor_pid = monitor.trim().trim_start_matches("/proc/").trim_end_matches("/comm");
-    assert!(!monitor_pid.is_empty(), "the monitor is in the pod's PID namespace: {seen}");
-    // Neither the pod init nor the monitor shows a node path on its command line.
-    let shown = env.sh(&a, &format!("cat /proc/1/cmdline /proc/{monitor_pid}/cmdline")).await;
-    let expected = format!("berth-monitor\0monitor\0--pod\0{pod_id}\0--pid-ns\0");
-    assert_eq!(shown, expected.repeat(2));
-    let err = env.sh_fails(&a, &format!("kill -9 {monitor_pid}")).await;
-    assert!(err.contains("not permitted"), "{err}");
+    let others = env.sh(&a, "grep -l berth /proc/[0-9]*/comm | grep -v '^/proc/1/' || true").await;
+    assert_eq!(others, "", "the monitor is in the pod's PID namespace: {seen}");
+    // The pod init shows no node path on its command line.
+    let shown = env.sh(&a, "cat /proc/1/cmdline").await;
+    assert_eq!(shown, format!("berth-monitor\0monitor\0--pod\0{pod_id}\0--pid-ns\0"));
     assert_eq!(env.sh(&b, "echo alive").await, "alive\n");
 
     env.stop_and_remove_pod(&pod_id).await;

@@ -265,14 +265,22 @@ fn receive_with_fds(
     }
 }
 
-/// Starts the monitor of a pod and waits until it listens. Returns its pid (in berthd's PID
-/// namespace). `exe` is `berth-monitor` or berthd itself; both take the `monitor` subcommand.
+/// A started monitor, by pids in berthd's PID namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spawned {
+    pub monitor: u32,
+    /// The pid 1 of the pod's PID namespace, when the pod has one (see `pod_init`).
+    pub pod_init: Option<u32>,
+}
+
+/// Starts the monitor of a pod and waits until it listens. `exe` is `berth-monitor` or berthd
+/// itself; both take the `monitor` subcommand.
 pub async fn spawn(
     exe: &Path,
     pod_state_dir: &Path,
     pod_id: &str,
     pid_ns: PodPidNamespace,
-) -> Result<u32> {
+) -> Result<Spawned> {
     let (exe, dir, pod) = (exe.to_path_buf(), pod_state_dir.to_path_buf(), pod_id.to_string());
     let started = tokio::task::spawn_blocking(move || spawn_blocking(&exe, &dir, &pod, &pid_ns));
     match tokio::time::timeout(START_TIMEOUT, started).await {
@@ -292,14 +300,14 @@ const MONITOR_NAME: &str = "berth-monitor";
 pub enum PodPidNamespace {
     /// The node's: each container gets its own, or the node's.
     None,
-    /// One the monitor creates, as its pid 1.
+    /// One the monitor creates, with a pod init as its pid 1 (see `pod_init`); the monitor
+    /// stays in the node's.
     Own,
-    /// One owned by the pod's user namespace (held at this path), with a pod init as its pid 1
-    /// and the monitor beside it (see `pod_init`).
+    /// The same, owned by the pod's user namespace (held at this path).
     OwnedBy(PathBuf),
 }
 
-fn spawn_blocking(exe: &Path, dir: &Path, pod: &str, pid_ns: &PodPidNamespace) -> Result<u32> {
+fn spawn_blocking(exe: &Path, dir: &Path, pod: &str, pid_ns: &PodPidNamespace) -> Result<Spawned> {
     use std::io::BufRead;
     let log_path = dir.join("monitor.log");
     let log = std::fs::OpenOptions::new()
@@ -308,8 +316,9 @@ fn spawn_blocking(exe: &Path, dir: &Path, pod: &str, pid_ns: &PodPidNamespace) -
         .open(&log_path)
         .map_err(Error::io("opening", &log_path))?;
     let mut command = std::process::Command::new(exe);
-    // The monitor is pid 1 of a pod PID namespace, whose command line every container can
-    // read: a bare name and the pod id, no host path (the state directory goes in on stdin).
+    // The pod init the monitor forks is pid 1 of a pod PID namespace, with the monitor's
+    // command line, which every container there can read: a bare name and the pod id, no host
+    // path (the state directory goes in on stdin).
     command
         .arg0(MONITOR_NAME)
         .args(["monitor", "--pod", pod])
@@ -344,9 +353,22 @@ fn spawn_blocking(exe: &Path, dir: &Path, pod: &str, pid_ns: &PodPidNamespace) -
     if let Some(stdout) = stdout {
         let _ = std::io::BufReader::new(stdout).read_line(&mut line);
     }
-    let pid = line.strip_prefix("ready ").and_then(|rest| rest.trim().parse::<u32>().ok());
-    match (status.success(), pid) {
-        (true, Some(pid)) => Ok(pid),
+    // `ready <monitor> [<pod init>]`
+    let mut pids = line.strip_prefix("ready ").unwrap_or_default().split_whitespace();
+    let mut next = || pids.next().map(|pid| pid.parse::<u32>().ok());
+    let spawned = match (next(), next(), pid_ns) {
+        (Some(Some(monitor)), None, PodPidNamespace::None) => {
+            Some(Spawned { monitor, pod_init: None })
+        }
+        (
+            Some(Some(monitor)),
+            Some(Some(init)),
+            PodPidNamespace::Own | PodPidNamespace::OwnedBy(_),
+        ) => Some(Spawned { monitor, pod_init: Some(init) }),
+        _ => None,
+    };
+    match (status.success(), spawned) {
+        (true, Some(spawned)) => Ok(spawned),
         _ => {
             let tail = std::fs::read_to_string(&log_path).unwrap_or_default();
             let tail: Vec<&str> = tail.lines().rev().take(3).collect();

@@ -15,11 +15,10 @@
 //! Every failure is the runtime's own message, read from its JSON log (`--log`), since its
 //! stderr may be the container's.
 //!
-//! A pod with its own PID namespace has the monitor in it (its pid 1, or beside the pod init
-//! that is, see `pod_init`), so the runtime is born in that namespace; it reads pids from `/proc` and must see that namespace's, or it mistakes the
-//! host's process of the same number for its container. Each runtime command of such a pod
-//! runs in a mount namespace of its own where a fresh `/proc` is mounted, and the spec names
-//! the pod's PID namespace as `/proc/1/ns/pid` (its pid 1, in that `/proc`).
+//! The runtime runs in the monitor's PID namespace, the node's, even for a pod with one of its
+//! own: the spec names that one by its pod init's path (`/proc/<pid>/ns/pid`, see `pod_init`),
+//! and a container init left by the runtime goes to the monitor, the subreaper of the node's
+//! namespace level where the runtime ran (never to the pod init).
 //!
 //! A runtime that takes `linux.cgroupsPath` from each hierarchy's root (crun) cannot nest under
 //! berthd's cgroup, which may lie at a different path in each hierarchy: its commands run in a
@@ -65,8 +64,6 @@ pub struct Cli {
     root: PathBuf,
     bundle: PathBuf,
     id: String,
-    /// The monitor is in the pod's PID namespace (see the module doc).
-    pod_pid_ns: bool,
     /// (mountpoint, cgroup shown as its root), as C strings for the forked child.
     cgroup_roots: Vec<(CString, CString)>,
 }
@@ -111,7 +108,7 @@ impl Exec {
 }
 
 impl Cli {
-    pub fn new(executor: &OciExecutor, bundle: &Path, id: &str, pod_pid_ns: bool) -> Result<Cli> {
+    pub fn new(executor: &OciExecutor, bundle: &Path, id: &str) -> Result<Cli> {
         let c_path = |path: &Path| {
             CString::new(path.as_os_str().as_bytes()).map_err(|_| {
                 Error::Internal(format!("cgroup path {} contains a NUL byte", path.display()))
@@ -128,7 +125,6 @@ impl Cli {
             root: executor.root.clone(),
             bundle: bundle.to_path_buf(),
             id: id.to_string(),
-            pod_pid_ns,
             cgroup_roots,
         })
     }
@@ -154,11 +150,11 @@ impl Cli {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        if self.pod_pid_ns || !self.cgroup_roots.is_empty() {
-            let (own_proc, roots) = (self.pod_pid_ns, self.cgroup_roots.clone());
+        if !self.cgroup_roots.is_empty() {
+            let roots = self.cgroup_roots.clone();
             // SAFETY: the monitor is single-threaded, so the forked child holds no lock another
             // thread took; the closure makes plain syscalls on strings made before the fork.
-            unsafe { command.pre_exec(move || own_mounts(own_proc, &roots)) };
+            unsafe { command.pre_exec(move || own_mounts(&roots)) };
         }
         command
     }
@@ -493,11 +489,10 @@ fn last_log_error(path: &Path, start: u64) -> Option<String> {
     last
 }
 
-/// In the child of a runtime command: a mount namespace of its own with, for a pod with its
-/// own PID namespace, a `/proc` of that PID namespace, and each of `cgroup_roots` bound over
-/// its hierarchy's mount. Only the mounts covered are made private: the rest keeps its
+/// In the child of a runtime command: a mount namespace of its own with each of `cgroup_roots`
+/// bound over its hierarchy's mount. Only the mounts covered are made private: the rest keeps its
 /// propagation, so that the container's bidirectional mounts still reach the host.
-fn own_mounts(own_proc: bool, cgroup_roots: &[(CString, CString)]) -> std::io::Result<()> {
+fn own_mounts(cgroup_roots: &[(CString, CString)]) -> std::io::Result<()> {
     let check = |result: libc::c_int| match result {
         0 => Ok(()),
         _ => Err(std::io::Error::last_os_error()),
@@ -506,17 +501,6 @@ fn own_mounts(own_proc: bool, cgroup_roots: &[(CString, CString)]) -> std::io::R
     // SAFETY: plain syscalls with C strings that outlive them.
     unsafe {
         check(libc::unshare(libc::CLONE_NEWNS))?;
-        if own_proc {
-            check(libc::mount(none, c"/proc".as_ptr(), none, libc::MS_PRIVATE, none.cast()))?;
-            let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
-            check(libc::mount(
-                c"proc".as_ptr(),
-                c"/proc".as_ptr(),
-                c"proc".as_ptr(),
-                flags,
-                none.cast(),
-            ))?;
-        }
         for (mountpoint, cgroup) in cgroup_roots {
             // Private first, or the bind would propagate to the node's own mount namespace.
             check(libc::mount(none, mountpoint.as_ptr(), none, libc::MS_PRIVATE, none.cast()))?;

@@ -250,6 +250,7 @@ impl Inner {
             network_pending: false,
             cgroup_created: Vec::new(),
             monitor_pid: None,
+            pod_init_pid: None,
         };
         if let Err(err) = self.store.save(&record) {
             self.store.release_name(&key, &id);
@@ -343,9 +344,10 @@ impl Inner {
             (NamespaceMode::Pod, None) => PodPidNamespace::Own,
             _ => PodPidNamespace::None,
         };
-        let pid = monitor::spawn(&self.monitor_exe, &state, &id, pid_ns).await?;
+        let spawned = monitor::spawn(&self.monitor_exe, &state, &id, pid_ns).await?;
         taken.monitor = true;
-        record.monitor_pid = Some(pid);
+        record.monitor_pid = Some(spawned.monitor);
+        record.pod_init_pid = spawned.pod_init;
         self.store.save(record)?;
         failpoint("pod.monitor")?;
 
@@ -459,6 +461,7 @@ impl Inner {
         }
         self.stop_monitor(record).await?;
         if record.monitor_pid.take().is_some() {
+            record.pod_init_pid = None;
             self.store.save(record)?;
         }
         let shm = self.shm_dir(&record.id);
@@ -468,7 +471,8 @@ impl Inner {
     }
 
     /// Asks the monitor to exit (it kills what is left of the pod's containers), and makes sure
-    /// it has: a pod-wide PID namespace lives exactly as long as its monitor.
+    /// it has, and its pod init too: a pod-wide PID namespace lives exactly as long as its
+    /// monitor (the pod init exits when the monitor is gone, and the kernel kills the rest).
     async fn stop_monitor(&self, record: &PodRecord) -> Result<()> {
         let Some(pid) = record.monitor_pid else { return Ok(()) };
         let client = MonitorClient::new(&self.state_dir.join(&record.id));
@@ -478,7 +482,15 @@ impl Inner {
                 tracing::warn!(pod_id = %record.id, error = %err, "monitor refused to shut down; killing it")
             }
         }
-        blocking(move || monitor::wait_gone(pid, Duration::from_secs(5))).await
+        let init = record.pod_init_pid;
+        blocking(move || {
+            monitor::wait_gone(pid, Duration::from_secs(5))?;
+            match init {
+                Some(init) => monitor::wait_gone(init, Duration::from_secs(5)),
+                None => Ok(()),
+            }
+        })
+        .await
     }
 
     /// RemovePodSandbox: stops it if needed, then removes everything of it. An unknown pod is
@@ -591,6 +603,7 @@ impl Inner {
                 .map_err(Error::io("reading", files.join("hostname")))?,
             state_dir: self.state_dir.join(&record.id),
             monitor_pid,
+            pod_init_pid: record.pod_init_pid,
             record,
         })
     }
@@ -631,6 +644,8 @@ pub struct PodForContainer {
     /// Where the pod's monitor listens.
     pub state_dir: PathBuf,
     pub monitor_pid: u32,
+    /// The pid 1 of the pod's PID namespace (see [`PodRecord::pod_init_pid`]).
+    pub pod_init_pid: Option<u32>,
 }
 
 /// What a setup has taken so far, for its rollback.

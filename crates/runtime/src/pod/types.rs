@@ -110,10 +110,13 @@ pub struct PodRecord {
     /// The cgroup directories berth made for the pod (and so removes), parents first; the
     /// kubelet's own are left to it.
     pub cgroup_created: Vec<String>,
-    /// The pod's monitor process (pid in berthd's PID namespace), once started; with a pod-wide
-    /// PID namespace it is that namespace's pid 1.
+    /// The pod's monitor process (pid in berthd's PID namespace), once started.
     #[serde(default)]
     pub monitor_pid: Option<u32>,
+    /// With a pod-wide PID namespace, its pid 1 (see `monitor::pod_init`), in berthd's PID
+    /// namespace. None in a record of an earlier berthd, whose monitor was that pid 1 itself.
+    #[serde(default)]
+    pub pod_init_pid: Option<u32>,
 }
 
 pub const RECORD_VERSION: u32 = 1;

@@ -16,7 +16,8 @@ pub(super) async fn pid_namespaces_of_the_pod_the_container_and_the_node(handler
         container(name, &image).command(&["sleep", "3600"]).pid_mode(mode)
     };
 
-    // One namespace for the pod: its monitor is pid 1, and each container sees the other.
+    // One namespace for the pod: berth's pod init is pid 1 (with its monitor's command line),
+    // and each container sees the other.
     let pod = env.pod("shared").pid(NamespaceMode::Pod);
     let pod_id = env.cri.run_pod(&pod).await.unwrap();
     let a = env.cri.run_container(&pod_id, &pod, &sleeper("a", NamespaceMode::Pod)).await.unwrap();

@@ -505,9 +505,6 @@ pub(super) struct Taken {
     pub(super) monitor: Option<MonitorClient>,
 }
 
-/// The PID namespace a container gets: the pod's (its monitor is in it) when the pod has
-/// one, a new one, the node's, or another container's. An OCI runtime of such a pod sees the
-/// pod's own `/proc`, where the monitor is pid 1 (see `monitor/oci.rs`).
 /// The PID namespace of a container of mode POD, CONTAINER or NODE (TARGET:
 /// [`Inner::pid_namespace`]).
 pub(super) fn pid_namespace(
@@ -523,14 +520,17 @@ pub(super) fn pid_namespace(
     }
 }
 
-/// The PID namespace a pod shares among its containers, by the path its runtime opens: an OCI
-/// runtime of such a pod runs in it, with its `/proc`, where the monitor is pid 1; the
-/// embedded executor opens it as the node sees the monitor.
+/// The PID namespace a pod shares among its containers, by the path its runtime opens: its pod
+/// init's, as the node sees it (the embedded executor and runc or crun all run in the node's
+/// PID namespace, see `monitor::pod_init`). A pod of an earlier berthd has its monitor as that
+/// pid 1, and runs an OCI runtime in the pod's namespace, with that namespace's `/proc`.
 fn pods_pid_namespace(pod: &PodForContainer, oci: bool) -> PidNamespace {
-    match oci {
-        true => PidNamespace::Join(PathBuf::from("/proc/1/ns/pid")),
-        false => PidNamespace::Join(PathBuf::from(format!("/proc/{}/ns/pid", pod.monitor_pid))),
-    }
+    let path = match (pod.pod_init_pid, oci) {
+        (Some(init), _) => format!("/proc/{init}/ns/pid"),
+        (None, true) => "/proc/1/ns/pid".to_string(),
+        (None, false) => format!("/proc/{}/ns/pid", pod.monitor_pid),
+    };
+    PidNamespace::Join(PathBuf::from(path))
 }
 
 /// The pod's user namespace, which the container joins; its config's `userns_options` may only

@@ -1,9 +1,10 @@
 //! The monitor process of one pod (`berthd monitor …`): a single thread, no async runtime. It
-//! is the subreaper of the pod's containers (and in the pod's PID namespace when the pod shares
-//! one: its pid 1, or beside its pod init, see `pod_init`): it creates them through the embedded executor or an OCI runtime's CLI
-//! (`oci.rs`), owns their stdio and writes their logs, reaps them and records each exit on
-//! disk. berthd talks to it over a unix socket (see `proto.rs`); a berthd that is slow,
-//! restarting or gone never blocks a container, because the monitor alone reads their output.
+//! is the subreaper of the pod's containers (from the node's PID namespace: a pod that shares
+//! one has a pod init as its pid 1, see `pod_init`): it creates them through the embedded
+//! executor or an OCI runtime's CLI (`oci.rs`), owns their stdio and writes their logs, reaps
+//! them and records each exit on disk. berthd talks to it over a unix socket (see `proto.rs`);
+//! a berthd that is slow, restarting or gone never blocks a container, because the monitor
+//! alone reads their output.
 //!
 //! Interactive streams: a stream exec gets its own pipes (or a pty), whose other ends go to
 //! berthd at once, so its bytes never pass through here; the monitor only reports its exit.
@@ -66,10 +67,10 @@ const ATTACH_CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// that the pod's user namespace must own, that user namespace's file on the second; returns
 /// the exit code.
 ///
-/// The paths are not arguments because the monitor, or the pod init it forks, is pid 1 of the
-/// pod's PID namespace, and anyone can read pid 1's command line: the containers learn nothing
-/// of the node's paths from it (berthd starts it with the bare name `berth-monitor` as
-/// argv\[0\] too).
+/// The paths are not arguments because the pod init the monitor forks (see `pod_init`) is pid 1
+/// of the pod's PID namespace with the monitor's command line, which anyone there can read: the
+/// containers learn nothing of the node's paths from it (berthd starts it with the bare name
+/// `berth-monitor` as argv\[0\] too).
 pub fn main(args: &[OsString]) -> i32 {
     let options = Options::parse(args).and_then(|(pod, pid_ns)| {
         let (dir, pid_ns_owner) = read_input(std::io::stdin().lock())?;
@@ -164,26 +165,23 @@ fn run(options: Options) -> Result<(), String> {
     // fork, so that berthd's child exits at once and the monitor is nobody's child but init's
     // (berthd may die and restart; the monitor must not be its zombie or its hostage).
     nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
-    // Held open for the monitor's whole life: its pod init lives as long (see `pod_init`).
-    let mut _pod_init = None;
-    match &options.pid_ns_owner {
-        Some(user_ns) => _pod_init = Some(super::pod_init::enter(user_ns)?),
-        None if options.pid_ns => nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID)
-            .map_err(|e| format!("creating the pod's PID namespace: {e}"))?,
-        None => {}
-    }
+    // The pod's PID namespace, with a pod init as its pid 1 (see `pod_init`): the monitor
+    // stays in the node's, out of the containers' reach. The pipe is held open for the
+    // monitor's whole life: its pod init lives as long.
+    let pod_init = match options.pid_ns {
+        true => Some(super::pod_init::start(options.pid_ns_owner.as_deref())?),
+        false => None,
+    };
     // SAFETY: the process is single-threaded here (nothing has spawned a thread).
     match unsafe { nix::unistd::fork() }.map_err(|e| format!("fork: {e}"))? {
         nix::unistd::ForkResult::Parent { .. } => unsafe { libc::_exit(0) },
         nix::unistd::ForkResult::Child => {}
     }
-    // Before anything else: the monitor is in the pod's PID namespace (its pid 1, or beside
-    // its pod init in a pod with a user namespace of its own), so its containers
-    // see it, as the same uid. Dumpable, it is kept from them by the kernel's capability rule
-    // alone (a container holding every capability the monitor has would get in: all of them
-    // here, fewer when berthd itself runs confined), and for them /proc/1/root is the host's
-    // root, /proc/1/exe berth's binary, /proc/1/mem its memory.
-    // Non-dumpable, only CAP_SYS_PTRACE reaches it. Its children inherit this until execve.
+    // Before anything else: the monitor is outside the pod's PID namespace, but a container in
+    // the node's sees it, and the executor's children, copies of it, are in their containers'
+    // namespaces until their execve. Dumpable, they are kept from containers by the kernel's
+    // capability rule alone; non-dumpable, only CAP_SYS_PTRACE reaches them. Its children
+    // inherit this until execve.
     // SAFETY: plain prctl with integer arguments.
     if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
         return Err(format!("making the monitor non-dumpable: {}", Errno::last()));
@@ -215,7 +213,6 @@ fn run(options: Options) -> Result<(), String> {
         .unwrap_or(std::process::id());
     let mut monitor = Monitor {
         pod: options.pod,
-        pid_ns: options.pid_ns,
         host_pid,
         listener,
         signals,
@@ -226,7 +223,18 @@ fn run(options: Options) -> Result<(), String> {
         shutdown: false,
     };
     // berthd waits for this line: the socket is there from now on.
-    let _ = writeln!(std::io::stdout(), "ready {host_pid}");
+    let (_pod_init_life, pod_init_pid) = match pod_init {
+        Some(init) => (Some(init.life), Some(init.pid)),
+        None => (None, None),
+    };
+    match pod_init_pid {
+        Some(init) => {
+            let _ = writeln!(std::io::stdout(), "ready {host_pid} {init}");
+        }
+        None => {
+            let _ = writeln!(std::io::stdout(), "ready {host_pid}");
+        }
+    }
     let _ = std::io::stdout().flush();
     redirect_stdio_to_null();
     note(&format!("monitor of pod {} started, pid {host_pid}", monitor.pod));
@@ -246,8 +254,6 @@ fn redirect_stdio_to_null() {
 
 struct Monitor {
     pod: String,
-    /// The monitor is in the pod's PID namespace.
-    pid_ns: bool,
     host_pid: u32,
     listener: UnixListener,
     signals: SignalFd,

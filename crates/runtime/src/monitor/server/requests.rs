@@ -107,8 +107,7 @@ impl Monitor {
                 return Err(executor_error(err));
             }
         }
-        let cli =
-            oci::Cli::new(executor, bundle, &request.id, self.pid_ns).map_err(executor_error)?;
+        let cli = oci::Cli::new(executor, bundle, &request.id).map_err(executor_error)?;
         let launched = if request.tty {
             cli.create(oci::CreateStdio::Console).and_then(|mut created| {
                 let master = created
