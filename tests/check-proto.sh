@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Compares berth's proto with the upstream CRI API it targets, k8s.io/cri-api v0.37.2 from the
-# Go module proxy: ../shared/cri-api/check-proto turns upstream's file into facts (names,
-# numbers, types) and checks ours against them. Nothing of upstream's is kept in the project.
+# Compares berth's proto with the upstream CRI API it targets, k8s.io/cri-api at the release named
+# in proto/cri-api-version, from the Go module proxy: ../shared/cri-api/check-proto turns
+# upstream's file into facts (names, numbers, types) and checks ours against them. Nothing of
+# upstream's is kept in the project.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-version=v0.37.2
+# The release is named once, in proto/cri-api-version (berthd --version prints it too).
+version=$(cat proto/cri-api-version)
 checker=../shared/cri-api/check-proto
 if ! command -v go >/dev/null 2>&1; then
   export PATH=$PATH:/usr/local/go/bin

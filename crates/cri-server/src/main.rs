@@ -8,7 +8,7 @@ use berth_cri_server::config::{Config, LogFormat, LogLevel, Overrides, DEFAULT_C
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "berthd", version, about = "berth: a Kubernetes CRI container runtime")]
+#[command(name = "berthd", version = version_text(), about = "berth: a Kubernetes CRI container runtime")]
 struct Cli {
     /// Configuration file [default: /etc/berth/config.toml, optional]
     #[arg(long, global = true, value_name = "FILE")]
@@ -34,6 +34,21 @@ enum ConfigAction {
     Default,
     /// Print the configuration berthd would run with: the file, then the flags.
     Show,
+}
+
+/// What `berthd --version` prints after the name: enough to tell an operator which build runs
+/// and which kubelets it can serve.
+fn version_text() -> &'static str {
+    static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TEXT.get_or_init(|| {
+        format!(
+            "{}\ncommit: {}\nCRI: {} (k8s.io/cri-api {})",
+            env!("CARGO_PKG_VERSION"),
+            env!("BERTH_COMMIT"),
+            berth_cri_server::RUNTIME_API_VERSION,
+            env!("BERTH_CRI_API_UPSTREAM"),
+        )
+    })
 }
 
 fn main() -> ExitCode {

@@ -207,6 +207,19 @@ fn interface(i: &rt::InterfaceStats) -> NetworkInterfaceUsage {
     }
 }
 
+/// A pod's network figures, only with a default interface: the kubelet (1.37,
+/// `addCRIPodNetworkStats`) reads the default interface of any network usage it is given without
+/// a check, and panics on none. A namespace with nothing but `lo` (its interfaces being torn
+/// down, or never set up) has no figures to give.
+fn network_usage(n: &rt::NetworkStats) -> Option<NetworkUsage> {
+    let default = n.default_interface()?;
+    Some(NetworkUsage {
+        timestamp: n.timestamp,
+        default_interface: Some(interface(default)),
+        interfaces: n.interfaces.iter().map(interface).collect(),
+    })
+}
+
 fn pod_stats_of(stats: &rt::PodStats) -> proto::PodSandboxStats {
     let record = &stats.record;
     proto::PodSandboxStats {
@@ -219,11 +232,7 @@ fn pod_stats_of(stats: &rt::PodStats) -> proto::PodSandboxStats {
         linux: Some(LinuxPodSandboxStats {
             cpu: cpu(&stats.cgroup),
             memory: memory(&stats.cgroup),
-            network: stats.network.as_ref().map(|n| NetworkUsage {
-                timestamp: n.timestamp,
-                default_interface: n.default_interface().map(interface),
-                interfaces: n.interfaces.iter().map(interface).collect(),
-            }),
+            network: stats.network.as_ref().and_then(network_usage),
             process: stats.cgroup.process_count.map(|count| ProcessUsage {
                 timestamp: stats.cgroup.timestamp,
                 process_count: value(count),
@@ -659,6 +668,26 @@ fn pod_metrics_of(stats: &rt::PodStats) -> PodSandboxMetrics {
 mod tests {
     use super::*;
     use berth_runtime::stats::{CpuStats, MemoryStats};
+
+    #[test]
+    fn network_usage_only_with_a_default_interface() {
+        let none = rt::NetworkStats { timestamp: 1, interfaces: Vec::new() };
+        assert!(network_usage(&none).is_none());
+        let eth0 = rt::InterfaceStats {
+            name: "eth0".into(),
+            rx_bytes: 3,
+            rx_packets: 0,
+            rx_errors: 0,
+            rx_dropped: 0,
+            tx_bytes: 4,
+            tx_packets: 0,
+            tx_errors: 0,
+            tx_dropped: 0,
+        };
+        let some = rt::NetworkStats { timestamp: 1, interfaces: vec![eth0] };
+        let usage = network_usage(&some).expect("figures with eth0");
+        assert_eq!(usage.default_interface.map(|i| i.name), Some("eth0".to_string()));
+    }
 
     #[test]
     fn figures_and_unset_ones() {

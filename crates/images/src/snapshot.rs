@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use nix::errno::Errno;
-use nix::fcntl::{renameat2, AtFlags, RenameFlags};
+use nix::fcntl::AtFlags;
 use nix::sys::stat::fstatat;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
@@ -30,6 +30,18 @@ use berth_fsutil::{atomic_write, sync_dir};
 const FS_DIR: &str = "fs";
 const INFO_FILE: &str = "snapshot.json";
 const TEMP_PREFIX: &str = ".tmp-";
+
+/// renameat2(RENAME_NOREPLACE). Through rustix, which makes the system call itself: nix offers
+/// renameat2 only on glibc, and berth also builds statically against musl.
+fn rename_noreplace(
+    old_dir: impl std::os::fd::AsFd,
+    old: impl rustix::path::Arg,
+    new_dir: impl std::os::fd::AsFd,
+    new: impl rustix::path::Arg,
+) -> std::result::Result<(), Errno> {
+    rustix::fs::renameat_with(old_dir, old, new_dir, new, rustix::fs::RenameFlags::NOREPLACE)
+        .map_err(|err| Errno::from_raw(err.raw_os_error()))
+}
 
 /// chain_id(L1) = diff_id(L1); chain_id(Ln) = sha256(chain_id(Ln-1) + " " + diff_id(Ln)) (the
 /// OCI image spec's ChainID, on the "sha256:<hex>" strings).
@@ -192,13 +204,7 @@ impl SnapshotStore {
         atomic_write(&temp.path.join(INFO_FILE), &json)?;
 
         let target = self.root.join(chain_id.hex());
-        match renameat2(
-            &temp.parent,
-            temp.name.as_os_str(),
-            &temp.parent,
-            chain_id.hex(),
-            RenameFlags::RENAME_NOREPLACE,
-        ) {
+        match rename_noreplace(&temp.parent, temp.name.as_os_str(), &temp.parent, chain_id.hex()) {
             Ok(()) => {
                 temp.keep();
                 sync_dir(&self.root)?;
@@ -257,13 +263,7 @@ impl SnapshotStore {
         let mut attempt = 0;
         let name = loop {
             let name = temp_name(chain_id, "rm");
-            match renameat2(
-                &root,
-                chain_id.hex(),
-                &root,
-                name.as_os_str(),
-                RenameFlags::RENAME_NOREPLACE,
-            ) {
+            match rename_noreplace(&root, chain_id.hex(), &root, name.as_os_str()) {
                 Ok(()) => break name,
                 Err(Errno::ENOENT) => return Ok(None),
                 Err(Errno::EEXIST) if attempt < 8 => attempt += 1,

@@ -174,9 +174,15 @@ pub(super) struct ProcessPlan {
     pub selinux: Option<CString>,
 }
 
+/// setrlimit's resource argument: its own type in glibc, an int in musl (the static build).
+#[cfg(target_env = "gnu")]
+pub(super) type RlimitResource = libc::__rlimit_resource_t;
+#[cfg(not(target_env = "gnu"))]
+pub(super) type RlimitResource = libc::c_int;
+
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Rlimit {
-    pub resource: libc::__rlimit_resource_t,
+    pub resource: RlimitResource,
     pub soft: u64,
     pub hard: u64,
 }
@@ -762,7 +768,7 @@ pub(super) fn process(process: &Process, seccomp: Option<&LinuxSeccomp>) -> Resu
     })
 }
 
-fn rlimit_resource(typ: PosixRlimitType) -> libc::__rlimit_resource_t {
+fn rlimit_resource(typ: PosixRlimitType) -> RlimitResource {
     match typ {
         PosixRlimitType::RlimitCpu => libc::RLIMIT_CPU,
         PosixRlimitType::RlimitFsize => libc::RLIMIT_FSIZE,

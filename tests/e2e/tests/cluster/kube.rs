@@ -17,6 +17,32 @@ pub const NAME: &str = "berthct";
 /// Its state dir (BERTH_CLUSTER_DIR), fixed so that a run that was killed is found and taken
 /// down by the next one.
 pub const DIR: &str = "/var/lib/berth-cluster-e2e";
+
+/// The name this run uses: [`NAME`], or `BERTH_CLUSTER_E2E_NAME` (up to 11 letters and digits)
+/// for a run beside another one, e.g. of a second worktree.
+pub fn name() -> &'static str {
+    static CHOSEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    CHOSEN.get_or_init(|| match std::env::var("BERTH_CLUSTER_E2E_NAME") {
+        Ok(name)
+            if !name.is_empty()
+                && name.len() <= 11
+                && name.bytes().all(|b| b.is_ascii_alphanumeric()) =>
+        {
+            name
+        }
+        Ok(name) => panic!("BERTH_CLUSTER_E2E_NAME {name:?}: up to 11 letters and digits"),
+        Err(_) => NAME.to_string(),
+    })
+}
+
+/// The state dir this run uses: [`DIR`], or `<DIR>-<name>` beside another run.
+pub fn dir() -> &'static str {
+    static CHOSEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    CHOSEN.get_or_init(|| match name() {
+        NAME => DIR.to_string(),
+        other => format!("{DIR}-{other}"),
+    })
+}
 pub const NODES: [&str; 2] = ["berth-node-1", "berth-node-2"];
 
 pub type Res<T = ()> = Result<T, String>;
@@ -199,7 +225,7 @@ pub struct Cluster {
 impl Cluster {
     pub fn new(berthd: PathBuf, kube_bin: PathBuf) -> Cluster {
         Cluster {
-            dir: PathBuf::from(DIR),
+            dir: PathBuf::from(dir()),
             kube_bin,
             berthd,
             log_marks: Mutex::new(BTreeMap::new()),
@@ -215,7 +241,7 @@ impl Cluster {
     pub fn script(&self, args: &[&str], timeout: Duration) -> Res {
         let mut cmd = Command::new(Self::script_path());
         cmd.args(args)
-            .env("BERTH_CLUSTER_NAME", NAME)
+            .env("BERTH_CLUSTER_NAME", name())
             .env("BERTH_CLUSTER_DIR", &self.dir)
             .env("BERTHD", &self.berthd)
             .env("KUBE_BIN_DIR", &self.kube_bin);
@@ -231,7 +257,7 @@ impl Cluster {
 
     pub fn in_cp(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net=/run/netns/{NAME}-cp")).arg("--").arg(program);
+        cmd.arg(format!("--net=/run/netns/{}-cp", name())).arg("--").arg(program);
         cmd
     }
 

@@ -8,6 +8,8 @@
 //! makes what it needs, such as the Deployment, when an earlier case has not).
 //! `BERTH_CLUSTER_E2E_KEEP=1` leaves the cluster up after the run (for looking at it with
 //! `BERTH_CLUSTER_NAME=berthct BERTH_CLUSTER_DIR=/var/lib/berth-cluster-e2e deploy/cluster/cluster kubectl ...`).
+//! `BERTH_CLUSTER_E2E_NAME=other` runs a cluster of that name (state in
+//! `/var/lib/berth-cluster-e2e-other`) beside the default one, e.g. from a second worktree.
 
 mod failures;
 mod gates;
@@ -22,7 +24,7 @@ mod workloads;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kube::{Cluster, Res, DIR, NAME};
+use kube::{Cluster, Res};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 /// The kubelet feature gates that meet the CRI (issue 16, step 4), on for every component.
@@ -191,8 +193,9 @@ fn main() {
 
 fn up(cluster: &Cluster) -> Result<Duration, String> {
     // A run that was killed leaves its cluster: this cluster's name is the suite's own.
-    if std::path::Path::new(DIR).exists() || !leftovers().is_empty() {
-        println!("cluster suite: a cluster {NAME} of an earlier run is left; taking it down");
+    if std::path::Path::new(kube::dir()).exists() || !leftovers().is_empty() {
+        let name = kube::name();
+        println!("cluster suite: a cluster {name} of an earlier run is left; taking it down");
         cluster.script(&["down"], Duration::from_secs(120))?;
     }
     let start = Instant::now();
@@ -227,8 +230,9 @@ impl Drop for Down {
 
 fn down(cluster: &Cluster) -> bool {
     if std::env::var_os("BERTH_CLUSTER_E2E_KEEP").is_some() {
+        let (name, dir) = (kube::name(), kube::dir());
         println!(
-            "cluster suite: BERTH_CLUSTER_E2E_KEEP is set: the cluster {NAME} stays up in {DIR}"
+            "cluster suite: BERTH_CLUSTER_E2E_KEEP is set: the cluster {name} stays up in {dir}"
         );
         return true;
     }
@@ -254,12 +258,13 @@ fn down(cluster: &Cluster) -> bool {
 /// What of the suite's cluster exists on the host: network namespaces, cgroups, mounts,
 /// processes and the state dir.
 fn leftovers() -> Vec<String> {
+    let (name, dir) = (kube::name(), kube::dir());
     let mut left = Vec::new();
     if let Ok(entries) = std::fs::read_dir("/run/netns") {
         for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with(&format!("{NAME}-")) {
-                left.push(format!("network namespace {name}"));
+            let netns = entry.file_name().to_string_lossy().into_owned();
+            if netns.starts_with(&format!("{name}-")) {
+                left.push(format!("network namespace {netns}"));
             }
         }
     }
@@ -269,12 +274,12 @@ fn leftovers() -> Vec<String> {
         let Some(mount_point) = fields.get(4) else { continue };
         let fs_type = fields.iter().position(|f| *f == "-").and_then(|i| fields.get(i + 1));
         if fs_type == Some(&"cgroup") {
-            let dir = std::path::Path::new(mount_point).join(NAME);
+            let dir = std::path::Path::new(mount_point).join(name);
             if dir.exists() {
                 left.push(format!("cgroup {}", dir.display()));
             }
         }
-        if mount_point.starts_with(DIR) {
+        if mount_point.starts_with(dir) {
             left.push(format!("mount {mount_point}"));
         }
     }
@@ -287,16 +292,16 @@ fn leftovers() -> Vec<String> {
             let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
             let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
             let cgroups = std::fs::read_to_string(entry.path().join("cgroup")).unwrap_or_default();
-            if cmdline.contains(DIR)
-                || cmdline.contains(&format!("/run/netns/{NAME}-"))
-                || cgroups.contains(&format!(":/{NAME}/"))
+            if cmdline.contains(dir)
+                || cmdline.contains(&format!("/run/netns/{name}-"))
+                || cgroups.contains(&format!(":/{name}/"))
             {
                 left.push(format!("process {pid}: {}", cmdline.trim()));
             }
         }
     }
-    if std::path::Path::new(DIR).exists() {
-        left.push(format!("state dir {DIR}"));
+    if std::path::Path::new(dir).exists() {
+        left.push(format!("state dir {dir}"));
     }
     left
 }
