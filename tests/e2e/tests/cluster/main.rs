@@ -90,7 +90,7 @@ const CASES: &[(&str, Case)] = &[
     ("matrix_image_pull_secret_registry_with_auth", failures::image_pull_secret),
     ("matrix_graceful_deletion_pre_stop_hook_then_sigterm", termination::graceful_with_pre_stop),
     ("matrix_sigterm_ignored_killed_at_grace_deadline", termination::sigterm_ignored),
-    ("matrix_stop_signal_from_pod_spec", termination::stop_signal),
+    ("matrix_stop_signal_from_pod_spec_and_image", termination::stop_signal),
     ("matrix_job_completion", termination::job_completion),
     (
         "matrix_pod_deleted_while_image_pulling_goes_at_berth_stall_timeout",

@@ -105,29 +105,67 @@ pub fn sigterm_ignored(c: &Cluster) -> Res {
     })
 }
 
-/// A custom stop signal from the pod spec (`lifecycle.stopSignal`, gate ContainerStopSignals;
-/// the CRI's stop_signal): the kubelet's stop sends SIGUSR1, which the container traps (it
-/// ignores TERM), so it goes at once, not after its 30 s grace period.
+/// Pushes `busybox:stopsignal` to the cluster's registry: busybox's layer with a config that
+/// has `StopSignal: SIGUSR2` (STOPSIGNAL in a Dockerfile).
+fn push_stop_signal_image(c: &Cluster) -> Res {
+    let work = c.dir.join("matrix-stopsignal-image");
+    std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
+    let script = format!(
+        r#"set -eu
+cd {work}
+r=http://127.0.0.1:5000/v2/library/busybox
+accept='Accept: application/vnd.oci.image.manifest.v1+json'
+curl -fsS -H "$accept" $r/manifests/latest > manifest.json
+old=$(sed 's/.*"config":{{[^}}]*"digest":"\([^"]*\)".*/\1/' manifest.json)
+curl -fsS $r/blobs/$old | sed 's/"config":{{/"config":{{"StopSignal":"SIGUSR2",/' > config.json
+grep -q SIGUSR2 config.json
+new=sha256:$(sha256sum config.json | cut -d' ' -f1)
+size=$(stat -c %s config.json)
+loc=$(curl -fsS -X POST -D - -o /dev/null $r/blobs/uploads/ | tr -d '\r' | awk 'tolower($1) == "location:" {{ print $2 }}')
+case $loc in http*) ;; *) loc=http://127.0.0.1:5000$loc ;; esac
+case $loc in *\?*) sep='&' ;; *) sep='?' ;; esac
+curl -fsS -X PUT -H 'Content-Type: application/octet-stream' --data-binary @config.json "$loc${{sep}}digest=$new" > /dev/null
+sed "s/\"config\":{{\([^}}]*\)\"digest\":\"$old\",\"size\":[0-9]*/\"config\":{{\1\"digest\":\"$new\",\"size\":$size/" manifest.json > manifest2.json
+grep -q "$new" manifest2.json
+curl -fsS -X PUT -H 'Content-Type: application/vnd.oci.image.manifest.v1+json' --data-binary @manifest2.json $r/manifests/stopsignal > /dev/null
+"#,
+        work = work.display()
+    );
+    let mut cmd = c.in_cp("sh");
+    cmd.args(["-c", &script]);
+    crate::kube::run(cmd, None, Duration::from_secs(60))?.ok("pushing busybox:stopsignal").map(drop)
+}
+
+/// A custom stop signal, from the pod spec (`lifecycle.stopSignal`, gate ContainerStopSignals;
+/// the CRI's stop_signal: SIGUSR1) and from the image (STOPSIGNAL SIGUSR2 in its config): the
+/// kubelet's stop sends that signal, which the container traps (it ignores TERM), so it goes
+/// at once, not after its 30 s grace period.
 pub fn stop_signal(c: &Cluster) -> Res {
     const CASE: &str = "stop-signal";
     ensure_runtime_classes(c)?;
+    push_stop_signal_image(c)?;
     let node = NODES[0];
-    let pods = names("stopsig");
+    let (spec_pods, image_pods) = (names("stopsig"), names("imgsig"));
+    let pods: Vec<String> = spec_pods.iter().chain(&image_pods).cloned().collect();
     clear_traces(c, node, &pods)?;
-    let main = json!({
-        "name": "main", "image": "busybox",
-        "volumeMounts": [{"name": "trace", "mountPath": "/trace"}],
-        "command": sh("f=/trace/$(hostname); trap 'echo usr1 >> $f; exit 0' USR1; \
-                       trap '' TERM; sleep 3600 & wait"),
-        "lifecycle": {"stopSignal": "SIGUSR1"},
-    });
-    let mut spec = traced(node, 30, main);
+    let main = |image: &str| {
+        json!({
+            "name": "main", "image": image,
+            "volumeMounts": [{"name": "trace", "mountPath": "/trace"}],
+            "command": sh("f=/trace/$(hostname); trap 'echo usr1 >> $f; exit 0' USR1; \
+                           trap 'echo usr2 >> $f; exit 0' USR2; trap '' TERM; sleep 3600 & wait"),
+        })
+    };
+    let mut from_spec = main("busybox");
+    from_spec["lifecycle"] = json!({"stopSignal": "SIGUSR1"});
+    let mut spec = traced(node, 30, from_spec);
     spec["os"] = json!({"name": "linux"});
-    apply_list(c, per_handler(CASE, "stopsig", &spec))?;
+    let mut items = per_handler(CASE, "stopsig", &spec);
+    items.extend(per_handler(CASE, "imgsig", &traced(node, 30, main("busybox:stopsignal"))));
+    apply_list(c, items)?;
     with_cleanup(c, CASE, || {
-        let listed =
-            wait_pods(c, CASE, HANDLERS.len(), "running", Duration::from_secs(90), running)?;
-        for p in &listed {
+        let listed = wait_pods(c, CASE, pods.len(), "running", Duration::from_secs(90), running)?;
+        for p in listed.iter().filter(|p| str_at(p, "metadata.name").starts_with("stopsig")) {
             let kept = str_at(p, "spec.containers.0.lifecycle.stopSignal");
             ensure(kept == "SIGUSR1", || {
                 format!("the API server dropped lifecycle.stopSignal (gate off?): {kept:?}")
@@ -137,7 +175,8 @@ pub fn stop_signal(c: &Cluster) -> Res {
         for (pod, took) in pods.iter().zip(&took) {
             let trace = trace(c, node, pod)?;
             println!("{pod}: gone in {took:.1?}; trace {trace:?}");
-            ensure(trace == "usr1\n", || format!("{pod}: trace {trace:?}, want usr1"))?;
+            let want = if spec_pods.contains(pod) { "usr1\n" } else { "usr2\n" };
+            ensure(trace == want, || format!("{pod}: trace {trace:?}, want {want:?}"))?;
             ensure(*took < Duration::from_secs(15), || format!("{pod} took {took:?} to go"))?;
         }
         clear_traces(c, node, &pods)
