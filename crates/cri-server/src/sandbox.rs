@@ -82,7 +82,11 @@ pub async fn status(
     Ok(PodSandboxStatusResponse {
         status: Some(status),
         info,
-        containers_statuses: containers.iter().map(container_status).collect(),
+        // Newest first (the list is oldest first): kubelet 1.37 takes this list as it comes
+        // (GetPodStatus, evented PLEG) and looks a container up by name taking the first
+        // match, so oldest first had it see a restarted container's exited predecessor and
+        // create the same attempt again (AlreadyExists). Its own listing sorts newest first.
+        containers_statuses: containers.iter().rev().map(container_status).collect(),
         timestamp,
     })
 }

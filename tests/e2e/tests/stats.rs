@@ -186,6 +186,25 @@ async fn container_figures_match_the_workload() {
     env.cri.remove_pod(&pod_id).await.unwrap();
 }
 
+/// A restarted container (attempt 1 beside its stopped attempt 0) comes first in the pod
+/// status's container list: kubelet 1.37 with the evented PLEG takes that list as it comes and
+/// looks a container up by name, first match; oldest first had it create attempt 1 again.
+#[tokio::test]
+async fn pod_status_lists_containers_newest_first() {
+    let mut env = Env::start().await;
+    let p = env.pod("order");
+    let pod_id = env.cri.run_pod(&p).await.unwrap();
+    let first = env.cri.run_container(&pod_id, &p, &env.container("main", "exit 3")).await.unwrap();
+    env.cri.stop_container(&first, 0).await.unwrap();
+    let spec = env.container("main", "sleep 1000").attempt(1);
+    let second = env.cri.run_container(&pod_id, &p, &spec).await.unwrap();
+    let response = env.cri.pod_status(&pod_id, false).await.unwrap();
+    let ids: Vec<&str> = response.containers_statuses.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(ids, [second.as_str(), first.as_str()]);
+    env.cri.stop_pod(&pod_id).await.unwrap();
+    env.cri.remove_pod(&pod_id).await.unwrap();
+}
+
 #[tokio::test]
 async fn pod_network_counts_what_it_receives() {
     let mut env = Env::start().await;

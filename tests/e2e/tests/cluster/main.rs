@@ -11,10 +11,14 @@
 //! `BERTH_CLUSTER_E2E_NAME=other` runs a cluster of that name (state in
 //! `/var/lib/berth-cluster-e2e-other`) beside the default one, e.g. from a second worktree.
 
+mod failures;
 mod gates;
 mod kube;
+mod matrix;
+mod probes;
 mod restarts;
 mod streams;
+mod termination;
 mod workloads;
 
 use std::sync::Arc;
@@ -27,10 +31,11 @@ use libtest_mimic::{Arguments, Failed, Trial};
 /// In v1.37.2 EventedPLEG is alpha, PodAndContainerStatsFromCRI beta (off by default); the
 /// others are GA and locked to true, which the components accept as set (none is removed in
 /// 1.37: KubeletCgroupDriverFromCRI and RecursiveReadOnlyMounts are marked for removal, still
-/// registered).
+/// registered). ContainerStopSignals (alpha in 1.37) lets a pod spec set a container's stop
+/// signal (`lifecycle.stopSignal`, the CRI's stop_signal), for the matrix's stop signal case.
 const FEATURE_GATES: &str = "EventedPLEG=true,PodAndContainerStatsFromCRI=true,\
 UserNamespacesSupport=true,ImageVolume=true,KubeletCgroupDriverFromCRI=true,\
-RecursiveReadOnlyMounts=true,SupplementalGroupsPolicy=true,InPlacePodVerticalScaling=true";
+RecursiveReadOnlyMounts=true,SupplementalGroupsPolicy=true,InPlacePodVerticalScaling=true,ContainerStopSignals=true";
 
 /// Whether the RuntimeClass case (pods on runc and crun, beside the embedded executor every
 /// other case uses) runs. It needs a berth that leaves the kubelet's zero hugepage limits out
@@ -73,6 +78,24 @@ const CASES: &[(&str, Case)] = &[
     ("berthd_restart_sigterm", restarts::berthd_restart_term),
     ("berthd_restart_sigkill", restarts::berthd_restart_kill),
     ("kubelet_log_no_cri_errors_after_restarts", restarts::no_cri_errors),
+    // The workload matrix (issue 17), each case on every handler; after the CRI error checks,
+    // as its failures are the kubelet's logged errors on purpose.
+    ("matrix_probes_exec_http_tcp_startup_liveness_readiness", probes::passing),
+    ("matrix_probe_liveness_failures_restart_and_exec_timeout", probes::liveness_failure),
+    ("matrix_restart_policy_always_onfailure_never", failures::restart_policies),
+    ("matrix_crash_loop_back_off", failures::crash_loop_back_off),
+    ("matrix_command_not_found_berth_message_in_events", failures::command_not_found),
+    ("matrix_image_not_found_err_image_pull_then_back_off", failures::image_not_found),
+    ("matrix_image_pull_policy_always_ifnotpresent_never", failures::image_pull_policies),
+    ("matrix_image_pull_secret_registry_with_auth", failures::image_pull_secret),
+    ("matrix_graceful_deletion_pre_stop_hook_then_sigterm", termination::graceful_with_pre_stop),
+    ("matrix_sigterm_ignored_killed_at_grace_deadline", termination::sigterm_ignored),
+    ("matrix_stop_signal_from_pod_spec_and_image", termination::stop_signal),
+    ("matrix_job_completion", termination::job_completion),
+    (
+        "matrix_pod_deleted_while_image_pulling_goes_at_berth_stall_timeout",
+        termination::deleted_while_pulling,
+    ),
 ];
 
 fn main() {
