@@ -279,7 +279,7 @@ fn leftovers() -> Vec<String> {
                 left.push(format!("cgroup {}", dir.display()));
             }
         }
-        if mount_point.starts_with(dir) {
+        if *mount_point == dir || mount_point.starts_with(&format!("{dir}/")) {
             left.push(format!("mount {mount_point}"));
         }
     }
@@ -292,7 +292,8 @@ fn leftovers() -> Vec<String> {
             let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
             let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
             let cgroups = std::fs::read_to_string(entry.path().join("cgroup")).unwrap_or_default();
-            if cmdline.contains(dir)
+            // With the slash: another cluster's dir may begin with this one's name.
+            if cmdline.contains(&format!("{dir}/"))
                 || cmdline.contains(&format!("/run/netns/{name}-"))
                 || cgroups.contains(&format!(":/{name}/"))
             {
