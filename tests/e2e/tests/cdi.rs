@@ -6,11 +6,11 @@
 //! crun, and is refused by the embedded executor, which does not run hooks.
 
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
 use berth_e2e::berthd::Options;
 use berth_e2e::images;
-use berth_e2e::upstream;
+use berth_e2e::upstream::Crictl;
 use berth_e2e::{Berthd, Node, Registry};
 
 /// Drop order: daemon, registry, node.
@@ -18,7 +18,7 @@ struct Env {
     daemon: Berthd,
     _registry: Registry,
     node: Node,
-    config: PathBuf,
+    crictl: Crictl,
     image: String,
     /// The node's CDI spec directory (the config's `[cdi] spec_dirs`).
     cdi_dir: PathBuf,
@@ -39,40 +39,19 @@ impl Env {
         );
         let daemon =
             Berthd::start_with(&node, Options { extra_config, ..Options::default() }).await;
-        let config = node.dir().join("crictl.yaml");
-        let endpoint = format!("unix://{}", daemon.socket.display());
-        std::fs::write(
-            &config,
-            format!("runtime-endpoint: {endpoint}\nimage-endpoint: {endpoint}\ntimeout: 30\n"),
-        )
-        .unwrap();
+        let crictl = Crictl::new(&node, &daemon);
         let image = format!("{addr}/{}", images::OCI_REF);
-        let env = Env { daemon, _registry: registry, node, config, image, cdi_dir };
+        let env = Env { daemon, _registry: registry, node, crictl, image, cdi_dir };
         env.ok(&["pull", &env.image]);
         env
     }
 
-    fn crictl(&self, args: &[&str]) -> Command {
-        let mut command = self.node.command(upstream::crictl());
-        command.arg("--config").arg(&self.config).args(args).stdin(Stdio::null());
-        command
-    }
-
     fn run(&self, args: &[&str]) -> Output {
-        self.crictl(args).output().expect("running crictl")
+        self.crictl.run(&self.node, args)
     }
 
     fn ok(&self, args: &[&str]) -> String {
-        let output = self.run(args);
-        assert!(
-            output.status.success(),
-            "crictl {args:?} failed ({}):\n{}{}\ndaemon log:\n{}",
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr),
-            self.daemon.log_text(),
-        );
-        String::from_utf8_lossy(&output.stdout).trim().to_string()
+        self.crictl.ok(&self.node, args)
     }
 
     /// A pod on the node's network (no CNI needed) with `handler`; its id and config file.
