@@ -10,20 +10,23 @@ use std::sync::OnceLock;
 /// when the cache does not have them yet (`tests/run.sh` does that before the tests start).
 pub fn cri_tools_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../install-critools.sh");
-        let output = Command::new(&script)
-            .output()
-            .unwrap_or_else(|err| panic!("running {}: {err}", script.display()));
-        assert!(
-            output.status.success(),
-            "{} failed:\n{}",
-            script.display(),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let dir = String::from_utf8_lossy(&output.stdout).trim().to_string();
-        PathBuf::from(dir)
-    })
+    DIR.get_or_init(|| installed_dir("install-critools.sh"))
+}
+
+/// Runs one of the install scripts beside this crate (`tests/<script>`), which print the
+/// directory of what they installed (cached by version) on stdout.
+fn installed_dir(script: &str) -> PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(script);
+    let output = Command::new(&script)
+        .output()
+        .unwrap_or_else(|err| panic!("running {}: {err}", script.display()));
+    assert!(
+        output.status.success(),
+        "{} failed:\n{}",
+        script.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
 }
 
 /// The upstream `crictl` binary.
@@ -110,16 +113,6 @@ pub fn kube_bin_dir() -> &'static Path {
         if let Some(dir) = std::env::var_os("KUBE_BIN_DIR") {
             return PathBuf::from(dir);
         }
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../install-kube.sh");
-        let output = Command::new(&script)
-            .output()
-            .unwrap_or_else(|err| panic!("running {}: {err}", script.display()));
-        assert!(
-            output.status.success(),
-            "{} failed:\n{}",
-            script.display(),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
+        installed_dir("install-kube.sh")
     })
 }
