@@ -383,7 +383,8 @@ impl Inner {
     /// `/proc/<its pid>/ns/pid`, which the embedded executor (in the monitor) and runc or crun
     /// (run from the node's `/proc` in such a pod) all open as the node sees it. In a pod that
     /// shares one, a target in it means that one; a target with a namespace of its own there
-    /// is refused, since the runtime of such a pod sees only the pod's `/proc`.
+    /// is refused: the kubelet never makes one, and a pod of an earlier berthd runs its OCI
+    /// runtime inside the pod's namespace, whose `/proc` does not show the target's pid.
     pub(super) fn pid_namespace(
         &self,
         config: &ContainerConfig,
